@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# mailgate developer entry point.
+#   ./dev.sh run    start the relay on 127.0.0.1:2525 with the default rule pack (embedded default)
+#   ./dev.sh test   install what the tests need and run ruff and the test suite
+# Both create ./.venv on first use. As root, `test` also installs Debian's postfix and
+# libmilter-dev (a non-root developer installs them once with sudo; see README: Testing).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${MAILGATE_VENV:-.venv}
+
+apt_packages() {
+    # postfix + libmilter-dev: the milter door and its real-Postfix tests; libmagic1: content types
+    local wanted=(postfix libmilter-dev libmagic1 build-essential)
+    local missing=()
+    for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "dev.sh: not root, not installing ${missing[*]} (milter tests will be skipped)" >&2
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+venv() {
+    local extras="$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed-${extras:-base}"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -e ".${extras:+[$extras]}"
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+run)
+    shift
+    venv ""
+    exec "$VENV/bin/mailgate" relay "$@"
+    ;;
+test)
+    shift
+    apt_packages
+    if dpkg -s libmilter-dev >/dev/null 2>&1; then venv "milter,test"; else venv test; fi
+    "$VENV/bin/ruff" check filter relay tests bench
+    "$VENV/bin/ruff" format --check filter relay tests bench
+    exec "$VENV/bin/pytest" "$@"
+    ;;
+*)
+    echo "usage: ./dev.sh run [relay options] | ./dev.sh test [pytest options]" >&2
+    exit 2
+    ;;
+esac

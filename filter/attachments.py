@@ -1,0 +1,203 @@
+"""Attachment facts: detected type, archive members, Office macros, encryption, text views.
+
+`inspect_attachment` fills in a Part's facts and returns the Parts for what is inside it
+(archive members, recursively to `max_archive_depth`), in document order.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import threading
+from collections.abc import Callable
+
+import magic
+
+from . import archives, office
+from .headers import extensions_of
+from .message import Part
+from .scanbudget import ScanBudget
+from .textview import HTML_EXTENSIONS, TEXT_EXTENSIONS, looks_like_text, render_text
+
+# libmagic reads the first few KB; its text heuristics cost ~0.3 ms per KB, so text gets a
+# short sample and only the builtin tests (see detect_type).
+_MAGIC_SAMPLE = 8192
+_TEXT_MAGIC_SAMPLE = 512
+_MAGIC_NO_SOFT = 0x0004000  # MAGIC_NO_CHECK_SOFT: skip the (slow, regex) magic database
+# Formats that look like text but that libmagic's soft database names: these get the full
+# (slow) check. Messages are among them so that an attached .eml is recognised.
+_TEXTUAL_FORMATS = (
+    b"#!",
+    b"%PDF",
+    b"%!",
+    b"{\\rtf",
+    b"<?xml",
+    b"<svg",
+    b"BEGIN:",
+    b"From ",
+    b"Received:",
+    b"Return-Path:",
+    b"From:",
+    b"Delivered-To:",
+    b"MIME-Version:",
+    b"Message-ID:",
+    b"Date:",
+)
+_EML_TYPES = frozenset({"message/rfc822"})
+_EML_EXTENSIONS = frozenset({"eml"})
+# Parses an embedded .eml: (payload, path, depth) -> its parts.
+EmbeddedParser = Callable[[bytes, str, int], list[Part]]
+
+_local = threading.local()
+
+
+def _magic(text_mode: bool) -> magic.Magic:
+    """One libmagic handle per thread and mode: libmagic handles are not thread-safe."""
+    attr = "text" if text_mode else "full"
+    handle = getattr(_local, attr, None)
+    if handle is None:
+        handle = magic.Magic(mime=True)
+        if text_mode:
+            magic.magic_setflags(handle.cookie, magic.MAGIC_MIME_TYPE | _MAGIC_NO_SOFT)
+        setattr(_local, attr, handle)
+    return handle
+
+
+def detect_type(payload: bytes) -> str | None:
+    """MIME type from the content. Text skips libmagic's soft database (scripts, HTML are
+    refined by cheap checks), which keeps a text file that starts with "MZ" text/plain."""
+    if not payload:
+        return None
+    sample = payload[:_TEXT_MAGIC_SAMPLE]
+    try:
+        if looks_like_text(sample):
+            head = sample.lstrip()[:64]
+            if head.startswith(_TEXTUAL_FORMATS):
+                return str(_magic(False).from_buffer(sample))
+            if head.lower().startswith((b"<!doctype html", b"<html")) or b"<html" in sample.lower():
+                return "text/html"
+            return str(_magic(True).from_buffer(sample))
+        return str(_magic(False).from_buffer(payload[:_MAGIC_SAMPLE]))
+    except magic.MagicException:
+        return None
+
+
+def is_text_like(part: Part) -> bool:
+    if part.content_type.startswith("text/") or TEXT_EXTENSIONS.intersection(part.extensions):
+        return True
+    return bool(part.detected_type and part.detected_type.startswith("text/"))
+
+
+def is_html(part: Part) -> bool:
+    return (
+        part.content_type == "text/html"
+        or part.detected_type == "text/html"
+        or bool(HTML_EXTENSIONS.intersection(part.extensions[-1:]))
+    )
+
+
+class AttachmentInspector:
+    """Looks inside attachments under one message's budget."""
+
+    def __init__(self, budget: ScanBudget, parse_embedded: EmbeddedParser) -> None:
+        self.budget = budget
+        self.parse_embedded = parse_embedded
+
+    def inspect(self, part: Part, charset: str | None, archive_depth: int = 0) -> list[Part]:
+        payload = part.payload
+        part.detected_type = detect_type(payload)
+        if (
+            part.content_type in _EML_TYPES
+            or _EML_EXTENSIONS.intersection(part.extensions[-1:])
+            or part.detected_type in _EML_TYPES
+        ) and looks_like_text(payload[:_TEXT_MAGIC_SAMPLE]):
+            return self.parse_embedded(payload, part.path, part.depth + 1)
+        if payload.startswith(office.OLE_SIGNATURE):
+            facts = office.ole_facts(payload)
+            part.macros, part.encrypted = facts.macros, facts.encrypted
+            part.unscannable |= facts.unscannable
+            if facts.encrypted:
+                part.unscannable.add("encrypted")
+            return []
+        kind = archives.archive_kind(payload)
+        if kind is not None:
+            return self._archive(part, kind, archive_depth)
+        if is_text_like(part) and (
+            part.detected_type is None or part.detected_type.startswith("text/")
+        ):
+            self.set_text(part, render_text(payload, charset, html=is_html(part)))
+        return []
+
+    def set_text(self, part: Part, text: str) -> None:
+        text, cut = self.budget.fit_text(text)
+        part.text = text
+        if cut:
+            part.unscannable.add("over_budget")
+
+    def _archive(self, part: Part, kind: str, archive_depth: int) -> list[Part]:
+        max_members = max(0, self.budget.limits.max_parts - self.budget.part_count)
+        if kind == "zip":
+            zf = archives.open_zip(part.payload)
+            if zf is None:
+                # Only a file that starts like a zip is a damaged zip; an end-of-directory
+                # signature found by chance in other data is not.
+                if part.payload.startswith(archives.ZIP_SIGNATURES):
+                    part.unscannable.add("malformed")
+                return []
+            with zf:
+                names = zf.namelist()
+                if office.is_ooxml(names):
+                    facts = office.ooxml_facts(zf, self.budget)
+                    part.macros = facts.macros
+                    part.unscannable |= facts.unscannable
+                    if facts.text is not None:
+                        self.set_text(part, facts.text)
+                    return []
+                if archive_depth >= self.budget.limits.max_archive_depth:
+                    part.unscannable.add("too_deep")
+                    return []
+                listing = archives.list_zip(zf, self.budget, max_members)
+        elif archive_depth >= self.budget.limits.max_archive_depth:
+            part.unscannable.add("too_deep")
+            return []
+        elif kind == "rar":
+            listing = archives.list_rar(part.payload, self.budget, max_members)
+        else:
+            listing = archives.list_7z(part.payload, self.budget, max_members)
+        part.unscannable |= listing.unscannable
+        if listing.encrypted:
+            part.encrypted = True
+            part.unscannable.add("encrypted")
+        return self._members(part, listing, archive_depth)
+
+    def _members(self, archive: Part, listing: archives.Listing, archive_depth: int) -> list[Part]:
+        # A MIME part's path is a number, so the archive's name joins the member paths
+        # ("2/report.zip/a.exe"); a member's path already ends with its own name.
+        base = archive.path
+        if archive.member_of is None:
+            base = f"{base}/{archive.filename or 'archive'}"
+        parts: list[Part] = []
+        for member in listing.members:
+            if not self.budget.take_part():
+                archive.unscannable.add("over_budget")
+                break
+            payload = member.payload or b""
+            declared = mimetypes.guess_type(member.name, strict=False)[0]
+            part = Part(
+                path=f"{base}/{member.name}",
+                content_type=declared or "application/octet-stream",
+                filename=member.name,
+                extensions=extensions_of(member.name),
+                is_attachment=True,
+                payload=payload,
+                size=len(payload),
+                encrypted=member.encrypted,
+                member_of=archive.path,
+                depth=archive.depth + 1,
+                unscannable=set(member.unscannable),
+            )
+            if member.encrypted:
+                part.unscannable.add("encrypted")
+            parts.append(part)
+            if member.payload is not None:
+                parts.extend(self.inspect(part, None, archive_depth + 1))
+        return parts

@@ -1,0 +1,180 @@
+"""The engine: raw bytes + envelope in, Verdict out. Parses once, scans each text once.
+
+Detectors run lazily and cache per part, so a rule pack pays only for what its rules ask.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from pathlib import Path
+
+from .detectors import Match
+from .detectors.registry import DLP_DETECTORS
+from .detectors.yara_scan import YaraMatch
+from .envelope import Envelope
+from .message import Message, Part, ScanLimits
+from .rules import DEFAULT_REPLY, Pack, PackSource, build_pack
+from .verdict import Action, Hit, Verdict
+
+log = logging.getLogger("mailgate.engine")
+
+
+class ScanContext:
+    """One message under scan: the parsed message plus per-part detector caches."""
+
+    def __init__(self, message: Message, envelope: Envelope, pack: Pack) -> None:
+        self.message = message
+        self.envelope = envelope
+        self.pack = pack
+        self._text_parts: list[tuple[int, Part]] | None = None
+        self._body: dict[int, dict[int, list[Match]]] = {}
+        self._dlp: dict[tuple[str, int], list[Match]] = {}
+        self._yara: list[YaraMatch] | None = None
+        self.yara_seconds = 0.0
+
+    def text_parts(self) -> list[tuple[int, Part]]:
+        if self._text_parts is None:
+            self._text_parts = [
+                (i, p) for i, p in enumerate(self.message.parts) if p.text is not None
+            ]
+        return self._text_parts
+
+    def body_matches(self, index: int) -> dict[int, list[Match]]:
+        found = self._body.get(index)
+        if found is None:
+            found = self._body[index] = self.pack.patterns.scan(
+                self.message.parts[index].text or ""
+            )
+        return found
+
+    def dlp_matches(self, detector: str, index: int) -> list[Match]:
+        key = (detector, index)
+        found = self._dlp.get(key)
+        if found is None:
+            text = self.message.parts[index].text or ""
+            found = self._dlp[key] = DLP_DETECTORS[detector].find(text)
+        return found
+
+    def yara_matches(self) -> list[YaraMatch]:
+        if self._yara is None:
+            start = time.perf_counter()
+            self._yara = self.pack.yara.scan(self.message)
+            self.yara_seconds = time.perf_counter() - start
+        return self._yara
+
+
+@dataclass
+class Engine:
+    pack: Pack
+    limits: ScanLimits = field(default_factory=ScanLimits)
+
+    @classmethod
+    def load(cls, rules_dir: Path, limits: ScanLimits | None = None) -> Engine:
+        return cls(Pack.load(rules_dir), limits or ScanLimits())
+
+    @classmethod
+    def from_source(cls, source: PackSource, limits: ScanLimits | None = None) -> Engine:
+        return cls(build_pack(source), limits or ScanLimits())
+
+    @property
+    def version(self) -> str:
+        return self.pack.version
+
+    def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
+        """Judge one message. Never raises for anything the message contains: what the engine
+        could not look into becomes an `unscannable` reason that the pack's rules judge."""
+        start = time.perf_counter()
+        try:
+            message = Message.parse(raw, self.limits)
+        except MemoryError:
+            message = Message(raw=raw, unscannable={"over_budget"})
+        except Exception:
+            log.exception("parser failed; judging the message as malformed")
+            message = Message(raw=raw, unscannable={"malformed"})
+        parsed = time.perf_counter()
+        ctx = ScanContext(message, envelope, self.pack)
+        try:
+            verdict = self.evaluate(ctx)
+        except MemoryError:
+            verdict = self.judge_unscannable(raw, envelope, "over_budget")
+        except Exception:
+            log.exception("a detector failed; judging the message as malformed")
+            verdict = self.judge_unscannable(raw, envelope, "malformed")
+        done = time.perf_counter()
+        verdict.timings = {
+            "parse": parsed - start,
+            "rules": done - parsed - ctx.yara_seconds,
+            "yara": ctx.yara_seconds,
+            "total": done - start,
+        }
+        return verdict
+
+    def judge_unscannable(self, raw: bytes, envelope: Envelope, reason: str) -> Verdict:
+        """Verdict for a message the engine could not look into at all (overrun, out of
+        memory, crash): only envelope, headers, size and `unscannable` rules can hold."""
+        message = Message(raw=raw, headers=_quick_headers(raw), unscannable={reason})
+        return self.evaluate(ScanContext(message, envelope, self.pack))
+
+    def evaluate(self, ctx: ScanContext) -> Verdict:
+        verdict = Verdict(
+            action=Action.ACCEPT,
+            pack_version=self.pack.version,
+            unscannable=sorted(ctx.message.unscannable),
+        )
+        deciding = None
+        for rule in self.pack.rules:
+            evidence = rule.when.evaluate(ctx)
+            if evidence is None:
+                continue
+            if rule.unless is not None and rule.unless.evaluate(ctx) is not None:
+                continue
+            verdict.hits.extend(
+                Hit(rule.id, e.detector, e.where, e.count, e.sample, e.detail) for e in evidence
+            )
+            if rule.mode == "monitor":
+                verdict.monitor.append(rule.id)
+                continue
+            verdict.rules.append(rule.id)
+            if rule.tag is not None:
+                verdict.tags.append(rule.tag)
+            if deciding is None or rule.action > deciding.action:
+                deciding = rule
+        if deciding is not None:
+            verdict.action = deciding.action
+            verdict.reason = deciding.reason
+            code, status = DEFAULT_REPLY.get(deciding.action, (None, None))
+            verdict.smtp_code = deciding.smtp_code or code
+            verdict.smtp_status = deciding.smtp_status or status
+        return verdict
+
+
+def _quick_headers(raw: bytes) -> list[tuple[str, str]]:
+    """Top-level headers only, without decoding, bounded: for messages too hostile to parse."""
+    head = raw[: 64 << 10].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    try:
+        parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+        return [(k, str(v)[:1024]) for k, v in parsed.items()]
+    except Exception:
+        return []
+
+
+def envelope_from_headers(raw: bytes, door: str = "check") -> Envelope:
+    """An envelope for a message file with none (`mailgate check`, rule examples): From as the
+    sender, To/Cc/Bcc as recipients."""
+    headers = _quick_headers(raw)
+
+    def addresses(*names: str) -> list[str]:
+        values = [v for k, v in headers if k.lower() in names]
+        return [addr for _, addr in getaddresses(values) if "@" in addr]
+
+    senders = addresses("from")
+    return Envelope(
+        mail_from=senders[0] if senders else "",
+        rcpt_tos=tuple(addresses("to", "cc", "bcc")),
+        door=door,
+    )

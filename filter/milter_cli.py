@@ -1,0 +1,184 @@
+"""`mailgate milter`: run the milter door for Postfix until SIGTERM; SIGHUP reloads the rules."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from .config import Config, ConfigError, add_config_argument, load_config
+
+if TYPE_CHECKING:
+    from .milter import MilterDoor
+    from .pool import ScanPool
+
+log = logging.getLogger("mailgate.milter")
+
+MISSING_PYMILTER = """\
+mailgate milter needs pymilter, which is built against libmilter ({error}).
+Install the C library and its headers, then the milter extra:
+    apt-get install libmilter-dev     (Debian, Ubuntu)
+    dnf install sendmail-milter-devel (Fedora, RHEL)
+    pip install 'mailgate[milter]'
+A relay-only install (`mailgate relay`) needs neither."""
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE from sysexits.h: a needed component is missing
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "milter",
+        help="run the milter for Postfix (pymilter)",
+        description="Serve the rules engine to Postfix over the milter protocol. "
+        "SIGTERM stops it cleanly; SIGHUP reloads the rule pack.",
+    )
+    add_config_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import Milter  # noqa: F401  (pymilter: only checked here, used by .milter)
+    except ImportError as exc:
+        print(MISSING_PYMILTER.format(error=exc), file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mailgate milter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return MilterService(config, args.config).run()
+
+
+class MilterService:
+    """The process: engine loop thread, libmilter thread, and the main thread waiting on
+    signals (Python runs signal handlers only in the main thread)."""
+
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.events: queue.SimpleQueue[int | str] = queue.SimpleQueue()
+
+    def run(self) -> int:
+        from . import milter
+        from .pool import ScanPool
+        from .quarantine import LocalQuarantine, QuarantineError
+        from .release_mark import ReleaseSecretError, load_or_create_secret
+        from .rules import PackError
+
+        config = self.config
+        try:
+            store = LocalQuarantine(config.quarantine.path)
+            secret = load_or_create_secret(config.quarantine.path)
+        except (OSError, sqlite3.Error, QuarantineError, ReleaseSecretError) as exc:
+            print(f"mailgate milter: quarantine {config.quarantine.path}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        engine = milter.EngineThread()
+        engine.start()
+        pool = ScanPool(
+            config.rules,
+            workers=config.engine.workers,
+            time_budget=config.engine.time_budget,
+            memory_budget=config.engine.memory_budget,
+        )
+        try:
+            engine.run(pool.start())
+        except (PackError, OSError) as exc:
+            print(
+                f"mailgate milter: cannot load the rule pack {config.rules}: {exc}", file=sys.stderr
+            )
+            engine.run(pool.close())
+            engine.stop()
+            return EXIT_CONFIG
+        door = milter.MilterDoor(
+            scanner=pool,
+            engine=engine,
+            store=store,
+            release_secret=secret,
+            fail_mode=str(config.milter.fail_mode),
+            time_budget=config.milter.time_budget,
+        )
+        socket_path = milter.unix_socket_path(config.milter.socket)
+        if socket_path is not None:
+            socket_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "pack %s, %d workers, fail_mode %s, time budget %gs",
+            pool.pack_version,
+            pool.size,
+            door.fail_mode,
+            door.time_budget,
+        )
+        failure: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._serve, args=(door, failure), name="libmilter", daemon=True
+        )
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        stop_requested = False
+        try:
+            thread.start()
+            while True:
+                event = self.events.get()
+                if event == "stopped":
+                    break
+                if event == signal.SIGHUP:
+                    self._reload(door, pool)
+                elif not stop_requested:
+                    log.info("stopping on signal %s", signal.Signals(event).name)
+                    stop_requested = True
+                    milter.libmilter.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            thread.join(timeout=10)
+            engine.run(pool.close())
+            engine.stop()
+            if socket_path is not None:
+                socket_path.unlink(missing_ok=True)
+        if failure:
+            print(f"mailgate milter: {failure[0]}", file=sys.stderr)
+            return 1
+        if not stop_requested:
+            log.error("libmilter stopped on its own")
+            return 1
+        log.info("stopped")
+        return 0
+
+    def _serve(self, door: MilterDoor, failure: list[BaseException]) -> None:
+        from .milter import serve
+
+        try:
+            serve(door, self.config.milter.socket, self.config.milter.socket_mode)
+        except Exception as exc:  # e.g. the socket cannot be opened: reported by run()
+            failure.append(exc)
+        finally:
+            self.events.put("stopped")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.events.put(signum)
+
+    def _reload(self, door: MilterDoor, pool: ScanPool) -> None:
+        """Re-read the config file and the rule pack; on any error the running ones stay."""
+        from .rules import PackError
+
+        try:
+            config = load_config(self.config_path)
+            version = door.engine.run(pool.reload(config.rules))
+        except (ConfigError, PackError, OSError) as exc:
+            log.error("reload failed, keeping pack %s: %s", pool.pack_version, exc)
+            return
+        door.fail_mode = str(config.milter.fail_mode)
+        door.time_budget = config.milter.time_budget
+        log.info("reloaded: pack %s", version)

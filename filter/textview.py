@@ -1,0 +1,56 @@
+"""Text views of parts: charset decoding, format=flowed, HTML rendering, clean-up for DLP."""
+
+from __future__ import annotations
+
+from .charsets import decode_bytes
+from .htmltext import INVISIBLE, html_to_text
+
+# Attachment extensions whose content is text a reader would see.
+TEXT_EXTENSIONS = frozenset(
+    {"txt", "text", "csv", "tsv", "log", "md", "json", "xml", "ics", "vcf", "htm", "html"}
+)
+HTML_EXTENSIONS = frozenset({"htm", "html", "xhtml"})
+# Control bytes that do not occur in text files; their absence is the cheap "is text" test.
+_BINARY_BYTES = bytes([*range(0, 8), 11, *range(14, 27), *range(28, 32), 127])
+
+
+def looks_like_text(sample: bytes) -> bool:
+    return bool(sample) and len(sample.translate(None, _BINARY_BYTES)) == len(sample)
+
+
+def unflow(text: str, delsp: bool) -> str:
+    """Join RFC 3676 format=flowed soft line breaks (a line ending in a space)."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith(" "):
+            line = line[1:]  # space-stuffing
+        if line.endswith(" ") and line != "-- ":
+            out.append(line[:-1] if delsp else line)
+        else:
+            out.append(line + "\n")
+    return "".join(out)
+
+
+def clean_text(text: str) -> str:
+    """Line ends to \\n; NULs and zero-width characters removed (they hide numbers)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii() and INVISIBLE.search(text):
+        text = INVISIBLE.sub("", text)
+    return text
+
+
+def render_text(
+    payload: bytes,
+    charset: str | None,
+    *,
+    html: bool = False,
+    flowed: bool = False,
+    delsp: bool = False,
+) -> str:
+    text = clean_text(decode_bytes(payload, charset))
+    if html:
+        return html_to_text(text)
+    return unflow(text, delsp) if flowed else text

@@ -1,0 +1,106 @@
+"""`mailgate relay [--config FILE] [--check-next-hop]`: run the smart host, or test its next hop.
+
+Signals: TERM and INT stop accepting connections and let transactions in progress finish;
+HUP reloads the rule pack (a broken pack is logged and the old one keeps serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from ..filter.config import Config, ConfigError, add_config_argument, load_config
+from ..filter.pool import ScanPool
+from ..filter.quarantine import LocalQuarantine
+from ..filter.rules import PackError
+from .check import check_next_hop
+from .server import Relay
+
+log = logging.getLogger("mailgate.relay")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "relay",
+        help="run the compliance SMTP smart host",
+        description="Run the compliance SMTP smart host (relay.* in the configuration).",
+    )
+    add_config_argument(parser)
+    parser.add_argument(
+        "--check-next-hop",
+        action="store_true",
+        help="connect to the configured next hop, show its banner, capabilities, TLS and "
+        "certificate, and say whether the configured TLS check passes",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mailgate relay: {exc}", file=sys.stderr)
+        return 2
+    if args.check_next_hop:
+        return check_next_hop(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # aiosmtpd logs every command at INFO: too much for a busy relay, and not free.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    return asyncio.run(serve(config))
+
+
+async def serve(config: Config) -> int:
+    pool = ScanPool(
+        config.rules,
+        workers=config.engine.workers,
+        time_budget=config.engine.time_budget,
+        memory_budget=config.engine.memory_budget,
+    )
+    try:
+        await pool.start()
+    except PackError as exc:
+        print(f"mailgate relay: rule pack {config.rules}:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        relay = Relay.from_config(config, pool, LocalQuarantine(config.quarantine.path))
+        await relay.start()
+    except OSError as exc:
+        print(f"mailgate relay: cannot listen on {config.relay.listen}: {exc}", file=sys.stderr)
+        await pool.close()
+        return 2
+    host, port = relay.address
+    target = config.relay.next_hop
+    if target.host:
+        where = f"next hop {target.host}:{target.port}"
+    else:
+        where = f"outbox {config.relay.outbox}"
+    log.info("listening on %s:%d, pack %s, %s", host, port, pool.pack_version, where)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.ensure_future(_reload(pool, config))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await stop.wait()
+    log.info("stopping")
+    await relay.stop()
+    await pool.close()
+    return 0
+
+
+async def _reload(pool: ScanPool, config: Config) -> None:
+    try:
+        version = await pool.reload(config.rules)
+    except PackError as exc:
+        log.error("rule pack reload failed, the old pack keeps serving:\n%s", exc)
+        return
+    log.info("rule pack reloaded: %s", version)

@@ -1,0 +1,293 @@
+"""SMTP client for the next hop, driven in lockstep with the inbound session, with a small
+pool of idle connections.
+
+Every failure to talk to the next hop (refused connection, timeout, lost connection, TLS that
+does not meet the configured mode) becomes a 4xx `Reply`, so the sender keeps the message and
+retries; the next hop's own replies are passed through as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse
+
+from ..filter.config import NextHopTLS, SmtpTarget
+from .tls import TLSPolicyError, client_context, describe_session, server_hostname
+
+log = logging.getLogger("mailgate.relay.nexthop")
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str  # may span lines; the enhanced status code, if any, is part of the text
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def smtp(self) -> str:
+        """The reply as aiosmtpd pushes it: multi-line replies keep their continuation lines."""
+        lines = [_clean(line) for line in self.text.splitlines()] or [""]
+        head = [f"{self.code}-{line}" for line in lines[:-1]]
+        return "\r\n".join([*head, f"{self.code} {lines[-1]}"])
+
+    def __str__(self) -> str:
+        return f"{self.code} {' / '.join(self.text.splitlines())}"
+
+
+class NextHopError(Exception):
+    """The next hop could not be reached or lost the thread; `reply` is the 4xx to give."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+def _clean(text: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:500]
+
+
+def _from_response(response: SMTPResponse) -> Reply:
+    # Only final 2xx/4xx/5xx answers are passed to the client; anything else from the next
+    # hop is a protocol fault and the sender should retry.
+    if response.code // 100 in (2, 4, 5):
+        return Reply(response.code, response.message)
+    return Reply(451, f"4.4.2 Unexpected reply from the next hop: {response.code}")
+
+
+class NextHopSession:
+    """One SMTP connection to the next hop. `usable` turns False once its state is unknown
+    (a command failed half way or was cancelled); such a session is closed, not pooled."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, label: str, timeout: float) -> None:
+        self.smtp = smtp
+        self.label = label
+        self.timeout = timeout
+        self.usable = True
+        self.clean = True  # no transaction open, so no RSET needed before reuse
+        self.idle_since = time.monotonic()
+
+    @property
+    def tls(self) -> str | None:
+        return describe_session(self.smtp.get_transport_info("ssl_object"))
+
+    def supports(self, extension: str) -> bool:
+        return self.smtp.supports_extension(extension)
+
+    async def command(self, *args: bytes) -> Reply:
+        self.clean = False
+        try:
+            response = await self.smtp.execute_command(*args, timeout=self.timeout)
+        except BaseException as exc:
+            self.usable = False
+            if isinstance(exc, aiosmtplib.SMTPException | OSError):
+                raise NextHopError(_failure(exc, self.label)) from exc
+            raise
+        return _from_response(response)
+
+    async def mail(self, sender: str, options: list[str]) -> Reply:
+        path = f"<{sender}>".encode()
+        return await self.command(b"MAIL", b"FROM:" + path, *(o.encode() for o in options))
+
+    async def rcpt(self, recipient: str) -> Reply:
+        return await self.command(b"RCPT", f"TO:<{recipient}>".encode())
+
+    async def data(self, message: bytes) -> Reply:
+        """Send the message (CRLF line ends; dots are stuffed here) and return the final reply."""
+        self.clean = False
+        try:
+            response = await self.smtp.data(message, timeout=self.timeout)
+        except aiosmtplib.SMTPDataError as exc:
+            # Refused at DATA or after the message: either way RSET before reuse.
+            return _from_response(SMTPResponse(exc.code, exc.message))
+        except BaseException as exc:
+            self.usable = False
+            if isinstance(exc, aiosmtplib.SMTPException | OSError):
+                raise NextHopError(_failure(exc, self.label)) from exc
+            raise
+        self.clean = True
+        return _from_response(response)
+
+    async def rset(self) -> bool:
+        try:
+            reply = await self.command(b"RSET")
+        except NextHopError:
+            return False
+        self.clean = reply.ok
+        return reply.ok
+
+    async def quit(self) -> None:
+        if self.smtp.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                await self.smtp.quit(timeout=min(self.timeout, 5.0))
+        self.close()
+
+    def close(self) -> None:
+        self.usable = False
+        self.smtp.close()
+
+
+def _failure(exc: BaseException, label: str) -> Reply:
+    if isinstance(exc, TLSPolicyError):
+        return Reply(451, f"4.7.5 Next hop {label}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return Reply(451, f"4.4.2 Next hop {label} timed out")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionRefusedError):
+        return Reply(451, f"4.4.1 Next hop {label} unreachable: {_first_line(exc)}")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return Reply(451, f"4.4.2 Connection to next hop {label} lost")
+    return Reply(451, f"4.4.0 Next hop {label} failed: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return _clean(text.splitlines()[0] if text.splitlines() else text)
+
+
+class _StartTLSFailed(Exception):
+    """The server offered STARTTLS but the upgrade failed (handshake or reply)."""
+
+
+async def open_session(target: SmtpTarget, local_hostname: str) -> NextHopSession:
+    """Connect, EHLO, and STARTTLS as `target.tls` demands; NextHopError if that fails."""
+    assert target.host is not None
+    label = f"{target.host}:{target.port}"
+    context = client_context(target)
+    try:
+        try:
+            return await _connect(target, local_hostname, label, context)
+        except _StartTLSFailed as failed:
+            if target.tls is not NextHopTLS.OPPORTUNISTIC:
+                raise
+            # Opportunistic TLS falls back to plain SMTP when the upgrade fails, as the
+            # Exchange connector and other MTAs do; a mode that demands TLS never falls back.
+            log.warning(
+                "next hop %s: STARTTLS failed (%s); sending without TLS", label, failed.__cause__
+            )
+            return await _connect(target, local_hostname, label, None)
+    except _StartTLSFailed as failed:
+        cause = failed.__cause__
+        detail = _first_line(cause) if cause is not None else "STARTTLS failed"
+        raise NextHopError(Reply(451, f"4.7.5 Next hop {label}: TLS failed: {detail}")) from cause
+    except (TLSPolicyError, aiosmtplib.SMTPException, OSError) as exc:
+        raise NextHopError(_failure(exc, label)) from exc
+
+
+async def _connect(
+    target: SmtpTarget, local_hostname: str, label: str, context: ssl.SSLContext | None
+) -> NextHopSession:
+    smtp = aiosmtplib.SMTP(
+        hostname=target.host,
+        port=target.port,
+        local_hostname=local_hostname,
+        timeout=target.timeout,
+        start_tls=False,
+    )
+    await smtp.connect()
+    try:
+        await smtp.ehlo()
+        if context is not None:
+            if smtp.supports_extension("starttls"):
+                try:
+                    await smtp.starttls(
+                        tls_context=context,
+                        server_hostname=server_hostname(target),
+                        timeout=target.timeout,
+                    )
+                except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+                    raise _StartTLSFailed() from exc
+                await smtp.ehlo()
+            elif target.tls is not NextHopTLS.OPPORTUNISTIC:
+                raise TLSPolicyError(f"tls: {target.tls} but the server offers no STARTTLS")
+    except BaseException:
+        smtp.close()
+        raise
+    return NextHopSession(smtp, label, target.timeout)
+
+
+class NextHopPool:
+    """Idle next-hop sessions for reuse. A session comes back after its transaction; one that
+    is not known to be clean is reset (RSET) when taken, and one idle for longer than
+    `idle_ttl` is closed, well before a typical server's own idle timeout."""
+
+    def __init__(
+        self,
+        target: SmtpTarget,
+        local_hostname: str,
+        max_idle: int = 16,
+        idle_ttl: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.local_hostname = local_hostname
+        self.max_idle = max_idle
+        self.idle_ttl = idle_ttl
+        self._idle: list[NextHopSession] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.TimerHandle | None = None
+
+    async def acquire(self) -> tuple[NextHopSession, bool]:
+        """A session ready for MAIL, and whether it came from the pool (so a failure on its
+        first command may just mean the next hop closed it while idle)."""
+        while self._idle:
+            session = self._idle.pop()
+            if time.monotonic() - session.idle_since > self.idle_ttl:
+                self._quit_later(session)
+                continue
+            if session.clean or await session.rset():
+                return session, True
+            session.close()
+        return await open_session(self.target, self.local_hostname), False
+
+    async def open(self) -> NextHopSession:
+        return await open_session(self.target, self.local_hostname)
+
+    def release(self, session: NextHopSession) -> None:
+        if not session.usable or not session.smtp.is_connected:
+            session.close()
+            return
+        self._drop_expired()
+        if len(self._idle) >= self.max_idle:
+            self._quit_later(session)
+            return
+        session.idle_since = time.monotonic()
+        self._idle.append(session)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(self.idle_ttl, self._reap)
+
+    def _reap(self) -> None:
+        # Without traffic nothing else would close idle sessions before the next hop does.
+        self._reaper = None
+        self._drop_expired()
+        if self._idle:
+            self._reaper = asyncio.get_running_loop().call_later(self.idle_ttl, self._reap)
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for session in self._idle:
+            if now - session.idle_since > self.idle_ttl:
+                self._quit_later(session)
+            else:
+                keep.append(session)
+        self._idle = keep
+
+    def _quit_later(self, session: NextHopSession) -> None:
+        task = asyncio.ensure_future(session.quit())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(s.quit() for s in idle), *self._closing, return_exceptions=True)

@@ -1,0 +1,652 @@
+"""The relay's front door: aiosmtpd sessions in, the engine's verdict out as SMTP replies.
+
+No rule logic lives here. Per message: the next-hop session opens at MAIL (from the pool),
+each RCPT is passed on and the client hears the next hop's answer, then DATA is read, judged
+by the engine's worker processes, and delivered, held, or refused. A 250 is only ever the next
+hop's own final 250, the outbox's durable write, or the quarantine's durable write.
+
+DATA is read in large chunks instead of aiosmtpd's line at a time: only CRLF.CRLF ends it, so
+bare LF or CR (SMTP smuggling) never does, and the message is passed on with every line end
+made CRLF, so no next hop can find a second message in it either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import secrets
+import socket
+import ssl
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import format_datetime, localtime
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import MISSING, SMTP, Session
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+
+from ..filter.actions import plan_for
+from ..filter.config import Config
+from ..filter.envelope import Envelope
+from ..filter.quarantine import QuarantineError, QuarantineStore
+from ..filter.release_mark import RELEASE_HEADER, load_or_create_secret, mark_id, verify_mark
+from ..filter.verdict import Action, Verdict
+from .addresses import AddressRefused, check_recipient, check_sender
+from .nexthop import NextHopError, NextHopPool, NextHopSession, Reply
+from .outbox import Outbox
+from .tls import certificate_names, describe_session, server_context
+
+log = logging.getLogger("mailgate.relay")
+
+_TERMINATOR = b"\r\n.\r\n"
+_INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+_RELEASE_MARK = re.compile(rb"^" + RELEASE_HEADER.encode() + rb":[ \t]*([^\r\n]*)\r\n", re.I | re.M)
+_READ_ALL = 1 << 30  # StreamReader.read(n) returns what is buffered, up to n
+_HEADER_END = re.compile(rb"\r\n\r\n")
+
+
+class Scanner(Protocol):
+    """What the relay needs from the engine: filter.pool.ScanPool satisfies it."""
+
+    async def scan(self, raw: bytes, envelope: Envelope) -> Verdict: ...
+
+
+class DataRefused(Exception):
+    """The DATA was read to its end but cannot be taken; `reply` says why."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with connect-time policy, chunked DATA reading and per-phase timeouts.
+    Connection-level facts live here, not on the Session, which aiosmtpd replaces on STARTTLS."""
+
+    def __init__(self, relay: Relay, **kwargs: Any) -> None:
+        self.relay = relay
+        self.client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.client_cert_names: tuple[str, ...] = ()
+        self.nexthop: NextHopSession | None = None  # open from MAIL until the transaction ends
+        self.busy = False  # a DATA transaction is being judged or delivered
+        self._counted = False
+        super().__init__(relay.handler, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._counted:
+            self._counted = True
+            self.relay.connections += 1
+            self.relay.sessions.add(self)
+            peer = transport.get_extra_info("peername")
+            self.client_ip = _ip(peer[0]) if isinstance(peer, tuple) else None
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.relay.connections -= 1
+            self.relay.sessions.discard(self)
+        if not self.busy:
+            self.relay.handler.end_transaction(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        refusal = self.relay.refusal_at_connect(self.client_ip)
+        if refusal is not None:
+            await self.push(refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limits = self.relay.config.relay
+        # One deadline for the whole transfer: a client dripping a byte a minute is cut off.
+        self._reset_timeout(limits.data_timeout)
+        try:
+            content = await self._read_data()
+            raw = normalise(content, limits.max_line_length, limits.max_header_size)
+        except DataRefused as refused:
+            log.info("%s: DATA refused: %s", self.client_ip, refused.reply)
+            self.relay.handler.end_transaction(self)
+            self._set_post_data_state()
+            await self._reply_after_data(refused.reply)
+            return
+        self.envelope.content = raw
+        self.envelope.original_content = raw
+        # Judging and delivering are bounded by the engine's budget and the next hop's
+        # timeouts; the idle timer must not cut the client off while it waits for us.
+        assert self._timeout_handle is not None
+        self._timeout_handle.cancel()
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self._reply_after_data("250 OK" if status is MISSING else status)
+
+    async def _reply_after_data(self, status: str) -> None:
+        self._reset_timeout()
+        await self.push(status)
+
+    async def _read_data(self) -> bytes:
+        """The DATA bytes up to CRLF.CRLF, dot-unstuffed. Bytes after the final dot (pipelined
+        commands) go back to the reader. Too much data is read to the end and discarded."""
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        # The leading CRLF stands for the line end before DATA, so ".\r\n" at once is found.
+        buf = bytearray(b"\r\n")
+        searched = 0
+        discarded = 0
+        while True:
+            chunk = await reader.read(_READ_ALL)
+            if not chunk:
+                raise ConnectionResetError("connection closed during DATA")
+            buf += chunk
+            end = buf.find(_TERMINATOR, searched)
+            if end >= 0:
+                if len(buf) > end + 5:
+                    # Nothing is left in the reader's buffer after read(_READ_ALL), so this
+                    # puts the pipelined bytes back in their place.
+                    reader.feed_data(bytes(buf[end + 5 :]))
+                if discarded or (limit and end > limit):
+                    raise DataRefused(f"552 5.3.4 Message too big: the limit is {limit} bytes")
+                del buf[end + 2 :]
+                break
+            if limit and len(buf) - 2 > limit:
+                # Keep only what could begin the terminator; drop the rest as it comes.
+                discarded += len(buf) - 4
+                del buf[:-4]
+            searched = max(0, len(buf) - 4)
+        # RFC 5321 4.5.2: a line starting with "." had one added by the client.
+        return bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
+
+
+def normalise(content: bytes, max_line_length: int, max_header_size: int) -> bytes:
+    """Every line end CRLF (bare CR and LF included), with the line and header limits checked."""
+    lines = content.splitlines()  # bytes split on CRLF, CR and LF alike
+    if content.count(b"\n") != len(lines) or content.count(b"\r") != len(lines):
+        content = b"\r\n".join(lines) + b"\r\n" if lines else b""
+    if lines and max(map(len, lines)) > max_line_length - 2:
+        raise DataRefused(
+            f"500 5.5.2 Message has a line longer than {max_line_length} bytes (RFC 5321 4.5.3.1.6)"
+        )
+    header_end = content.find(b"\r\n\r\n")
+    header_size = header_end if header_end >= 0 else len(content)
+    if header_size > max_header_size:
+        raise DataRefused(f"552 5.3.4 Message header too big: the limit is {max_header_size} bytes")
+    return content
+
+
+def _header_end(raw: bytes) -> int:
+    end = raw.find(b"\r\n\r\n")
+    return end + 2 if end >= 0 else len(raw)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _reply(code: int, status: str, text: str) -> str:
+    clean = "".join(ch if ch.isprintable() else " " for ch in text).strip()[:400]
+    return f"{code} {status} {clean}" if clean else f"{code} {status}"
+
+
+def verdict_reply(verdict: Verdict) -> str:
+    """The refusal for a reject or tempfail verdict, with the rule's code if it set one."""
+    if verdict.action is Action.REJECT:
+        default_code, default_status, default_text = 550, "5.7.1", "Message refused by policy"
+    else:
+        default_code, default_status = 451, "4.7.1"
+        default_text = "Message cannot be accepted now, try again later"
+    code = verdict.smtp_code or default_code
+    status = verdict.smtp_status or default_status
+    return _reply(code, status, verdict.reason or default_text)
+
+
+def decoded_subject(raw: bytes) -> str:
+    head = _HEADER_END.split(raw[: 256 << 10], 1)[0]
+    try:
+        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Subject", "")
+        return str(make_header(decode_header(str(value)))).replace("\r\n", "").replace("\n", "")
+    except Exception:  # an undecodable Subject must not stop the message being held
+        return ""
+
+
+class RelayHandler:
+    """aiosmtpd hooks. Each turns one SMTP event into a next-hop call or a local decision."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def handle_EHLO(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: SMTPEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        self.end_transaction(server)
+        session.host_name = hostname
+        # No AUTH here: who may relay is decided by network and client certificate.
+        kept = [r for r in responses[:-1] if not r[4:].upper().startswith("AUTH")]
+        return [*kept, "250-PIPELINING", responses[-1]]
+
+    async def handle_HELO(
+        self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope, hostname: str
+    ) -> str:
+        self.end_transaction(server)
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        self.end_transaction(server)
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        self.end_transaction(server)
+        return "221 2.0.0 Bye"
+
+    def handle_STARTTLS(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> bool:
+        # The handshake has already verified any certificate against client_ca; what it may
+        # do is decided at RCPT, where the client hears why.
+        server.client_cert_names = certificate_names((session.ssl or {}).get("peercert"))
+        return True
+
+    def end_transaction(self, server: RelaySMTP) -> None:
+        """Give the transaction's next-hop session back (the pool resets it before reuse)."""
+        nexthop, server.nexthop = server.nexthop, None
+        if nexthop is not None and self.relay.nexthop_pool is not None:
+            self.relay.nexthop_pool.release(nexthop)
+
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: SMTPEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        try:
+            sender = check_sender(address, envelope.smtp_utf8)
+        except AddressRefused as refused:
+            return refused.reply
+        relay = self.relay.config.relay
+        if sender and not relay.accepts_sender_domain(sender.rpartition("@")[2]):
+            return _reply(550, "5.7.1", f"Sender domain of <{sender}> is not accepted here")
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        pool = self.relay.nexthop_pool
+        if pool is None or self.relay.relay_refusal(server) is not None:
+            # No next hop to ask, or a client that may not relay: it hears why at RCPT.
+            return "250 2.1.0 OK"
+        try:
+            reply = await self._open_transaction(server, pool, sender, envelope)
+        except NextHopError as failed:
+            reply = failed.reply
+        if not reply.ok:
+            envelope.mail_from = None
+            envelope.mail_options.clear()
+            self.end_transaction(server)
+        return reply.smtp
+
+    async def _open_transaction(
+        self, server: RelaySMTP, pool: NextHopPool, sender: str, envelope: SMTPEnvelope
+    ) -> Reply:
+        nexthop, pooled = await pool.acquire()
+        server.nexthop = nexthop
+        if envelope.smtp_utf8 and not nexthop.supports("smtputf8") and not sender.isascii():
+            return Reply(553, "5.6.7 The next hop does not support SMTPUTF8 for this sender")
+        options = _mail_options(envelope, nexthop)
+        try:
+            return await nexthop.mail(sender, options)
+        except NextHopError:
+            if not pooled:
+                raise
+        # A pooled session may have been closed by the next hop while idle: one fresh try.
+        nexthop.close()
+        server.nexthop = nexthop = await pool.open()
+        return await nexthop.mail(sender, _mail_options(envelope, nexthop))
+
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: SMTPEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        refusal = self.relay.relay_refusal(server)
+        if refusal is not None:
+            return refusal
+        if len(envelope.rcpt_tos) >= self.relay.config.relay.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        try:
+            recipient = check_recipient(address, envelope.smtp_utf8)
+        except AddressRefused as refused:
+            return refused.reply
+        if self.relay.nexthop_pool is not None:
+            if server.nexthop is None:
+                return "451 4.4.2 The next-hop session for this transaction is gone; RSET"
+            if not recipient.isascii() and not server.nexthop.supports("smtputf8"):
+                return "553 5.6.7 The next hop does not support SMTPUTF8 for this recipient"
+            try:
+                reply = await server.nexthop.rcpt(recipient)
+            except NextHopError as failed:
+                self.end_transaction(server)
+                return failed.reply.smtp
+            if not reply.ok:
+                return reply.smtp
+            status = reply.smtp
+        else:
+            status = "250 2.1.5 OK"
+        envelope.rcpt_tos.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        return status
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        # Shielded: if the client goes away mid-way, delivery or quarantine still finishes
+        # (or fails) as a whole, and the next-hop session is returned in a known state.
+        server.busy = True
+        task = asyncio.ensure_future(self._process(server, session, envelope))
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                server.busy = False
+            else:
+                task.add_done_callback(lambda _: self._finish_abandoned(server))
+
+    def _finish_abandoned(self, server: RelaySMTP) -> None:
+        server.busy = False
+        self.end_transaction(server)
+
+    async def _process(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        relay = self.relay
+        raw = envelope.content
+        assert isinstance(raw, bytes)
+        message_id = secrets.token_hex(6).upper()
+        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
+        ssl_object = (session.ssl or {}).get("ssl_object")
+        env = Envelope(
+            mail_from=sender,
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            client_address=str(server.client_ip) if server.client_ip else None,
+            helo=session.host_name,
+            tls_version=ssl_object.version() if ssl_object else None,
+            queue_id=message_id,
+            door="relay",
+            extra={"tls_client_name": server.client_cert_names[0]}
+            if server.client_cert_names
+            else {},
+        )
+        released = await relay.released_copy(raw)
+        if released is not None:
+            # Released from the quarantine (a valid mark for a message the store says was
+            # released): judged already, so it goes on, without the mark.
+            raw = released
+            verdict = Verdict(Action.ACCEPT, reason="released from quarantine")
+        else:
+            verdict = await relay.scanner.scan(raw, env)
+        received = relay.received_header(server, session, envelope, message_id, ssl_object)
+        action = verdict.action
+        if verdict.engine_error:
+            if not relay.config.relay.fail_open:
+                reply = _reply(451, "4.3.0", "Message could not be scanned, try again later")
+                return self._done(server, env, verdict, reply)
+            log.warning(
+                "%s: engine failed (%s); fail_open relays it unscanned",
+                message_id,
+                verdict.engine_error,
+            )
+            action = Action.ACCEPT
+        if action is Action.REJECT or action is Action.TEMPFAIL:
+            return self._done(server, env, verdict, verdict_reply(verdict))
+        if action is Action.QUARANTINE:
+            return self._done(server, env, verdict, await relay.hold(received + raw, env, verdict))
+        plan = plan_for(verdict)
+        message = received + plan.apply(raw)
+        if server.nexthop is None and relay.nexthop_pool is not None:
+            reply = "451 4.4.2 The next-hop session for this transaction is gone"
+        else:
+            reply = await relay.deliver(server, message, env, plan.add_recipients)
+        return self._done(server, env, verdict, reply)
+
+    def _done(self, server: RelaySMTP, env: Envelope, verdict: Verdict, reply: str) -> str:
+        self.end_transaction(server)
+        log.info(
+            "%s: from=<%s> rcpt=%d action=%s rules=%s -> %s",
+            env.queue_id,
+            env.mail_from,
+            len(env.rcpt_tos),
+            verdict.action,
+            ",".join(verdict.rules) or "-",
+            reply.splitlines()[-1],
+        )
+        return reply
+
+
+def _mail_options(envelope: SMTPEnvelope, nexthop: NextHopSession) -> list[str]:
+    """The client's MAIL parameters the next hop understands (aiosmtpd has checked them)."""
+    extension = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
+    return [
+        option
+        for option in envelope.mail_options
+        if (name := option.partition("=")[0]) in extension and nexthop.supports(extension[name])
+    ]
+
+
+class Relay:
+    """The listening relay: policy, the engine, and where accepted mail goes."""
+
+    def __init__(
+        self,
+        config: Config,
+        scanner: Scanner,
+        store: QuarantineStore,
+        nexthop_pool: NextHopPool | None = None,
+        outbox: Outbox | None = None,
+        release_secret: bytes | None = None,
+    ) -> None:
+        if (nexthop_pool is None) == (outbox is None):
+            raise ValueError("give exactly one of nexthop_pool and outbox")
+        self.config = config
+        self.scanner = scanner
+        self.store = store
+        self.nexthop_pool = nexthop_pool
+        self.outbox = outbox
+        self.release_secret = release_secret
+        self.handler = RelayHandler(self)
+        self.tls_context = server_context(config.relay.tls)
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self.sessions: set[RelaySMTP] = set()
+
+    @classmethod
+    def from_config(cls, config: Config, scanner: Scanner, store: QuarantineStore) -> Relay:
+        secret = load_or_create_secret(config.quarantine.path)
+        target = config.relay.next_hop
+        if target.host:
+            pool = NextHopPool(target, config.relay.hostname)
+            return cls(config, scanner, store, nexthop_pool=pool, release_secret=secret)
+        outbox = Outbox(config.relay.outbox)
+        return cls(config, scanner, store, outbox=outbox, release_secret=secret)
+
+    # --- policy ----------------------------------------------------------------------------
+
+    def refusal_at_connect(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    ) -> str | None:
+        relay = self.config.relay
+        if self.connections > relay.max_connections:
+            return "421 4.7.0 Too many connections, try again later"
+        if self._network_allowed(ip) or relay.tls.client_ca is not None:
+            return None
+        return f"554 5.7.1 {ip} is not allowed to relay through {relay.hostname}"
+
+    def relay_refusal(self, server: RelaySMTP) -> str | None:
+        """None if this client may relay: its network is in accept_from, or (with client_ca)
+        its verified certificate carries a name from client_names."""
+        if self._network_allowed(server.client_ip):
+            return None
+        tls = self.config.relay.tls
+        if tls.client_ca is None:
+            return f"550 5.7.1 Relaying denied: {server.client_ip} is not in accept_from"
+        if not server.client_cert_names:
+            return (
+                "550 5.7.1 Relaying denied: a client certificate is required "
+                "(STARTTLS with a certificate)"
+            )
+        allowed = {name.lower().rstrip(".") for name in tls.client_names}
+        if allowed.intersection(server.client_cert_names):
+            return None
+        names = ", ".join(server.client_cert_names)
+        return f"550 5.7.1 Relaying denied: certificate name {names} is not in client_names"
+
+    def _network_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        return ip is not None and any(ip in net for net in self.config.relay.accept_from)
+
+    async def released_copy(self, raw: bytes) -> bytes | None:
+        """The message without its release mark, if it carries a valid one (made with this
+        quarantine's secret for this body, recent) for a message still in the quarantine;
+        else None: a forged or stale mark is just a header."""
+        found = _RELEASE_MARK.search(raw, 0, _header_end(raw))
+        if found is None or self.release_secret is None:
+            return None
+        value = found.group(1).decode("ascii", "replace")
+        qid = mark_id(value)
+        if qid is None or not verify_mark(self.release_secret, value, raw):
+            return None
+        try:
+            record = await asyncio.to_thread(self.store.get, qid)
+        except QuarantineError:
+            return None
+        # "held" too: the releaser records the release only once this hop has answered 250.
+        # A deleted message's mark no longer lets it through.
+        if record.state == "deleted":
+            return None
+        return raw[: found.start()] + raw[found.end() :]
+
+    # --- where mail goes -------------------------------------------------------------------
+
+    async def hold(self, raw: bytes, env: Envelope, verdict: Verdict) -> str:
+        try:
+            qid = await asyncio.to_thread(self.store.put, raw, env, verdict, decoded_subject(raw))
+        except Exception:
+            log.exception("%s: quarantine write failed", env.queue_id)
+            return "451 4.3.0 Message could not be stored, try again later"
+        return f"250 2.0.0 Held for review in quarantine as {qid}"
+
+    async def deliver(
+        self, server: RelaySMTP, message: bytes, env: Envelope, add_recipients: list[str]
+    ) -> str:
+        if self.outbox is not None:
+            recipients = (*env.rcpt_tos, *add_recipients)
+            try:
+                delivery_id = await asyncio.to_thread(
+                    self.outbox.deliver, message, env.mail_from, recipients
+                )
+            except OSError:
+                log.exception("%s: outbox write failed", env.queue_id)
+                return "451 4.3.0 Message could not be stored, try again later"
+            return f"250 2.0.0 Delivered to the outbox as {delivery_id}"
+        nexthop = server.nexthop
+        assert nexthop is not None
+        try:
+            for recipient in add_recipients:
+                added = await nexthop.rcpt(recipient)
+                if not added.ok:
+                    # A rule's copy (archive, supervisor) must not silently go missing.
+                    return _reply(451, "4.3.0", f"Required copy to <{recipient}> refused: {added}")
+            reply = await nexthop.data(message)
+        except NextHopError as failed:
+            return failed.reply.smtp
+        return reply.smtp
+
+    def received_header(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: SMTPEnvelope,
+        message_id: str,
+        ssl_object: ssl.SSLObject | None,
+    ) -> bytes:
+        helo = "".join(ch for ch in (session.host_name or "unknown") if ch.isprintable())[:200]
+        protocol = (
+            ("UTF8SMTP" if envelope.smtp_utf8 else "ESMTP") if session.extended_smtp else "SMTP"
+        )
+        if ssl_object is not None:
+            protocol += "S"
+        tls = describe_session(ssl_object)
+        lines = [
+            f"Received: from {helo} ([{server.client_ip}])",
+            f"\tby {self.config.relay.hostname} (mailgate) with {protocol} id {message_id}",
+        ]
+        if tls:
+            lines.append(f"\t(using {tls})")
+        recipient = f" for <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        lines[-1] += f"{recipient}; {format_datetime(localtime())}"
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _protocol(self) -> RelaySMTP:
+        relay = self.config.relay
+        protocol = RelaySMTP(
+            self,
+            data_size_limit=relay.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=relay.hostname,
+            ident="mailgate",
+            tls_context=self.tls_context,
+            require_starttls=relay.tls.require,
+            timeout=relay.idle_timeout,
+            auth_require_tls=True,
+        )
+        return protocol
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(self._protocol, sock=sock)
+        else:
+            listen = self.config.relay.listen
+            self._server = await loop.create_server(
+                self._protocol, host=listen.host, port=listen.port, reuse_address=True
+            )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop listening, let sessions finish their transaction for up to `grace` seconds."""
+        if self._server is not None:
+            self._server.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(p.busy for p in self.sessions) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for protocol in list(self.sessions):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        if self.nexthop_pool is not None:
+            await self.nexthop_pool.close()

@@ -1,0 +1,232 @@
+"""Writes the default pack's example messages (rules/examples/*.eml) from the sample builders.
+
+    cd tests && ../.venv/bin/python -m support.build_examples ../rules/examples
+
+The examples are committed so `mailgate rules test` runs anywhere; this script is how they
+were made, so a reviewer can see exactly what each holds. tests/test_default_pack.py checks
+that the committed files are what this script writes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import samples as s
+
+CARD_VISA = "4111 1111 1111 1111"
+CARD_MC = "5555-5555-5555-4444"
+
+PLAIN_BUSINESS = """Hi Bob,
+
+Thanks for the call today. As discussed, the kickoff is on 3 December at 10:00 in room 4.12.
+Our order 2211-4456 shipped yesterday; the tracking number is 1Z999AA10123456784.
+Call me on +1 (555) 010-2345 if anything is unclear.
+
+Best regards,
+Alice
+"""
+
+
+def examples() -> dict[str, bytes]:
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    png = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000") + b"\0" * 40
+    card_text = f"Please charge the deposit to my card {CARD_VISA}, expiry 12/28.\n"
+    inner_with_card = s.text_message(card_text, subject="Booking details")
+    vba_docx = s.docx_bytes([["Quarterly figures"]], vba=True)
+    ics = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Example//EN\r\nMETHOD:REQUEST\r\n"
+        "BEGIN:VEVENT\r\nUID:20261127T100000Z-1@example.com\r\nDTSTART:20261203T100000Z\r\n"
+        "DTEND:20261203T110000Z\r\nSUMMARY:Project kickoff\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    return {
+        # --- cards: every place a card number hides
+        "card-plain.eml": s.text_message(card_text, subject="Deposit"),
+        "card-html-split.eml": s.text_message(
+            "<html><body><p>Card: 4111<span>1111</span>1111<b>1111</b> exp 12/28</p></body></html>",
+            content_type="text/html; charset=utf-8",
+        ),
+        "card-base64.eml": s.text_message(
+            f"Mastercard {CARD_MC} for the hotel.\n", encoding="base64"
+        ),
+        "card-csv-attachment.eml": s.mime_message(
+            s.text_part("Customer list attached.\n"),
+            s.attachment_part(
+                b"name,card,expiry\r\nJ. Doe,4111111111111111,12/28\r\n",
+                "customers.csv",
+                "text/csv",
+            ),
+        ),
+        "card-docx-attachment.eml": s.mime_message(
+            s.text_part("Signed form attached.\n"),
+            s.attachment_part(
+                s.docx_bytes([["Payment by card: ", "4111 1111 ", "1111 1111"]]),
+                "form.docx",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            ),
+        ),
+        "card-attached-message.eml": s.mime_message(
+            s.text_part("Forwarding the booking below.\n"), s.message_part(inner_with_card)
+        ),
+        "card-html-attachment.eml": s.mime_message(
+            s.text_part("Statement attached.\n"),
+            s.attachment_part(
+                b"<html><body>Card &#52;111&nbsp;1111 1111 1111</body></html>",
+                "statement.html",
+                "text/html",
+            ),
+        ),
+        "numbers-not-cards.eml": s.text_message(
+            "Order number: 4532015112830366\n"
+            "Invoice no. 5105105105105100 is due on 2026-12-01.\n"
+            "Tracking: 4024007103939509 (parcel service)\n"
+            "Reference 1234 5678 9012 3456, phone +44 20 7946 0958, timestamp 1732700000000.\n",
+            subject="Order confirmation",
+        ),
+        # --- ordinary mail that must pass
+        "plain-business.eml": s.text_message(PLAIN_BUSINESS, subject="Kickoff"),
+        "invoice.eml": s.mime_message(
+            s.text_part(
+                "Dear customer,\n\nplease find invoice INV-2026-0042 for EUR 1,250.00 attached, "
+                "payable within 30 days.\n\nAccounts receivable\n"
+            ),
+            s.attachment_part(pdf, "INV-2026-0042.pdf", "application/pdf"),
+            subject="Invoice INV-2026-0042",
+        ),
+        "newsletter.eml": s.mime_message(
+            s.text_part(
+                "This month: new offices, product news.\nUnsubscribe: "
+                "https://news.example.com/u/123\n"
+            ),
+            s.text_part(
+                "<html><body><h1>News</h1><p>New offices &amp; product news.</p>"
+                '<a href="https://news.example.com/u/123">Unsubscribe</a></body></html>',
+                "html",
+            ),
+            subtype="alternative",
+            subject="November newsletter",
+            extra_headers=[("List-Unsubscribe", "<https://news.example.com/u/123>")],
+        ),
+        "calendar-invite.eml": s.mime_message(
+            s.text_part("You are invited: Project kickoff, 3 December 10:00 UTC.\n"),
+            s.text_part(ics, "calendar", params="; method=REQUEST"),
+            subtype="alternative",
+            subject="Invitation: Project kickoff",
+        ),
+        "inline-image.eml": s.mime_message(
+            s.text_part('<html><body><img src="cid:logo@example.com"> Hello</body></html>', "html"),
+            s.MimePart(
+                [
+                    ("Content-Type", "image/png"),
+                    ("Content-Transfer-Encoding", "base64"),
+                    ("Content-ID", "<logo@example.com>"),
+                    ("Content-Disposition", 'inline; filename="logo.png"'),
+                ],
+                s.encode_body(png, "base64"),
+            ),
+            subtype="related",
+            subject="Signature with logo",
+        ),
+        # --- IBAN and SSN
+        "iban.eml": s.text_message(
+            "Please transfer the refund to DE89 3704 0044 0532 0130 00 by Friday.\n"
+        ),
+        "rf-reference.eml": s.text_message(
+            "Use the creditor reference RF18 5390 0754 7034 with your payment.\n"
+        ),
+        "ssn.eml": s.text_message("New hire paperwork: SSN 536-90-4187, start date Monday.\n"),
+        "ssn-no-context.eml": s.text_message("Ticket 536-90-4187 was closed yesterday.\n"),
+        # --- malware and risky attachments
+        "eicar-attachment.eml": s.mime_message(
+            s.text_part("Test file.\n"), s.attachment_part(s.EICAR, "readme.txt", "text/plain")
+        ),
+        "eicar-nested-zip.eml": s.mime_message(
+            s.text_part("Archive attached.\n"),
+            s.attachment_part(
+                s.nested_zip(["outer.zip", "inner.zip"], "notes.txt", s.EICAR),
+                "outer.zip",
+                "application/zip",
+            ),
+        ),
+        "exe-attachment.eml": s.mime_message(
+            s.text_part("Installer attached.\n"),
+            s.attachment_part(s.pe_executable(), "setup.exe", "application/x-msdownload"),
+        ),
+        "exe-double-extension.eml": s.mime_message(
+            s.text_part("Invoice attached.\n"),
+            s.attachment_part(b"echo hello\r\n", "Invoice.PDF.bat. ", "application/pdf"),
+        ),
+        "exe-in-zip.eml": s.mime_message(
+            s.text_part("Tools attached.\n"),
+            s.attachment_part(
+                s.zip_bytes({"tools/cleanup.scr": b"not really"}), "tools.zip", "application/zip"
+            ),
+        ),
+        "pe-renamed.eml": s.mime_message(
+            s.text_part("Holiday photo.\n"),
+            s.attachment_part(s.pe_executable(), "photo.jpg", "image/jpeg"),
+        ),
+        "exe-rfc2231-name.eml": s.mime_message(
+            s.text_part("Report attached.\n"),
+            s.attachment_part(
+                b"payload",
+                "x",
+                disposition="attachment; filename*0*=utf-8''report.pdf.e; filename*1=xe",
+            ),
+        ),
+        "encrypted-zip-with-exe.eml": s.mime_message(
+            s.text_part("Password in the next mail.\n"),
+            s.attachment_part(
+                s.zipcrypto_zip({"payload.exe": b"x" * 200}), "secure.zip", "application/zip"
+            ),
+        ),
+        "encrypted-zip.eml": s.mime_message(
+            s.text_part("Salaries, password by phone.\n"),
+            s.attachment_part(
+                s.aes_zip({"salaries.xlsx": b"x" * 500}), "salaries.zip", "application/zip"
+            ),
+        ),
+        "mz-text-file.eml": s.mime_message(
+            s.text_part("Notes attached.\n"),
+            s.attachment_part(
+                b"MZ notes: the meeting moved to Tuesday.\r\n", "notes.txt", "text/plain"
+            ),
+        ),
+        "pdf-attachment.eml": s.mime_message(
+            s.text_part("Brochure attached.\n"),
+            s.attachment_part(pdf, "brochure.pdf", "application/pdf"),
+        ),
+        "docm-macros.eml": s.mime_message(
+            s.text_part("Figures attached.\n"),
+            s.attachment_part(
+                vba_docx, "figures.docm", "application/vnd.ms-word.document.macroEnabled.12"
+            ),
+        ),
+        "macros-renamed-docx.eml": s.mime_message(
+            s.text_part("Figures attached.\n"),
+            s.attachment_part(
+                vba_docx,
+                "figures.docx",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            ),
+        ),
+        # --- classification and fail-closed
+        "confidential.eml": s.text_message(
+            "Board minutes attached below.\n",
+            subject="Board minutes",
+            extra_headers=[("X-Classification", "CONFIDENTIAL")],
+        ),
+        "too-deep.eml": s.nested_messages(12, "the innermost message"),
+    }
+
+
+def main() -> None:
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "rules/examples")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in examples().items():
+        (target / name).write_bytes(data)
+    print(f"wrote {len(examples())} examples to {target}")
+
+
+if __name__ == "__main__":
+    main()

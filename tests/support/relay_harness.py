@@ -1,0 +1,113 @@
+"""Run a real mailgate relay (real ScanPool workers, real quarantine) on 127.0.0.1 in a
+background loop, with a configuration written to a real mailgate.yaml."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mailgate.filter.config import Config, load_config
+from mailgate.filter.pool import ScanPool
+from mailgate.filter.quarantine import LocalQuarantine
+from mailgate.relay.server import Relay
+from support.smtp_sink import BackgroundLoop
+
+TINY_PACK = """\
+rules:
+  - id: block-word
+    when: [{subject: {regex: '(?i)reject-me'}}]
+    action: reject
+    reason: Subject contains a blocked word
+  - id: hold-word
+    when: [{subject: {regex: '(?i)quarantine-me'}}]
+    action: quarantine
+    reason: Held for review
+  - id: tag-word
+    when: [{subject: {regex: '(?i)tag-me'}}]
+    action: tag
+    tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
+  - id: busy-word
+    when: [{subject: {regex: '(?i)tempfail-me'}}]
+    action: tempfail
+    reason: Try later
+"""
+
+
+def write_pack(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rules.yaml").write_text(TINY_PACK)
+    return folder
+
+
+def start_pool(loop: BackgroundLoop, rules: Path) -> ScanPool:
+    async def start() -> ScanPool:
+        pool = ScanPool(rules, workers=2, time_budget=10.0)
+        await pool.start()
+        return pool
+
+    return loop.run(start(), timeout=120)
+
+
+def write_config(
+    folder: Path, rules: Path, relay: dict[str, Any] | None = None, **sections: Any
+) -> Config:
+    """mailgate.yaml in `folder`; RunningRelay listens on an ephemeral port of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "rules": str(rules),
+        "quarantine": {"path": "quarantine"},
+        "relay": {
+            "hostname": "mailgate.example.test",
+            "outbox": "outbox",
+            **(relay or {}),
+        },
+        **sections,
+    }
+    path = folder / "mailgate.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)
+
+
+class RunningRelay:
+    def __init__(self, loop: BackgroundLoop, config: Config, scanner: Any) -> None:
+        self.loop = loop
+        self.config = config
+        self.store = LocalQuarantine(config.quarantine.path)
+        self.relay = Relay.from_config(config, scanner, self.store)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        loop.run(self.relay.start(sock=sock))
+        self.host, self.port = self.relay.address
+
+    def client(self, source: str = "127.0.0.1", timeout: float = 30.0) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(
+            self.host,
+            self.port,
+            timeout=timeout,
+            source_address=(source, 0),
+            local_hostname="client.example.test",
+        )
+        return smtp
+
+    def outbox_files(self) -> list[Path]:
+        return sorted(self.config.relay.outbox.glob("*.eml"))
+
+    def stop(self) -> None:
+        self.loop.run(self.relay.stop(grace=1.0))
+
+
+def message(
+    subject: str = "hello",
+    body: str = "Just a test.\r\n",
+    sender: str = "alice@example.com",
+    to: str = "bob@example.org",
+    extra: str = "",
+) -> bytes:
+    return (
+        f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{abs(hash((subject, body)))}@example.com>\r\n{extra}\r\n{body}"
+    ).encode()

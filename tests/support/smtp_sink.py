@@ -1,0 +1,221 @@
+"""A test next hop: aiosmtpd on 127.0.0.1 in a background thread, recording what it accepts,
+with fault modes (down, 4xx/5xx per recipient, refusing DATA, slow, dropping mid-DATA) and
+optional STARTTLS with a given certificate.
+
+`BackgroundLoop` runs an asyncio loop in a daemon thread; the relay tests use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+T = TypeVar("T")
+
+
+class BackgroundLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (a next hop that is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    tls: bool = False  # the session was encrypted (STARTTLS)
+    options: tuple[str, ...] = ()  # MAIL parameters
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.content, policy=policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class Faults:
+    rcpt: dict[str, str] = field(default_factory=dict)  # recipient -> reply, e.g. "550 5.1.1 no"
+    mail: str | None = None  # reply to every MAIL
+    data: str | None = None  # final reply after the message
+    delay: float = 0.0  # seconds before every reply, banner included
+    drop_mid_data: bool = False  # close the connection after 354 and some of the message
+
+
+class _SinkSMTP(SMTP):
+    def __init__(self, sink: SmtpSink, **kwargs: Any) -> None:
+        self.sink = sink
+        super().__init__(sink, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:
+            self.sink.connections += 1
+            self.sink.open.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sink.open.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: str | bytes) -> None:
+        if self.sink.faults.delay:
+            await asyncio.sleep(self.sink.faults.delay)
+        await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        assert self.envelope is not None
+        if self.sink.faults.drop_mid_data and self.envelope.rcpt_tos:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.read(1)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super().smtp_DATA(arg)
+
+
+class SmtpSink:
+    def __init__(
+        self,
+        loop: BackgroundLoop,
+        tls: tuple[Path, Path] | None = None,
+        extensions_off: tuple[str, ...] = (),
+    ) -> None:
+        self.loop = loop
+        self.faults = Faults()
+        self.received: list[Received] = []
+        self.connections = 0
+        self.open: set[_SinkSMTP] = set()
+        self.extensions_off = extensions_off
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
+        self._server: asyncio.Server | None = None
+        self._changed = threading.Condition()
+
+    def _protocol(self) -> _SinkSMTP:
+        return _SinkSMTP(
+            self,
+            hostname="sink.example.test",
+            tls_context=self._tls,
+            enable_SMTPUTF8="SMTPUTF8" not in self.extensions_off,
+        )
+
+    def start(self) -> SmtpSink:
+        async def start() -> asyncio.Server:
+            return await asyncio.get_running_loop().create_server(self._protocol, "127.0.0.1", 0)
+
+        self._server = self.loop.run(start())
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        self.loop.run(stop())
+
+    def drop_connections(self) -> None:
+        """Close every open session, as a next hop does with connections idle too long."""
+
+        async def drop() -> None:
+            for protocol in list(self.open):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            await asyncio.sleep(0.1)  # let the closes reach the clients
+
+        self.loop.run(drop())
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.received) >= count, timeout)
+            return list(self.received)
+
+    # --- aiosmtpd hooks ----------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return [r for r in responses if r[4:].split(" ")[0] not in self.extensions_off]
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if self.faults.mail:
+            return self.faults.mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 sink: sender ok"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        reply = self.faults.rcpt.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return f"250 2.1.5 sink: <{address}> ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.faults.data:
+            return self.faults.data
+        content = envelope.original_content or b""
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        with self._changed:
+            self.received.append(
+                Received(
+                    mail_from,
+                    tuple(envelope.rcpt_tos),
+                    bytes(content),
+                    tls=session.ssl is not None,
+                    options=tuple(envelope.mail_options),
+                )
+            )
+            self._changed.notify_all()
+            return f"250 2.0.0 sink: queued as S{len(self.received)}"

@@ -1,0 +1,280 @@
+"""Attachment facts: detected types, archives (zip, rar, 7z), bombs, encryption, Office."""
+
+from __future__ import annotations
+
+import pytest
+from support.samples import (
+    EICAR,
+    VISA_TEST_CARD,
+    aes_zip,
+    attachment_part,
+    docx_bytes,
+    elf_executable,
+    encrypted_ooxml,
+    lying_size_zip,
+    mime_message,
+    nested_zip,
+    ole_doc_encrypted,
+    ole_doc_plain,
+    ole_doc_with_vba,
+    pe_executable,
+    rar4_bytes,
+    rar4_header_encrypted,
+    sevenzip_bytes,
+    text_part,
+    xls_bytes,
+    xlsx_bytes,
+    zip_bomb,
+    zip_bytes,
+    zipcrypto_zip,
+)
+
+from mailgate.filter.attachments import detect_type
+from mailgate.filter.message import Message, Part, ScanLimits
+
+
+def parse_attachment(payload: bytes, filename: str, limits: ScanLimits | None = None) -> Message:
+    raw = mime_message(text_part("see attached"), attachment_part(payload, filename))
+    return Message.parse(raw, limits)
+
+
+def by_path(msg: Message) -> dict[str, Part]:
+    return {p.path: p for p in msg.parts}
+
+
+# --------------------------------------------------------------------------- detected type
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (pe_executable(), "application/vnd.microsoft.portable-executable"),
+        (elf_executable(), "application/x-executable"),
+        (b"MZ is how this plain text note starts.\nNothing to run here.\n", "text/plain"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "application/pdf"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(40), "image/png"),
+        (b"<!DOCTYPE html><html><body>x</body></html>", "text/html"),
+        (b"#!/bin/sh\necho hi\n", "text/x-shellscript"),
+        (zip_bytes({"a.txt": b"x"}), "application/zip"),
+    ],
+)
+def test_detected_type(payload: bytes, expected: str) -> None:
+    assert detect_type(payload) == expected
+
+
+def test_pe_under_another_name_is_detected_and_declared_type_kept() -> None:
+    msg = parse_attachment(pe_executable(), "holiday.jpg")
+    part = by_path(msg)["2"]
+    assert part.extensions == ("jpg",)
+    assert part.content_type == "application/octet-stream"
+    assert part.detected_type == "application/vnd.microsoft.portable-executable"
+    assert part.size == len(pe_executable())
+    assert part.text is None
+
+
+# --------------------------------------------------------------------------- zip
+
+
+def test_zip_members_become_parts_with_paths() -> None:
+    archive = zip_bytes(
+        {
+            "docs/readme.txt": b"card " + VISA_TEST_CARD.encode(),
+            "tool.exe": pe_executable(),
+            "empty/": b"",
+        }
+    )
+    parts = by_path(parse_attachment(archive, "report.zip"))
+    assert parts["2"].detected_type == "application/zip"
+    readme = parts["2/report.zip/docs/readme.txt"]
+    assert readme.member_of == "2"
+    assert readme.depth == 1
+    assert readme.is_attachment
+    assert readme.text == "card " + VISA_TEST_CARD
+    tool = parts["2/report.zip/tool.exe"]
+    assert tool.extensions == ("exe",)
+    assert tool.detected_type == "application/vnd.microsoft.portable-executable"
+    assert tool.payload == pe_executable()
+    assert not any(p.endswith("empty/") for p in parts)
+
+
+def test_nested_zips_to_depth_three() -> None:
+    archive = nested_zip(["report.zip", "inner.zip", "deepest.zip"], "a.exe", EICAR)
+    msg = parse_attachment(archive, "report.zip")
+    parts = by_path(msg)
+    leaf = parts["2/report.zip/inner.zip/deepest.zip/a.exe"]
+    assert leaf.payload == EICAR
+    assert leaf.member_of == "2/report.zip/inner.zip/deepest.zip"
+    assert leaf.depth == 3
+    assert msg.unscannable == set()
+
+
+def test_zip_nested_beyond_depth_three_is_too_deep() -> None:
+    archive = nested_zip(["l1.zip", "l2.zip", "l3.zip", "l4.zip"], "a.exe", EICAR)
+    msg = parse_attachment(archive, "l1.zip")
+    assert "too_deep" in msg.unscannable
+    assert "too_deep" in by_path(msg)["2/l1.zip/l2.zip/l3.zip/l4.zip"].unscannable
+    assert all(p.payload != EICAR for p in msg.parts)
+
+
+@pytest.mark.parametrize("build", [zipcrypto_zip, aes_zip])
+def test_encrypted_zip_lists_member_names(build) -> None:  # type: ignore[no-untyped-def]
+    msg = parse_attachment(build({"invoice.pdf.exe": b"x" * 100, "notes.txt": b"y"}), "e.zip")
+    parts = by_path(msg)
+    assert parts["2"].encrypted
+    assert "encrypted" in parts["2"].unscannable
+    member = parts["2/e.zip/invoice.pdf.exe"]
+    assert member.encrypted and member.payload == b""
+    assert member.extensions == ("pdf", "exe")
+    assert "2/e.zip/notes.txt" in parts
+    assert "encrypted" in msg.unscannable
+
+
+def test_zip_bomb_is_refused_without_inflating() -> None:
+    msg = parse_attachment(zip_bomb(20 << 20), "bomb.zip")
+    member = by_path(msg)["2/bomb.zip/zeros.bin"]
+    assert member.payload == b""
+    assert "over_budget" in member.unscannable
+    assert "over_budget" in msg.unscannable
+
+
+def test_zip_member_over_total_budget() -> None:
+    archive = zip_bytes({"a.bin": bytes(300_000), "b.bin": bytes(300_000)})
+    msg = parse_attachment(archive, "two.zip", ScanLimits(max_decoded_total=500_000))
+    parts = by_path(msg)
+    assert parts["2/two.zip/a.bin"].size == 300_000
+    assert "over_budget" in parts["2/two.zip/b.bin"].unscannable
+
+
+def test_zip_with_lying_sizes_is_malformed_and_not_inflated() -> None:
+    msg = parse_attachment(lying_size_zip(), "small.zip")
+    member = by_path(msg)["2/small.zip/small.txt"]
+    assert member.size <= 1000
+    assert "malformed" in msg.unscannable
+
+
+def test_truncated_zip_is_malformed() -> None:
+    archive = zip_bytes({"a.txt": b"hello" * 100})
+    msg = parse_attachment(archive[: len(archive) // 2], "cut.zip")
+    assert "malformed" in msg.unscannable
+
+
+def test_archive_members_count_against_max_parts() -> None:
+    archive = zip_bytes({f"f{i}.txt": b"x" for i in range(50)})
+    msg = parse_attachment(archive, "many.zip", ScanLimits(max_parts=20))
+    assert len(msg.parts) == 20
+    assert "over_budget" in msg.unscannable
+
+
+# --------------------------------------------------------------------------- rar and 7z
+
+
+def test_rar_listing_and_stored_member_content() -> None:
+    msg = parse_attachment(rar4_bytes({"run.exe": pe_executable(), "a.txt": b"hello"}), "x.rar")
+    parts = by_path(msg)
+    assert parts["2/x.rar/run.exe"].detected_type == "application/vnd.microsoft.portable-executable"
+    assert parts["2/x.rar/a.txt"].text == "hello"
+    assert msg.unscannable == set()
+
+
+def test_encrypted_rar_members_are_listed() -> None:
+    msg = parse_attachment(rar4_bytes({"run.exe": b"MZ" * 10}, encrypted=True), "x.rar")
+    parts = by_path(msg)
+    assert parts["2"].encrypted
+    assert parts["2/x.rar/run.exe"].encrypted
+    assert "encrypted" in msg.unscannable
+
+
+def test_rar_with_encrypted_headers_is_encrypted() -> None:
+    msg = parse_attachment(rar4_header_encrypted(), "x.rar")
+    assert by_path(msg)["2"].encrypted
+    assert "encrypted" in msg.unscannable
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [(b"Rar!\x1a\x07\x00" + b"\x01" * 300, "x.rar"), (b"7z\xbc\xaf\x27\x1c" + bytes(300), "x.7z")],
+)
+def test_damaged_rar_and_7z_are_malformed(payload: bytes, name: str) -> None:
+    assert "malformed" in parse_attachment(payload, name).unscannable
+
+
+def test_7z_is_listed_and_extracted() -> None:
+    msg = parse_attachment(sevenzip_bytes({"run.exe": pe_executable(), "a.csv": b"4,5\n"}), "x.7z")
+    parts = by_path(msg)
+    assert parts["2/x.7z/run.exe"].payload == pe_executable()
+    assert parts["2/x.7z/a.csv"].text == "4,5\n"
+
+
+@pytest.mark.parametrize("header_encryption", [False, True])
+def test_encrypted_7z(header_encryption: bool) -> None:
+    data = sevenzip_bytes({"run.exe": b"MZ"}, password="pw", header_encryption=header_encryption)
+    msg = parse_attachment(data, "x.7z")
+    assert by_path(msg)["2"].encrypted
+    assert "encrypted" in msg.unscannable
+    names = [p.filename for p in msg.parts]
+    assert ("run.exe" in names) is not header_encryption
+
+
+# --------------------------------------------------------------------------- Office
+
+
+def test_docx_text_joins_runs() -> None:
+    doc = docx_bytes([["Card: 4111 11", "11 1111 1111"], ["Second paragraph"]])
+    part = by_path(parse_attachment(doc, "letter.docx"))["2"]
+    assert part.text == "Card: 4111 1111 1111 1111\nSecond paragraph"
+    assert not part.macros
+    assert not any(p.member_of for p in parse_attachment(doc, "letter.docx").parts)
+
+
+def test_xlsx_text_has_shared_inline_and_numeric_cells() -> None:
+    book = xlsx_bytes(["4111 1111 1111 1111"], ["DE89 3704 0044 0532 0130 00"], ["123456789"])
+    part = by_path(parse_attachment(book, "sheet.xlsx"))["2"]
+    assert part.text is not None
+    for value in ("4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "123456789"):
+        assert value in part.text
+    assert not part.macros
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [
+        (docx_bytes([["hi"]], vba=True), "invoice.docm"),
+        (xlsx_bytes(["a"], vba=True), "budget.xlsm"),
+        (xlsx_bytes(["a"], macro_sheet=True), "excel4.xlsx"),
+        (ole_doc_with_vba(), "old.doc"),
+        (xls_bytes(macro_sheet=True), "xlm.xls"),
+        (docx_bytes([["hi"]], vba=True), "renamed.pdf"),
+    ],
+)
+def test_macros_are_found(payload: bytes, name: str) -> None:
+    part = by_path(parse_attachment(payload, name))["2"]
+    assert part.macros
+
+
+@pytest.mark.parametrize("payload", [ole_doc_plain(), xls_bytes()])
+def test_plain_ole_documents_have_no_macros(payload: bytes) -> None:
+    msg = parse_attachment(payload, "plain.doc")
+    assert not by_path(msg)["2"].macros
+    assert msg.unscannable == set()
+
+
+@pytest.mark.parametrize(
+    "payload", [encrypted_ooxml(), xls_bytes(encrypted=True), ole_doc_encrypted()]
+)
+def test_encrypted_office_documents(payload: bytes) -> None:
+    msg = parse_attachment(payload, "secret.docx")
+    assert by_path(msg)["2"].encrypted
+    assert "encrypted" in msg.unscannable
+
+
+def test_docm_inside_zip_is_inspected() -> None:
+    archive = zip_bytes({"invoice.docm": docx_bytes([["pay now"]], vba=True)})
+    member = by_path(parse_attachment(archive, "a.zip"))["2/a.zip/invoice.docm"]
+    assert member.macros
+    assert member.text == "pay now"
+
+
+def test_damaged_ole_file_is_malformed() -> None:
+    data = ole_doc_with_vba()
+    msg = parse_attachment(data[:600], "cut.doc")
+    assert "malformed" in msg.unscannable

@@ -1,0 +1,165 @@
+"""The shipped rule pack against golden messages, and the check / rules commands around it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.build_examples import examples
+
+from mailgate.filter.engine import Engine, envelope_from_headers
+from mailgate.filter.examples import run_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+MAILGATE = [sys.executable, "-m", "mailgate.filter.cli"]
+
+# What the default pack must decide for every golden message (README: The default rule pack).
+EXPECTED = {
+    "card-plain.eml": "quarantine",
+    "card-html-split.eml": "quarantine",
+    "card-base64.eml": "quarantine",
+    "card-csv-attachment.eml": "quarantine",
+    "card-docx-attachment.eml": "quarantine",
+    "card-attached-message.eml": "quarantine",
+    "card-html-attachment.eml": "quarantine",
+    "numbers-not-cards.eml": "accept",
+    "plain-business.eml": "accept",
+    "invoice.eml": "accept",
+    "newsletter.eml": "accept",
+    "calendar-invite.eml": "accept",
+    "inline-image.eml": "accept",
+    "iban.eml": "quarantine",
+    "rf-reference.eml": "accept",
+    "ssn.eml": "quarantine",
+    "ssn-no-context.eml": "accept",
+    "eicar-attachment.eml": "reject",
+    "eicar-nested-zip.eml": "reject",
+    "exe-attachment.eml": "reject",
+    "exe-double-extension.eml": "reject",
+    "exe-in-zip.eml": "reject",
+    "pe-renamed.eml": "reject",
+    "exe-rfc2231-name.eml": "reject",
+    "encrypted-zip-with-exe.eml": "reject",
+    "encrypted-zip.eml": "quarantine",
+    "mz-text-file.eml": "accept",
+    "pdf-attachment.eml": "accept",
+    "docm-macros.eml": "quarantine",
+    "macros-renamed-docx.eml": "quarantine",
+    "confidential.eml": "tag",
+    "too-deep.eml": "quarantine",
+}
+CARD_DIGITS = re.compile(r"(?:\d[ -]?){13,19}")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(RULES)
+
+
+def test_every_golden_example_is_committed_and_covered() -> None:
+    committed = {p.name for p in (RULES / "examples").glob("*.eml")}
+    assert committed == set(examples()) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_default_pack_verdict(engine: Engine, name: str) -> None:
+    raw = (RULES / "examples" / name).read_bytes()
+    verdict = engine.scan(raw, envelope_from_headers(raw))
+    assert str(verdict.action) == EXPECTED[name], (verdict.rules, verdict.hits)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_freshly_built_example_gets_the_same_verdict(engine: Engine, name: str) -> None:
+    """The builders are the source of the committed files: the same verdict from both."""
+    raw = examples()[name]
+    assert str(engine.scan(raw, envelope_from_headers(raw)).action) == EXPECTED[name]
+
+
+def test_every_rule_has_hit_and_miss_examples_and_they_pass(engine: Engine) -> None:
+    for rule in engine.pack.rules:
+        assert rule.examples["hit"] and rule.examples["miss"], rule.id
+    ran, failures = run_examples(engine, RULES)
+    assert ran >= 2 * len(engine.pack.rules)
+    assert failures == []
+
+
+def test_tag_plan_for_confidential(engine: Engine) -> None:
+    from mailgate.filter.actions import plan_for
+
+    raw = (RULES / "examples" / "confidential.eml").read_bytes()
+    out = plan_for(engine.scan(raw, envelope_from_headers(raw))).apply(raw)
+    assert b"Subject: [CONFIDENTIAL] Board minutes\r\n" in out
+    assert out.startswith(b"X-Classification-Checked: yes\r\n")
+    assert out.count(b"Subject:") == 1
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MAILGATE, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_check_json_masks_every_sensitive_value() -> None:
+    files = sorted(str(p) for p in (RULES / "examples").glob("*.eml"))
+    result = run("check", "--json", "--rules", str(RULES), *files)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == len(files)
+    for record in records:
+        assert {"file", "action", "rules", "monitor", "hits"} <= set(record)
+        assert record["action"] == EXPECTED[Path(record["file"]).name]
+    for secret in (
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "5555-5555-5555-4444",
+        "DE89 3704 0044 0532 0130 00",
+        "536-90-4187",
+    ):
+        assert secret not in result.stdout
+    samples = [h["sample"] for r in records for h in r["hits"] if h["detector"].startswith("dlp")]
+    assert samples and all("*" in s for s in samples)
+
+
+def test_check_explains_in_plain_text() -> None:
+    result = run("check", "--rules", str(RULES), str(RULES / "examples" / "card-plain.eml"))
+    assert result.returncode == 0
+    assert "QUARANTINE" in result.stdout and "card-number" in result.stdout
+    assert "**** **** **** 1111" in result.stdout
+    assert "4111 1111 1111 1111" not in result.stdout
+
+
+def test_check_missing_file_and_broken_pack_exit_2(tmp_path: Path) -> None:
+    result = run("check", "--rules", str(RULES), str(tmp_path / "nope.eml"))
+    assert result.returncode == 2 and "nope.eml" in result.stderr
+    (tmp_path / "bad.yaml").write_text(
+        "rules:\n  - id: x\n    when: [{nope: 1}]\n    action: reject\n"
+    )
+    eml = RULES / "examples" / "plain-business.eml"
+    result = run("check", "--rules", str(tmp_path), str(eml))
+    assert result.returncode == 2 and "bad.yaml:3" in result.stderr
+
+
+def test_lint_and_test_commands(tmp_path: Path) -> None:
+    assert run("rules", "lint", "--rules", str(RULES)).returncode == 0
+    assert run("rules", "test", "--rules", str(RULES)).returncode == 0
+    (tmp_path / "p.yaml").write_text(
+        "rules:\n  - id: dup\n    when: [{size_over: 1}]\n    action: reject\n"
+        "  - id: dup\n    when: [{size_over: 2}]\n    action: reject\n"
+        "  - id: slow\n    when: [{subject: {regex: '(a+)+$'}}]\n    action: reject\n"
+    )
+    lint = run("rules", "lint", "--rules", str(tmp_path))
+    assert lint.returncode == 1
+    assert "p.yaml:5: [dup] duplicate rule id" in lint.stdout
+    assert "p.yaml:9: [slow] subject.regex" in lint.stdout
+    (tmp_path / "p.yaml").write_text(
+        "rules:\n  - id: big\n    when: [{size_over: 1MB}]\n    action: reject\n"
+        "    examples: {hit: [small.eml], miss: [small.eml]}\n"
+    )
+    (tmp_path / "small.eml").write_bytes(b"Subject: hi\r\n\r\nsmall\r\n")
+    test = run("rules", "test", "--rules", str(tmp_path))
+    assert test.returncode == 1
+    assert "[big]" in test.stdout and "small.eml: expected hit" in test.stdout
+    assert "1 of 2 examples passed" in test.stdout

@@ -1,0 +1,285 @@
+"""`mailgate milter` behind a real Postfix: a private instance on loopback ports whose
+smtpd_milters is the milter's unix socket and whose relayhost is a recording sink in this
+process. Mail goes in with smtplib; what Postfix answers and what reaches the sink is checked.
+
+Two smtpd listeners share the instance: "tempfail" and "accept" differ only in
+milter_default_action, which decides what Postfix does while mailgate is down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.postfix import PostfixInstance, free_port, missing_binaries, wait_until
+from support.recording_sink import RecordingSink
+
+from mailgate.filter.quarantine import LocalQuarantine, QuarantineRecord
+from mailgate.filter.release_mark import RELEASE_HEADER
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(missing_binaries()),
+    reason="needs root and Postfix (see README: Testing)",
+)
+
+PACK = """\
+rules:
+  - id: block-word
+    when: [{subject: {regex: '(?i)reject-me'}}]
+    action: reject
+    reason: Subject contains a blocked word
+  - id: hold-word
+    when: [{subject: {regex: '(?i)quarantine-me'}}]
+    action: quarantine
+    reason: Held for review
+  - id: tag-word
+    when: [{subject: {regex: '(?i)tag-me'}}]
+    action: tag
+    tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
+  - id: busy-word
+    when: [{subject: {regex: '(?i)tempfail-me'}}]
+    action: tempfail
+    reason: Try later
+"""
+
+WAIT = 30  # seconds: upper bound for anything to reach the sink or the log
+
+
+class MilterProcess:
+    """`mailgate milter --config FILE` as a child process, as an operator would run it."""
+
+    def __init__(self, config: Path, socket: Path, log: Path) -> None:
+        self.config, self.socket, self.log = config, socket, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        script = Path(sys.executable).with_name("mailgate")
+        if script.exists():
+            return [str(script), "milter", "--config", str(self.config)]
+        return [sys.executable, "-c", "from mailgate.filter.cli import main; main()", "milter",
+                "--config", str(self.config)]  # fmt: skip
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"mailgate milter exited:\n{self.log.read_text()}")
+            return self.socket.exists()
+
+        wait_until(ready, 90, "mailgate milter's socket")
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit status (None if it had to be killed)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+            return None
+
+
+@dataclass
+class Stack:
+    postfix: PostfixInstance
+    milter: MilterProcess
+    sink: RecordingSink
+    store: LocalQuarantine
+    config: Path
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # Not pytest's tmp_path: smtpd runs as `postfix` and must reach the socket's folder.
+    work = Path(tempfile.mkdtemp(prefix="mailgate-milter-test-"))
+    work.chmod(0o755)
+    sink = RecordingSink(free_port())
+    postfix: PostfixInstance | None = None
+    milter: MilterProcess | None = None
+    try:
+        sink.start()
+        socket = work / "run" / "milter.sock"
+        postfix = PostfixInstance(
+            relayhost_port=sink.port,
+            settings={
+                "smtpd_milters": f"unix:{socket}",
+                "milter_protocol": "6",
+                "milter_default_action": "tempfail",
+                "milter_connect_timeout": "5s",
+                "milter_command_timeout": "10s",
+                "milter_content_timeout": "60s",
+            },
+            listeners={"tempfail": {}, "accept": {"milter_default_action": "accept"}},
+        )
+        (work / "pack").mkdir()
+        (work / "pack" / "rules.yaml").write_text(PACK)
+        config = work / "mailgate.yaml"
+        config.write_text(
+            f"""\
+rules: pack
+quarantine:
+  path: quarantine
+  release_to: {{host: 127.0.0.1, port: {postfix.ports["tempfail"]}, tls: none}}
+relay:
+  hostname: release.mailgate.test
+milter:
+  socket: unix:{socket}
+  socket_mode: '0666'
+  fail_mode: tempfail
+  time_budget: 20s
+engine:
+  workers: 1
+"""
+        )
+        milter = MilterProcess(config, socket, work / "milter.log")
+        milter.start()
+        postfix.start()
+        yield Stack(postfix, milter, sink, LocalQuarantine(work / "quarantine"), config)
+    finally:
+        try:
+            if postfix is not None:
+                postfix.stop()
+        finally:
+            if milter is not None:
+                milter.stop()
+            sink.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def compose(subject: str, token: str, body: str = "Hello Bob,\r\nnumbers attached.\r\n") -> bytes:
+    return (
+        f"From: Alice <alice@example.com>\r\nTo: Bob <bob@example.org>\r\n"
+        f"Subject: {subject}\r\nMessage-ID: <{token}@client.example.com>\r\n\r\n{body}"
+    ).encode()
+
+
+def send(port: int, raw: bytes) -> tuple[int, str]:
+    """One SMTP transaction; the first reply that is not a success, or the final one."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example.com", timeout=60) as s:
+        s.ehlo()
+        code, text = s.mail("alice@example.com")
+        if code == 250:
+            code, text = s.rcpt("bob@example.org")
+        if code == 250:
+            try:
+                code, text = s.data(raw)
+            except smtplib.SMTPDataError as refused:
+                code, text = refused.smtp_code, refused.smtp_error
+        return code, text.decode(errors="replace")
+
+
+def delivered_body(text: str) -> str:
+    # The sink keeps the wire's CRLF line ends.
+    return text.replace("\r\n", "\n")
+
+
+def held(store: LocalQuarantine, token: str) -> list[QuarantineRecord]:
+    return [r for r in store.list() if token in r.message_id]
+
+
+# --------------------------------------------------------------------------------- verdicts
+
+
+@pytest.mark.parametrize(
+    ("subject", "reply"),
+    [
+        ("please reject-me", "550 5.7.1 Subject contains a blocked word"),
+        ("please tempfail-me", "451 4.7.1 Try later"),
+    ],
+)
+def test_refused_in_the_smtp_session_with_the_rules_text(
+    stack: Stack, token: str, subject: str, reply: str
+) -> None:
+    code, text = send(stack.postfix.ports["tempfail"], compose(subject, token))
+    assert f"{code} {text}" == reply
+    assert not stack.sink.with_header("Message-ID", token)
+
+
+def test_tagged_message_arrives_with_header_and_subject(stack: Stack, token: str) -> None:
+    code, text = send(stack.postfix.ports["tempfail"], compose("please tag-me", token))
+    assert code == 250, text
+    message = stack.sink.wait_for("Message-ID", token, WAIT).message
+    assert message["X-Mailgate-Test"] == "yes"
+    assert message["Subject"] == "[TAGGED] please tag-me"
+    assert delivered_body(message.get_content()) == "Hello Bob,\nnumbers attached.\n"
+
+
+def test_quarantined_message_is_held_and_release_delivers_it(stack: Stack, token: str) -> None:
+    body = "Quarterly figures, confidential.\r\n"
+    code, text = send(stack.postfix.ports["tempfail"], compose("quarantine-me", token, body))
+    assert code == 250, text  # the sender sees success ...
+    queue_id = re.search(r"queued as (\w+)", text)
+    [record] = held(stack.store, token)  # ... because it is stored before the 250
+    assert record.state == "held"
+    assert record.door == "milter"
+    assert record.rules == ("hold-word",)
+    assert queue_id is not None and record.queue_id == queue_id.group(1)
+    assert record.client_address == "127.0.0.1"
+    # ... and Postfix dropped its copy: nothing queued, nothing delivered.
+    discard = f"{record.queue_id}: milter-discard"
+    wait_until(lambda: discard in stack.postfix.log_text(), WAIT, "Postfix to log the discard")
+    assert record.queue_id not in stack.postfix.queue_ids()
+    assert not stack.sink.with_header("Message-ID", token)
+    raw_held = stack.store.raw(record.id)
+    assert raw_held.endswith(compose("quarantine-me", token, body).split(b"\r\n\r\n", 1)[1])
+
+    release = subprocess.run(
+        [sys.executable, "-c", "from mailgate.filter.cli import main; main()",
+         "quarantine", "release", record.id, "--config", str(stack.config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert release.returncode == 0, release.stdout + release.stderr
+
+    delivered = stack.sink.wait_for("Message-ID", token, WAIT)
+    assert delivered.message["Subject"] == "quarantine-me"
+    assert delivered.message[RELEASE_HEADER] is None  # the milter strips the spent mark
+    assert delivered.content.replace(b"\r\n", b"\n").endswith(body.replace("\r\n", "\n").encode())
+    # The release went back through Postfix and the milter, and was not held again.
+    [after] = held(stack.store, token)
+    assert after.state == "released"
+    assert stack.postfix.log_text().count("milter-discard") == 1
+    assert len(stack.sink.with_header("Message-ID", token)) == 1
+
+
+# ------------------------------------------------------------------------- mailgate down
+
+
+def test_with_mailgate_stopped_milter_default_action_applies(stack: Stack, token: str) -> None:
+    status = stack.milter.stop()
+    try:
+        assert status == 0, stack.milter.log.read_text()  # SIGTERM is a clean stop
+        assert not stack.milter.socket.exists()
+
+        code, text = send(stack.postfix.ports["tempfail"], compose("hello", token))
+        assert 400 <= code < 500, f"{code} {text}"
+        assert not stack.sink.with_header("Message-ID", token)
+
+        # milter_default_action=accept: delivered unscanned, even what the rules would refuse.
+        code, text = send(stack.postfix.ports["accept"], compose("please reject-me", token))
+        assert code == 250, text
+        message = stack.sink.wait_for("Message-ID", token, WAIT).message
+        assert message["Subject"] == "please reject-me"
+    finally:
+        stack.milter.start()

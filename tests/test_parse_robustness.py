@@ -1,0 +1,160 @@
+"""Hostile and malformed input: parsing always completes and returns a bounded Message."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.samples import (
+    VISA_TEST_CARD,
+    attachment_part,
+    crlf,
+    headers_block,
+    mime_message,
+    nested_messages,
+    text_part,
+    zip_bytes,
+)
+
+from mailgate.filter.message import UNSCANNABLE_REASONS, Message, ScanLimits
+
+
+def check(msg: Message, raw: bytes) -> None:
+    """What every parse result must satisfy, whatever the input."""
+    assert isinstance(msg, Message)
+    assert msg.raw is raw
+    assert msg.unscannable <= set(UNSCANNABLE_REASONS)
+    limits = ScanLimits()
+    assert len(msg.parts) <= limits.max_parts
+    assert sum(len(p.text or "") for p in msg.parts) <= limits.max_text_chars
+    for name, value in msg.headers:
+        assert isinstance(name, str)
+        assert len(value) <= limits.max_header_value
+    for part in msg.parts:
+        assert part.size == len(part.payload)
+        assert part.unscannable <= set(UNSCANNABLE_REASONS)
+
+
+def deep_multipart(levels: int) -> bytes:
+    raw = b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+    for i in range(1, levels):
+        raw += b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i - 1, i)
+    return raw + b"--b%d\r\nContent-Type: text/plain\r\n\r\ndeep\r\n" % (levels - 1)
+
+
+HOSTILE = {
+    "empty": b"",
+    "only_newlines": b"\r\n" * 1000,
+    "nul_bytes": b"Subject: a\x00b\r\n\r\n\x00\x00body\x00" * 100,
+    "header_500k": b"Subject: " + b"A" * 500_000 + b"\r\n\r\nbody\r\n",
+    "header_500k_folded": b"X-Fold: x\r\n" + b" folded line\r\n" * 40_000 + b"\r\nbody\r\n",
+    "no_header_end": b"X-H: " + b"y" * 2_000_000,
+    "content_type_500k_semicolons": (
+        b'Content-Type: multipart/mixed; x="' + b";" * 500_000 + b'"; boundary=z\r\n\r\n'
+        b"--z\r\nContent-Type: text/plain\r\n\r\nhi\r\n--z--\r\n"
+    ),
+    "nested_content_type_semicolons": mime_message(
+        b'Content-Type: multipart/mixed; x="' + b";" * 200_000 + b'"; boundary=z\r\n\r\n'
+        b"--z\r\n\r\nhi\r\n--z--\r\n"
+    ),
+    "deep_multipart_2000": deep_multipart(2000),
+    "deep_multipart_200": deep_multipart(200),
+    "deep_messages": nested_messages(40),
+    "unterminated_multipart": headers_block(extra=[("Content-Type", "multipart/mixed; boundary=b")])
+    + b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nno end",
+    "missing_boundary": headers_block(extra=[("Content-Type", "multipart/mixed")])
+    + b"\r\nno boundary here\r\n",
+    "boundary_soup": headers_block(extra=[("Content-Type", "multipart/mixed; boundary=b")])
+    + b"\r\n"
+    + b"--b\r\n" * 20_000,
+    "many_parts": mime_message(*[text_part("p") for _ in range(3000)]),
+    "bad_base64": headers_block(extra=[("Content-Transfer-Encoding", "base64")])
+    + b"\r\n"
+    + b"=====!!!!====a\r\n" * 1000,
+    "bad_qp": headers_block(extra=[("Content-Transfer-Encoding", "quoted-printable")])
+    + b"\r\n=ZZ=\r\n=0" * 1000,
+    "bad_charsets": headers_block(
+        subject="=?rot13?Q?x?= =?utf-7?B?*?= =?punycode?Q?" + "a" * 10_000 + "?=",
+        extra=[("Content-Type", "text/plain; charset=zlib_codec")],
+    )
+    + b"\r\n\xff\xfe\x00body",
+    "bad_rfc2231": mime_message(
+        attachment_part(
+            b"x",
+            "",
+            disposition="attachment; filename*0*=bogus''%ZZ%; filename*9=x;"
+            " filename*00000001*=''; filename*=utf-8'';" + " a=b;" * 2000,
+        )
+    ),
+    "html_angle_brackets": mime_message(text_part("<" * 200_000 + "<script" * 20_000, "html")),
+    "html_unterminated_comment": mime_message(text_part("<!--" * 50_000 + "x", "html")),
+    "zip_not_really": mime_message(attachment_part(b"PK\x03\x04" + b"\xff" * 5000, "a.zip")),
+    "zip_of_garbage_names": mime_message(
+        attachment_part(zip_bytes({"\x01/../../evil\u202e.exe": b"x"}), "a.zip")
+    ),
+    "ole_garbage": mime_message(
+        attachment_part(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\xff" * 4000, "a.doc")
+    ),
+    "rar_garbage": mime_message(attachment_part(b"Rar!\x1a\x07\x00" + b"\x01" * 3000, "a.rar")),
+    "7z_garbage": mime_message(attachment_part(b"7z\xbc\xaf\x27\x1c" + b"\x02" * 3000, "a.7z")),
+    "eml_loop": mime_message(
+        attachment_part(mime_message(attachment_part(b"From: x\r\n\r\nx", "b.eml")), "a.eml")
+    ),
+    "lf_only_8bit_headers": crlf(b"From: \xff\xfe\nSubject: \xe9\xe8\n\n\xe9").replace(b"\r", b""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_message_parses(name: str) -> None:
+    raw = HOSTILE[name]
+    check(Message.parse(raw), raw)
+
+
+def test_500k_header_is_cut_and_reported() -> None:
+    msg = Message.parse(HOSTILE["header_500k"])
+    assert len(msg.subject) <= ScanLimits().max_header_value
+    assert "over_budget" in msg.unscannable
+    assert msg.parts[0].text == "body\n"
+
+
+def test_deep_multipart_is_reported_too_deep() -> None:
+    assert "too_deep" in Message.parse(HOSTILE["deep_multipart_200"]).unscannable
+
+
+def test_unparseable_input_still_gives_dlp_text() -> None:
+    msg = Message.parse(HOSTILE["deep_multipart_2000"] + VISA_TEST_CARD.encode())
+    assert msg.unscannable
+    assert any(VISA_TEST_CARD in (p.text or "") for p in msg.parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4000))
+def test_random_bytes(raw: bytes) -> None:
+    check(Message.parse(raw), raw)
+
+
+_LINES = st.sampled_from(
+    [
+        b"Content-Type: multipart/mixed; boundary=q",
+        b"Content-Type: message/rfc822",
+        b"Content-Type: text/html; charset=utf-8",
+        b"Content-Transfer-Encoding: base64",
+        b"Content-Transfer-Encoding: quoted-printable",
+        b"Content-Disposition: attachment; filename*0*=utf-8''a%E9.e; filename*1=xe",
+        b"Subject: =?utf-8?B?w6k=?=",
+        b"--q",
+        b"--q--",
+        b"",
+        b"<b>4111</b>1111",
+        b"=E9=",
+        b"UEsDBBQAAAAIAA==",
+        b"\xff\xfe\x00",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LINES, max_size=60))
+def test_random_mime_structure(lines: list[bytes]) -> None:
+    raw = b"\r\n".join(lines)
+    check(Message.parse(raw), raw)

@@ -1,0 +1,227 @@
+"""PatternSet gives exactly re.finditer's matches; check_pattern refuses catastrophic patterns."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailgate.filter.patterns import PatternError, PatternSet, check_pattern, hyperscan_expression
+
+# Shapes hyperscan gets wrong without care: overlapping alternatives, lazy repeats, anchors,
+# inline and scoped flags, lookaround, backreferences, Unicode classes.
+EQUIVALENCE_PATTERNS = [
+    r"ab|abcd|cd",
+    r"\d{3}",
+    r"\d+",
+    r"(?i)k\w+",
+    r"a.*?b",
+    r"\bfoo\b",
+    r"(?<!\d)\d{4}(?!\d)",
+    r"(?<=x)\w{2}",
+    r"(a)\1",
+    r"x$",
+    r"(?m)^y\w*",
+    r"(?m)\w$",
+    r"\w+\Z",
+    r"\Aa",
+    r"(?s)a.b",
+    r"a.b",
+    r"é+",
+    r"\s+",
+    r"[^\s]+",
+    r"(?a)\w+",
+    r"(?a)\W",
+    r"[^\W\d]+",
+    r"(?i:ß|k)x",
+    r"(?i)[a-f]{2}",
+    r"\S+@\S+",
+    r"(?:ab)+?",
+    r"a(?=b)",
+    r"(?>a+)b",
+    r"(a)?(?(1)b|c)",
+    r"[\u0660-\u0669]+",
+    r"[^\d\s]+",
+    r"\d\s\d",
+    r"[^٣a]",
+    r"[\u0600-\u06ff]",
+]
+ALPHABET = "abcdxyKk\u212afoé@ß 1234\n\x1c\u00a0\u3000_-٣٤中\ue000"
+
+
+@pytest.fixture(scope="module")
+def pattern_set() -> PatternSet:
+    patterns = PatternSet()
+    for pattern in EQUIVALENCE_PATTERNS:
+        patterns.add(pattern)
+    patterns.compile()
+    return patterns
+
+
+def assert_same_as_re(patterns: PatternSet, text: str) -> None:
+    result = patterns.scan(text)
+    for pid, pattern in enumerate(EQUIVALENCE_PATTERNS):
+        expected = [(m.start(), m.end(), m.group()) for m in re.finditer(pattern, text)]
+        got = [(m.start, m.end, m.value) for m in result[pid]]
+        assert got == expected, (pattern, text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=ALPHABET, max_size=60))
+def test_scan_equals_re_finditer(pattern_set: PatternSet, text: str) -> None:
+    assert_same_as_re(pattern_set, text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=40))
+def test_scan_equals_re_on_arbitrary_unicode(pattern_set: PatternSet, text: str) -> None:
+    assert_same_as_re(pattern_set, text)
+
+
+def test_most_patterns_run_on_hyperscan(pattern_set: PatternSet) -> None:
+    # Lookaround, backreferences and flags are translated, not sent to the fallback.
+    assert pattern_set.fallback_ids == []
+
+
+def test_match_hidden_behind_a_longer_hyperscan_match_is_found() -> None:
+    # Hyperscan reports the span ending at 4 with start 0 (abcd): "cd" at 2 shares its end.
+    patterns = PatternSet()
+    pid = patterns.add(r"ab|abcd|cd")
+    assert [(m.start, m.end) for m in patterns.scan("abcd")[pid]] == [(0, 2), (2, 4)]
+
+
+def test_pattern_hyperscan_refuses_falls_back_to_re() -> None:
+    patterns = PatternSet()
+    big = patterns.add(r"x\d{1,5000}")
+    small = patterns.add(r"y\d")
+    patterns.compile()
+    assert patterns.fallback_ids == [big]
+    result = patterns.scan("x123 y4 x9")
+    assert [m.value for m in result[big]] == ["x123", "x9"]
+    assert [m.value for m in result[small]] == ["y4"]
+
+
+def test_unicode_offsets_are_str_offsets() -> None:
+    patterns = PatternSet()
+    pid = patterns.add(r"\d{4}")
+    text = "Prüfung 中文 1234 ✓ 5678"
+    found = patterns.scan(text)[pid]
+    assert [(m.start, m.end) for m in found] == [
+        (m.start(), m.end()) for m in re.finditer(r"\d{4}", text)
+    ]
+    assert [text[m.start : m.end] for m in found] == ["1234", "5678"]
+
+
+def test_lone_surrogates_do_not_break_the_scan() -> None:
+    patterns = PatternSet()
+    pid = patterns.add(r"ab")
+    text = "x\udcffab"  # as left by a surrogateescape decode
+    assert [(m.start, m.end) for m in patterns.scan(text)[pid]] == [(2, 4)]
+
+
+def test_leading_inline_flags() -> None:
+    patterns = PatternSet()
+    caseless = patterns.add(r"(?i)^finance")
+    multiline = patterns.add(r"(?m)^total: \d+$")
+    dotall = patterns.add(r"(?s)begin.+?end")
+    text = "FINANCE dept\ntotal: 12\nbegin\nx\nend"
+    result = patterns.scan(text)
+    assert [m.value for m in result[caseless]] == ["FINANCE"]
+    assert [m.value for m in result[multiline]] == ["total: 12"]
+    assert [m.value for m in result[dotall]] == ["begin\nx\nend"]
+
+
+def test_scan_before_compile_compiles_and_empty_text() -> None:
+    patterns = PatternSet()
+    pid = patterns.add(r"abc")
+    assert patterns.scan("") == {pid: []}
+    assert [m.value for m in patterns.scan("xabc")[pid]] == ["abc"]
+
+
+def test_add_after_compile_recompiles() -> None:
+    patterns = PatternSet()
+    first = patterns.add("a1")
+    patterns.compile()
+    second = patterns.add("b2")
+    result = patterns.scan("a1 b2")
+    assert [m.value for m in result[first]] == ["a1"]
+    assert [m.value for m in result[second]] == ["b2"]
+
+
+def test_invalid_regex_raises_pattern_error_with_reason() -> None:
+    with pytest.raises(PatternError, match="missing \\), unterminated subpattern at position 0"):
+        PatternSet().add("(abc")
+
+
+def test_empty_matching_pattern_refused() -> None:
+    for pattern in ["", "a*", r"\b", "(?=x)", "x?|y*"]:
+        with pytest.raises(PatternError, match="empty string"):
+            PatternSet().add(pattern)
+
+
+CATASTROPHIC = [
+    r"(\d+)+",
+    r"^(\d+)+$",
+    r"(a|a)*b",
+    r"(a*)*b",
+    r"(\w+\s?)+$",
+    r"(a+)+b",
+    r"((ab)+)+",
+    r"(?:[a-z]+|[0-9]+)+",
+    r"(\w|\d+)+",
+    r"(x\w+\s?)+",
+    r"(.*a){10}",
+    r"(?:a|b|ab)+c",
+    r"(\d{1,3}-?)+$",
+    r"(a?)+b",
+    r"(.*,){5}x",
+    r".*\d+",
+    r"\d+\s*\d+",
+    r"^([a-zA-Z0-9])(([\-.]|[_]+)?([a-zA-Z0-9]+))*(@){1}[a-z0-9]+[.]{1}(([a-z]{2,3})|([a-z]{2,3}[.]{1}[a-z]{2,3}))$",
+]
+SAFE = [
+    r"\d{4}",
+    r"FALCON-DOC-\d{5}",
+    r"(?i)^finance",
+    r"(?:[a-z]+\.)+[a-z]{2,}",
+    r"\b\d{3}-\d{2}-\d{4}\b",
+    r"(?:\d{4}[ -]?){3}\d{4}",
+    r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}",
+    r"\w+@\w+\.\w+",
+    r"[\w.+-]+@[\w-]+\.[\w.]+",
+    r"(bar|baz)+",
+    r"(?:https?|ftp)://\S+",
+    r"(a|ab)*c",
+    r"(?<!\d)\d{16}(?!\d)",
+    r'[^"]*"',
+    r"\S+\s+\S+",
+    r"(\w+)\s+\1",
+    r"(?:\w+ ){0,5}secret",
+    r"(a+b)+",
+    r"secret.{0,100}\d+",
+]
+
+
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_lint_refuses_catastrophic_backtracking(pattern: str) -> None:
+    problems = check_pattern(pattern)
+    assert problems and any("catastroph" in p or "cube" in p for p in problems)
+    with pytest.raises(PatternError):
+        PatternSet().add(pattern)
+
+
+@pytest.mark.parametrize("pattern", SAFE)
+def test_lint_passes_safe_patterns(pattern: str) -> None:
+    assert check_pattern(pattern) == []
+
+
+def test_lint_reports_invalid_regex() -> None:
+    assert check_pattern("a**") == ["invalid regex: multiple repeat at position 2"]
+
+
+def test_hyperscan_expression_is_python_superset_syntax() -> None:
+    # Python's \Z is PCRE's \z; leading lookbehind becomes a consumed character.
+    assert hyperscan_expression(r"a\Z").endswith(r"\z")
+    assert hyperscan_expression(r"(?<!\d)7").startswith(r"(?:\A|[^0-9])")

@@ -1,0 +1,130 @@
+"""Quarantine -> release -> the next hop (or the outbox), with the next hop's reply recorded."""
+
+from __future__ import annotations
+
+import pytest
+from support.relay_fixtures import (  # noqa: F401
+    bg_fixture,
+    make_relay_fixture,
+    pack_fixture,
+    pool_fixture,
+    sink_fixture,
+)
+from support.relay_harness import message
+
+from mailgate.filter.quarantine import QuarantineError
+from mailgate.filter.release_mark import RELEASE_HEADER, load_or_create_secret, verify_mark
+from mailgate.relay.release import release_message
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def hold(relay, rcpts=("bob@example.org", "carol@example.org")) -> str:
+    with relay.client() as client:
+        client.ehlo()
+        assert client.mail("alice@example.com")[0] == 250
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        code, text = client.data(message("quarantine-me please"))
+    assert code == 250
+    return text.decode().rsplit(" ", 1)[-1]
+
+
+def test_release_sends_the_original_once_with_the_release_mark(make_relay, sink):
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay)
+    assert sink.received == []
+    result = release_message(relay.config, relay.store, qid, actor="alice-admin")
+    assert result.released and result.ok
+    assert "sink: queued as S1" in result.reply
+    [got] = sink.wait_for(1)
+    assert got.mail_from == "alice@example.com"
+    assert got.rcpt_tos == ("bob@example.org", "carol@example.org")
+    mark = got.message[RELEASE_HEADER]
+    secret = load_or_create_secret(relay.config.quarantine.path)
+    assert verify_mark(secret, mark, got.content)
+    assert got.content.endswith(relay.store.raw(qid))  # the original, as held
+    record = relay.store.get(qid)
+    assert record.state == "released"
+    assert [(e.kind, e.actor) for e in record.events][-1] == ("released", "alice-admin")
+    assert "sink: queued as S1" in record.events[-1].reply
+
+    again = release_message(relay.config, relay.store, qid, actor="bob-admin")
+    assert again.already and again.ok and not again.released
+    assert len(sink.received) == 1  # releasing twice does nothing the second time
+
+
+def test_release_while_next_hop_refuses_keeps_it_held(make_relay, sink):
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay)
+    sink.faults.rcpt = {"carol@example.org": "550 5.1.1 sink: no such user"}
+    result = release_message(relay.config, relay.store, qid, actor="admin")
+    assert not result.ok
+    assert "550" in result.reply and "carol@example.org" in result.reply
+    assert sink.received == []  # all or nothing: bob did not get it either
+    record = relay.store.get(qid)
+    assert record.state == "held"
+    assert record.events[-1].kind == "release_failed"
+    assert "no such user" in record.events[-1].reply
+
+    sink.faults.rcpt = {}
+    assert release_message(relay.config, relay.store, qid, actor="admin").released
+    assert len(sink.wait_for(1)) == 1
+
+
+def test_release_while_next_hop_is_down(make_relay, sink):
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay)
+    sink.stop()
+    result = release_message(relay.config, relay.store, qid, actor="admin")
+    assert not result.ok
+    assert result.reply.startswith("451 4.4.1")
+    assert relay.store.get(qid).state == "held"
+
+
+def test_release_without_next_hop_goes_to_the_outbox(make_relay):
+    relay = make_relay()
+    qid = hold(relay, rcpts=("bob@example.org",))
+    assert relay.outbox_files() == []
+    assert release_message(relay.config, relay.store, qid, actor="admin").released
+    [path] = relay.outbox_files()
+    content = path.read_bytes()
+    assert content.startswith(b"Return-Path: <alice@example.com>\r\nX-Envelope-To: <bob@")
+    assert f"{RELEASE_HEADER}: v1; id={qid};".encode() in content
+
+
+def test_release_of_unknown_id_is_an_error(make_relay):
+    relay = make_relay()
+    with pytest.raises(QuarantineError):
+        release_message(relay.config, relay.store, "20240101000000000-aaaaaaaaaaaaaaaa", "x")
+
+
+def test_release_through_a_mailgate_relay_is_not_held_again(make_relay, sink):
+    # Relay B sits in front of the next hop and shares relay A's quarantine; A releases to B.
+    second = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    first = make_relay(
+        quarantine={
+            "path": str(second.config.quarantine.path),
+            "release_to": {"host": "127.0.0.1", "port": second.port, "tls": "none"},
+        }
+    )
+    qid = hold(first, rcpts=("bob@example.org",))
+    result = release_message(first.config, first.store, qid, actor="admin")
+    assert result.released, result.reply
+    [got] = sink.wait_for(1)
+    assert b"quarantine-me please" in got.content
+    assert RELEASE_HEADER not in got.message  # the mark is not handed to recipients
+    assert [r.id for r in second.store.list()] == [qid]  # not held a second time
+
+
+def test_forged_release_mark_is_just_a_header(make_relay, sink):
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    forged = f"{RELEASE_HEADER}: v1; id=20240101000000000-aaaaaaaaaaaaaaaa; t=1; mac={'0' * 64}\r\n"
+    with relay.client() as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        client.rcpt("bob@example.org")
+        code, text = client.data(forged.encode() + message("quarantine-me please"))
+    assert code == 250
+    assert b"quarantine as" in text
+    assert sink.received == []

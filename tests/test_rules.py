@@ -1,0 +1,258 @@
+"""The rule pack format: parsing, lint errors with file and line, and how verdicts combine."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from mailgate.filter.engine import Engine
+from mailgate.filter.envelope import Envelope
+from mailgate.filter.rules import PackError, PackSource, build_pack
+from mailgate.filter.verdict import Action
+
+ENV = Envelope(mail_from="alice@corp.example", rcpt_tos=("bob@partner.example",))
+
+
+def pack(yaml_text: str, **extra: str) -> PackSource:
+    files = {"policy.yaml": textwrap.dedent(yaml_text).encode()}
+    files.update({name: text.encode() for name, text in extra.items()})
+    return PackSource(files)
+
+
+def message(subject: str = "Hello", body: str = "Just text.\n", headers: str = "") -> bytes:
+    return (
+        f"From: Alice <alice@corp.example>\r\nTo: bob@partner.example\r\nSubject: {subject}\r\n"
+        f"{headers}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+    ).encode()
+
+
+def lint_errors(source: PackSource) -> list[str]:
+    with pytest.raises(PackError) as info:
+        build_pack(source)
+    return [str(p) for p in info.value.problems]
+
+
+FALCON = """
+rules:
+  - id: merger-codename
+    description: Documents of the Falcon merger must not reach the competitor
+    mode: enforce
+    when:
+      - body: {regex: 'FALCON-DOC-\\d{5}'}
+      - recipient: {domain: [competitor.example]}
+    unless:
+      - sender: {domain: [counsel.example.com]}
+    action: quarantine
+    reason: Falcon merger document addressed to a competitor
+"""
+
+
+def test_contract_example_rule_hits_and_its_exception_cancels() -> None:
+    engine = Engine.from_source(pack(FALCON))
+    raw = message(body="See FALCON-DOC-12345 attached.\n")
+    to_competitor = Envelope("alice@corp.example", ("ceo@sub.competitor.example",))
+    verdict = engine.scan(raw, to_competitor)
+    assert verdict.action is Action.QUARANTINE
+    assert verdict.rules == ["merger-codename"]
+    assert verdict.reason == "Falcon merger document addressed to a competitor"
+    assert [h.detector for h in verdict.hits] == ["body", "recipient"]
+    hit = verdict.hits[0]
+    assert "12345" not in hit.sample and hit.sample.endswith("2345")
+    assert engine.scan(raw, ENV).action is Action.ACCEPT  # recipient elsewhere
+    from_counsel = Envelope("lawyer@counsel.example.com", ("ceo@competitor.example",))
+    assert engine.scan(raw, from_counsel).action is Action.ACCEPT  # exception holds
+    assert engine.scan(message(body="FALCON-DOC-1234\n"), to_competitor).action is Action.ACCEPT
+
+
+def test_strongest_action_wins_and_monitor_takes_no_action() -> None:
+    engine = Engine.from_source(
+        pack("""
+        rules:
+          - id: tagger
+            when: [{subject: {regex: 'x'}}]
+            action: tag
+            tag: {subject_prefix: '[X] '}
+          - id: holder
+            when: [{subject: {regex: 'x'}}]
+            action: quarantine
+          - id: watcher
+            mode: monitor
+            when: [{subject: {regex: 'x'}}]
+            action: reject
+            reason: would reject
+          - id: blocker
+            when: [{subject: {regex: 'block'}}]
+            action: reject
+            reject: {code: 554, status: 5.7.0}
+            reason: blocked
+    """)
+    )
+    verdict = engine.scan(message(subject="x"), ENV)
+    assert verdict.action is Action.QUARANTINE
+    assert verdict.rules == ["tagger", "holder"]
+    assert verdict.monitor == ["watcher"]
+    verdict = engine.scan(message(subject="x block"), ENV)
+    assert verdict.action is Action.REJECT
+    assert (verdict.smtp_code, verdict.smtp_status, verdict.reason) == (554, "5.7.0", "blocked")
+    assert engine.scan(message(subject="nothing"), ENV).action is Action.ACCEPT
+
+
+def test_any_all_not_and_header_conditions() -> None:
+    engine = Engine.from_source(
+        pack("""
+        rules:
+          - id: finance-external
+            when:
+              - header: {name: X-Department, regex: '(?i)^finance'}
+              - any:
+                  - recipient: {domain: [partner.example]}
+                  - recipient: {address: [auditor@else.example]}
+              - not: {header: {name: X-Legal-Hold, exists: true}}
+            action: tempfail
+            reason: later
+    """)
+    )
+    finance = message(headers="X-Department: FINANCE-emea\r\n")
+    verdict = engine.scan(finance, ENV)
+    assert verdict.action is Action.TEMPFAIL
+    assert (verdict.smtp_code, verdict.smtp_status) == (451, "4.7.1")
+    held = message(headers="X-Department: finance\r\nX-Legal-Hold: 1\r\n")
+    assert engine.scan(held, ENV).action is Action.ACCEPT
+    other = Envelope("alice@corp.example", ("x@elsewhere.example",))
+    assert engine.scan(finance, other).action is Action.ACCEPT
+    auditor = Envelope("alice@corp.example", ("Auditor@Else.Example",))
+    assert engine.scan(finance, auditor).action is Action.TEMPFAIL
+
+
+def test_body_regex_validator_keywords_and_min_count() -> None:
+    engine = Engine.from_source(
+        pack("""
+        rules:
+          - id: account-numbers
+            when:
+              - body: {regex: '\\b\\d{16}\\b', validator: luhn, keywords: [account],
+                       proximity: 30, min_count: 2}
+            action: quarantine
+    """)
+    )
+    two = "account 4111111111111111 and account 5555555555554444\n"
+    assert engine.scan(message(body=two), ENV).action is Action.QUARANTINE
+    one = "account 4111111111111111 and 5555555555554445\n"  # second fails Luhn
+    assert engine.scan(message(body=one), ENV).action is Action.ACCEPT
+    far = "account " + "x" * 60 + " 4111111111111111 5555555555554444\n"
+    assert engine.scan(message(body=far), ENV).action is Action.ACCEPT
+
+
+def test_size_over_and_dlp_min_count() -> None:
+    engine = Engine.from_source(
+        pack("""
+        rules:
+          - id: big
+            when: [{size_over: 1KB}]
+            action: quarantine
+          - id: many-cards
+            when: [{dlp: {type: credit_card, min_count: 2}}]
+            action: reject
+    """)
+    )
+    assert engine.scan(message(body="a" * 2000), ENV).action is Action.QUARANTINE
+    assert engine.scan(message(body="a" * 10), ENV).action is Action.ACCEPT
+    one = "Card 4111 1111 1111 1111\n"
+    assert engine.scan(message(body=one), ENV).action is Action.ACCEPT
+    verdict = engine.scan(message(body=one + "Visa 5555-5555-5555-4444\n"), ENV)
+    assert verdict.action is Action.REJECT
+    assert all("4111 1111 1111 1111" not in h.sample for h in verdict.hits)
+
+
+def test_yara_conditions_by_rule_tag_and_any() -> None:
+    yar = (
+        'rule Secret_Marker : secret { meta: owner = "legal" strings: $a = "S3CR3T" condition: $a }'
+    )
+    engine = Engine.from_source(
+        pack(
+            """
+        rules:
+          - id: by-rule
+            when: [{yara: {rule: Secret_Marker}}]
+            action: quarantine
+          - id: by-tag
+            when: [{yara: {tag: secret}}]
+            action: tag
+            tag: {headers: {X-Secret: 'yes'}}
+          - id: by-any
+            mode: monitor
+            when: [{yara: {any: true}}]
+            action: reject
+    """,
+            **{"yara/markers.yar": yar},
+        )
+    )
+    verdict = engine.scan(message(body="the S3CR3T plan\n"), ENV)
+    assert verdict.rules == ["by-rule", "by-tag"] and verdict.monitor == ["by-any"]
+    hit = next(h for h in verdict.hits if h.rule == "by-rule")
+    assert hit.detail["rule"] == "Secret_Marker" and hit.detail["meta"] == {"owner": "legal"}
+    assert engine.scan(message(body="nothing\n"), ENV).action is Action.ACCEPT
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("rules:\n  - id: a\n    when: [{subject: {regex: 'x'}}\n", "policy.yaml:4: YAML syntax"),
+        (
+            "rules:\n  - id: a\n    when:\n      - bdy: {regex: x}\n    action: reject\n",
+            "policy.yaml:4: [a] unknown condition 'bdy'",
+        ),
+        (
+            "rules:\n  - id: a\n    when:\n      - body: {regex: '(unclosed'}\n"
+            "    action: reject\n",
+            "policy.yaml:4: [a] body.regex: bad regex",
+        ),
+        (
+            "rules:\n  - id: a\n    when:\n      - body: {regex: '^(\\d+)+$'}\n"
+            "    action: reject\n",
+            "policy.yaml:4: [a] body.regex: regex '^(\\\\d+)+$' refused",
+        ),
+        (
+            "rules:\n  - id: a\n    when: [{size_over: 1}]\n    action: reject\n"
+            "  - id: a\n    when: [{size_over: 2}]\n    action: reject\n",
+            "policy.yaml:5: [a] duplicate rule id",
+        ),
+        (
+            "rules:\n  - id: a\n    when: [{size_over: 1}]\n    action: destroy\n",
+            "policy.yaml:4: [a] action must be one of",
+        ),
+        (
+            "rules:\n  - id: Bad_Id\n    when: [{size_over: 1}]\n    action: reject\n",
+            "policy.yaml:2: [Bad_Id] rule 'id' is required",
+        ),
+        (
+            "rules:\n  - id: a\n    when: [{dlp: passport}]\n    action: reject\n",
+            "policy.yaml:3: [a] dlp: unknown detector 'passport'",
+        ),
+        (
+            "rules:\n  - id: a\n    when: [{size_over: 1}]\n    action: tag\n",
+            "policy.yaml:4: [a] action 'tag' needs",
+        ),
+        (
+            "rules:\n  - id: a\n    when: [{yara: {rule: Nope}}]\n    action: reject\n",
+            "policy.yaml:3: [a] yara: no YARA rule named 'Nope'",
+        ),
+    ],
+)
+def test_lint_names_file_line_and_rule(yaml_text: str, expected: str) -> None:
+    errors = lint_errors(PackSource({"policy.yaml": yaml_text.encode()}))
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_yara_syntax_error_names_file_and_line() -> None:
+    broken = "rule ok { condition: true }\n\nrule broken {\n  strings: $a = \n  condition: $a\n}\n"
+    errors = lint_errors(pack("rules: []\n", **{"yara/broken.yar": broken}))
+    assert any(e.startswith("yara/broken.yar:") and "YARA" in e for e in errors), errors
+
+
+def test_pack_version_changes_with_content() -> None:
+    a = pack("rules: []\n")
+    b = pack("rules: []\n# edited\n")
+    assert a.version != b.version and a.version == pack("rules: []\n").version
+    assert Engine.from_source(a).scan(message(), ENV).pack_version == a.version
