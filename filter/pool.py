@@ -27,6 +27,7 @@ from .verdict import Action, Verdict
 
 log = logging.getLogger("mailgate.pool")
 
+OUT_OF_MEMORY = 3  # a worker's exit code when a message does not fit its memory budget
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["mailgate.filter.engine"])
 
@@ -42,12 +43,17 @@ def _worker_main(conn: Connection, source: PackSource, limits: ScanLimits, memor
     while True:
         try:
             request = conn.recv()
+            if request is None:
+                return
+            raw, envelope = request
+            verdict = engine.scan(raw, envelope)
+            del raw, request
+            conn.send(verdict)
         except (EOFError, OSError):
             return
-        if request is None:
-            return
-        raw, envelope = request
-        conn.send(engine.scan(raw, envelope))
+        except MemoryError:
+            # Not even the message fits in the budget; the exit code tells the parent why.
+            os._exit(OUT_OF_MEMORY)
 
 
 class _Worker:
@@ -203,10 +209,19 @@ class ScanPool:
             log.warning("scan overran its %.1fs budget; worker replaced", self.time_budget)
             self._spawn_replacement(worker)
             return self._judge_unscannable(raw, envelope, "timeout")
-        except (EOFError, OSError) as exc:
-            log.error("engine worker died during a scan (%s); worker replaced", exc)
+        except (EOFError, OSError):
+            worker.process.join(timeout=1)
+            if worker.process.exitcode == OUT_OF_MEMORY:
+                reason = "over_budget"
+                log.warning("a message did not fit the worker's memory budget; worker replaced")
+            else:
+                reason = "malformed"
+                log.error(
+                    "engine worker died (exit %s) during a scan; worker replaced",
+                    worker.process.exitcode,
+                )
             self._spawn_replacement(worker)
-            return self._judge_unscannable(raw, envelope, "malformed")
+            return self._judge_unscannable(raw, envelope, reason)
         self._release(worker)
         return verdict
 

@@ -1,0 +1,183 @@
+"""The worker pool: real worker processes, a time and memory budget per message, pack swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from mailgate.filter.envelope import Envelope
+from mailgate.filter.pool import ScanPool
+from mailgate.filter.rules import PackError, PackSource
+from mailgate.filter.verdict import Action
+
+ENV = Envelope("alice@corp.example", ("bob@partner.example",), door="relay")
+PACK = """
+rules:
+  - id: block-word
+    when: [{subject: {regex: '(?i)reject-me'}}]
+    action: reject
+    reason: Subject contains a blocked word
+  - id: unscannable
+    when: [{unscannable: [timeout, over_budget, malformed]}]
+    action: quarantine
+    reason: Could not be scanned
+"""
+
+
+def message(subject: str, body: bytes = b"hello\r\n") -> bytes:
+    return f"From: a@corp.example\r\nSubject: {subject}\r\n\r\n".encode() + body
+
+
+def write_pack(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "policy.yaml").write_text(textwrap.dedent(text))
+    return folder
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro_fn(), 120))
+
+
+def test_workers_judge_messages_concurrently(tmp_path: Path) -> None:
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=2)
+        await pool.start()
+        try:
+            verdicts = await asyncio.gather(
+                *(pool.scan(message("reject-me" if i % 2 else "fine"), ENV) for i in range(20))
+            )
+            actions = [v.action for v in verdicts]
+            assert actions == [Action.REJECT if i % 2 else Action.ACCEPT for i in range(20)]
+            assert all(v.pack_version == pool.pack_version for v in verdicts)
+        finally:
+            await pool.close()
+
+    run(go)
+
+
+def test_overrun_is_judged_as_timeout_and_the_worker_replaced(tmp_path: Path) -> None:
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=1, time_budget=0.05)
+        await pool.start()
+        try:
+            # Megabytes of HTML to render take far longer than 50 ms.
+            slow = message("big", b"<p>" + b"<b>x</b> 1234 " * 600_000 + b"</p>\r\n")
+            slow = slow.replace(b"\r\n\r\n", b"\r\nContent-Type: text/html\r\n\r\n", 1)
+            verdict = await pool.scan(slow, ENV)
+            assert verdict.unscannable == ["timeout"]
+            assert verdict.action is Action.QUARANTINE and verdict.rules == ["unscannable"]
+            assert verdict.engine_error is None
+            pool.time_budget = 30
+            after = await pool.scan(message("reject-me"), ENV)
+            assert after.action is Action.REJECT  # a fresh worker took over
+        finally:
+            await pool.close()
+
+    run(go)
+
+
+def test_message_over_the_memory_budget_is_judged_over_budget(tmp_path: Path) -> None:
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=1, memory_budget=8 << 20)
+        await pool.start()
+        try:
+            huge = message("huge", b"A" * (64 << 20))
+            verdict = await pool.scan(huge, ENV)
+            assert verdict.unscannable == ["over_budget"]
+            assert verdict.action is Action.QUARANTINE
+            assert (await pool.scan(message("reject-me"), ENV)).action is Action.REJECT
+        finally:
+            await pool.close()
+
+    run(go)
+
+
+def test_pack_swap_is_atomic_and_a_broken_pack_keeps_the_old_one(tmp_path: Path) -> None:
+    async def go() -> None:
+        rules = write_pack(tmp_path / "rules", PACK)
+        pool = ScanPool(rules, workers=2)
+        await pool.start()
+        try:
+            old_version = pool.pack_version
+            write_pack(rules, PACK.replace("reject-me", "refuse-me"))
+            assert await pool.reload() != old_version
+            assert (await pool.scan(message("reject-me"), ENV)).action is Action.ACCEPT
+            verdict = await pool.scan(message("refuse-me"), ENV)
+            assert verdict.action is Action.REJECT and verdict.pack_version == pool.pack_version
+            new_version = pool.pack_version
+            write_pack(rules, "rules:\n  - id: x\n    when: [{nope: 1}]\n")
+            with pytest.raises(PackError):
+                await pool.reload()
+            assert pool.pack_version == new_version
+            assert (await pool.scan(message("refuse-me"), ENV)).action is Action.REJECT
+        finally:
+            await pool.close()
+
+    run(go)
+
+
+def test_in_flight_message_finishes_on_the_pack_it_started_with(tmp_path: Path) -> None:
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=1)
+        await pool.start()
+        try:
+            old_version = pool.pack_version
+            slow = message("reject-me", b"1234 word " * 400_000)
+            in_flight = asyncio.ensure_future(pool.scan(slow, ENV))
+            await asyncio.sleep(0.05)
+            await pool.replace(PackSource({"policy.yaml": b"rules: []\n"}))
+            verdict = await in_flight
+            assert verdict.pack_version == old_version and verdict.action is Action.REJECT
+            after = await pool.scan(message("reject-me"), ENV)
+            assert after.action is Action.ACCEPT and after.pack_version == pool.pack_version
+        finally:
+            await pool.close()
+
+    run(go)
+
+
+def test_pool_that_cannot_answer_says_so(tmp_path: Path) -> None:
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=1)
+        verdict = await pool.scan(message("x"), ENV)  # never started
+        assert verdict.action is Action.TEMPFAIL and verdict.engine_error
+        assert (verdict.smtp_code, verdict.smtp_status) == (451, "4.7.1")
+        with pytest.raises(PackError):
+            await ScanPool(tmp_path / "missing", workers=1).start()
+
+    run(go)
+
+
+def test_hostile_messages_all_get_a_verdict_within_the_budget(tmp_path: Path) -> None:
+    """Every hostile message of the parser's corpus, through real workers and the shipped pack:
+    a verdict for each, none an engine failure, and the pool still serving afterwards."""
+    from support import samples
+    from test_parse_robustness import HOSTILE
+
+    corpus = dict(HOSTILE)
+    corpus["zip-bomb"] = samples.mime_message(
+        samples.attachment_part(samples.zip_bomb(), "zeros.zip", "application/zip")
+    )
+    corpus["lying-zip"] = samples.mime_message(
+        samples.attachment_part(samples.lying_size_zip(), "l.zip", "application/zip")
+    )
+    shipped = Path(__file__).resolve().parent.parent / "rules"
+
+    async def go() -> None:
+        pool = ScanPool(shipped, workers=2, time_budget=10)
+        await pool.start()
+        try:
+            names = list(corpus)
+            verdicts = await asyncio.gather(*(pool.scan(corpus[n], ENV) for n in names))
+            for name, verdict in zip(names, verdicts, strict=True):
+                assert verdict.engine_error is None, name
+                assert verdict.pack_version == pool.pack_version, name
+            assert (await pool.scan(message("fine"), ENV)).action is Action.ACCEPT
+        finally:
+            await pool.close()
+
+    run(go)
