@@ -46,6 +46,8 @@ Result = list[Evidence] | None
 
 
 class Condition:
+    spelling = ""  # the condition as written in the rule file, for explanations
+
     def evaluate(self, ctx: ScanContext) -> Result:
         raise NotImplementedError
 
@@ -490,6 +492,26 @@ def parse_condition(spec: Any, compiler: PackCompiler) -> Condition:
         )
     ((name, value),) = spec.items()
     line = line_of(spec, name)
+    condition = _parse_named(name, value, line, compiler)
+    condition.spelling = f"{name}: {_plain(value)}"
+    return condition
+
+
+def _plain(value: Any) -> str:
+    """The YAML value as a one-line flow string, bounded."""
+    text = str(_unmark(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unmark(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unmark(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unmark(v) for v in value]
+    return value
+
+
+def _parse_named(name: str, value: Any, line: int | None, compiler: PackCompiler) -> Condition:
     try:
         if name in ("any", "all"):
             if not isinstance(value, list) or not value:

@@ -32,32 +32,39 @@ class ScanContext:
         self.envelope = envelope
         self.pack = pack
         self._text_parts: list[tuple[int, Part]] | None = None
+        self._by_index: dict[int, Part] = {}
         self._body: dict[int, dict[int, list[Match]]] = {}
         self._dlp: dict[tuple[str, int], list[Match]] = {}
         self._yara: list[YaraMatch] | None = None
         self.yara_seconds = 0.0
 
     def text_parts(self) -> list[tuple[int, Part]]:
+        """Every text the content conditions read, numbered: the Subject (a card number in a
+        subject leaks as surely as one in the body), then each part's text view."""
         if self._text_parts is None:
-            self._text_parts = [
-                (i, p) for i, p in enumerate(self.message.parts) if p.text is not None
-            ]
+            texts = [(i, p) for i, p in enumerate(self.message.parts) if p.text is not None]
+            subject = self.message.subject
+            if subject:
+                texts.insert(0, (-1, Part(path="subject", content_type="text/plain", text=subject)))
+            self._text_parts = texts
+            self._by_index = dict(texts)
         return self._text_parts
+
+    def _text(self, index: int) -> str:
+        self.text_parts()
+        return self._by_index[index].text or ""
 
     def body_matches(self, index: int) -> dict[int, list[Match]]:
         found = self._body.get(index)
         if found is None:
-            found = self._body[index] = self.pack.patterns.scan(
-                self.message.parts[index].text or ""
-            )
+            found = self._body[index] = self.pack.patterns.scan(self._text(index))
         return found
 
     def dlp_matches(self, detector: str, index: int) -> list[Match]:
         key = (detector, index)
         found = self._dlp.get(key)
         if found is None:
-            text = self.message.parts[index].text or ""
-            found = self._dlp[key] = DLP_DETECTORS[detector].find(text)
+            found = self._dlp[key] = DLP_DETECTORS[detector].find(self._text(index))
         return found
 
     def yara_matches(self) -> list[YaraMatch]:
@@ -113,6 +120,20 @@ class Engine:
             "total": done - start,
         }
         return verdict
+
+    def why_not(self, raw: bytes, envelope: Envelope, rule_id: str) -> str:
+        """Why a rule did not hit a message: the first `when` condition that failed, or the
+        `unless` exception that held. For `rules test` and reviewers."""
+        rule = next(r for r in self.pack.rules if r.id == rule_id)
+        ctx = ScanContext(Message.parse(raw, self.limits), envelope, self.pack)
+        for condition in rule.when.conditions:
+            if condition.evaluate(ctx) is None:
+                return f"'{condition.spelling}' did not hold"
+        if rule.unless is not None:
+            for condition in rule.unless.conditions:
+                if condition.evaluate(ctx) is not None:
+                    return f"the exception '{condition.spelling}' held"
+        return "it hit"
 
     def judge_unscannable(self, raw: bytes, envelope: Envelope, reason: str) -> Verdict:
         """Verdict for a message the engine could not look into at all (overrun, out of

@@ -38,7 +38,8 @@ def run_examples(engine: Engine, root: Path) -> tuple[int, list[ExampleFailure]]
                         )
                     )
                     continue
-                verdict = engine.scan(raw, envelope_from_headers(raw))
+                envelope = envelope_from_headers(raw)
+                verdict = engine.scan(raw, envelope)
                 hit = rule.id in verdict.rules or rule.id in verdict.monitor
                 if hit and expected == "miss":
                     evidence = [h for h in verdict.hits if h.rule == rule.id]
@@ -47,18 +48,10 @@ def run_examples(engine: Engine, root: Path) -> tuple[int, list[ExampleFailure]]
                         ExampleFailure(rule.id, str(path), expected, f"but the rule hit ({what})")
                     )
                 elif not hit and expected == "hit":
+                    why = engine.why_not(raw, envelope, rule.id)
+                    if verdict.unscannable:
+                        why += f"; unscannable: {', '.join(verdict.unscannable)}"
                     failures.append(
-                        ExampleFailure(
-                            rule.id,
-                            str(path),
-                            expected,
-                            "but the rule did not hit (a condition in 'when' did not hold, or one "
-                            "in 'unless' did)"
-                            + (
-                                f"; unscannable: {', '.join(verdict.unscannable)}"
-                                if verdict.unscannable
-                                else ""
-                            ),
-                        )
+                        ExampleFailure(rule.id, str(path), expected, f"but the rule missed: {why}")
                     )
     return ran, failures

@@ -61,8 +61,8 @@ class Rule:
     id: str
     description: str
     mode: str  # enforce | monitor
-    when: Condition
-    unless: Condition | None
+    when: AllOf
+    unless: AnyOf | None
     action: Action
     reason: str
     tag: TagAction | None

@@ -162,4 +162,5 @@ def test_lint_and_test_commands(tmp_path: Path) -> None:
     test = run("rules", "test", "--rules", str(tmp_path))
     assert test.returncode == 1
     assert "[big]" in test.stdout and "small.eml: expected hit" in test.stdout
+    assert "'size_over: 1MB' did not hold" in test.stdout
     assert "1 of 2 examples passed" in test.stdout

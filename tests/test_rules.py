@@ -256,3 +256,19 @@ def test_pack_version_changes_with_content() -> None:
     b = pack("rules: []\n# edited\n")
     assert a.version != b.version and a.version == pack("rules: []\n").version
     assert Engine.from_source(a).scan(message(), ENV).pack_version == a.version
+
+
+def test_content_conditions_read_the_subject_too() -> None:
+    engine = Engine.from_source(pack("""
+        rules:
+          - id: cards
+            when: [{dlp: credit_card}]
+            action: quarantine
+          - id: codename
+            when: [{body: {regex: 'FALCON-\\d+'}}]
+            action: tag
+            tag: {headers: {X-Codename: 'yes'}}
+    """))
+    verdict = engine.scan(message(subject="Card 4111 1111 1111 1111 for FALCON-7"), ENV)
+    assert verdict.rules == ["cards", "codename"]
+    assert {h.where for h in verdict.hits} == {"subject"}
