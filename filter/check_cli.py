@@ -1,18 +1,24 @@
-"""`mailgate check` and `mailgate rules lint|test`: the compliance officer's tools."""
+"""`mailgate check` and `mailgate rules lint|test|stats|diff`: the compliance officer's tools."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from .audit import audit_record
+from .config import ConfigError, add_config_argument, load_config
 from .engine import Engine, envelope_from_headers
 from .envelope import Envelope
 from .examples import run_examples
+from .report import message_id_of
+from .rulediff import Sample, files_corpus, quarantine_corpus, replay
 from .rules import Pack, PackError, PackSource, build_pack
+from .rulestats import collect, parse_since, table
 from .verdict import Verdict
 
 
@@ -43,6 +49,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     test = rules_sub.add_parser("test", help="run every rule's hit and miss examples")
     test.add_argument("--rules", type=Path)
     test.set_defaults(func=cmd_test)
+    stats = rules_sub.add_parser(
+        "stats",
+        help="hits per rule and mode from the audit log, and what monitor rules would have done",
+    )
+    stats.add_argument(
+        "--since", type=_since, metavar="WHEN", help="age such as 1d or 12h, or an ISO date/time"
+    )
+    stats.add_argument(
+        "--audit",
+        metavar="FILE",
+        help="audit log to read, '-' for stdin (default: audit.path of the configuration, "
+        "else stdin, e.g. journalctl -u mailgate-relay -o cat | mailgate rules stats)",
+    )
+    stats.add_argument(
+        "--rules", type=Path, help="pack to look up rule actions that the log does not record"
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    add_config_argument(stats)
+    stats.set_defaults(func=cmd_stats)
+    diff = rules_sub.add_parser(
+        "diff",
+        help="replay messages through two packs and show every verdict that changes",
+        description="Replay messages through the OLD and the NEW pack and print every verdict "
+        "that changes (action, or the rules that hit), with the rules responsible. "
+        "Exit status: 0 nothing changes, 1 some verdict changes, 2 a pack or corpus is unusable.",
+    )
+    diff.add_argument("old", type=Path, metavar="OLD_DIR", help="the pack serving now")
+    diff.add_argument("new", type=Path, metavar="NEW_DIR", help="the pack to review")
+    diff.add_argument(
+        "corpus", nargs="*", type=Path, metavar="CORPUS", help=".eml files or folders of them"
+    )
+    diff.add_argument(
+        "--quarantine", type=Path, metavar="PATH", help="also replay a quarantine store's messages"
+    )
+    diff.add_argument("--json", action="store_true", help="one JSON object")
+    diff.set_defaults(func=cmd_diff)
 
 
 def _load(rules_dir: Path | None) -> Engine | None:
@@ -71,16 +113,20 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
         verdict = engine.scan(raw, envelope)
         if args.json:
-            print(json.dumps(check_record(str(path), verdict), ensure_ascii=False))
+            record = check_record(str(path), raw, envelope, verdict, engine)
+            print(json.dumps(record, ensure_ascii=False))
         else:
             print(explain(str(path), verdict, engine))
     return 0
 
 
-def check_record(file: str, verdict: Verdict) -> dict[str, Any]:
-    record = {"file": file, **verdict.to_dict()}
-    record["action"] = str(verdict.action)
-    return record
+def check_record(
+    file: str, raw: bytes, envelope: Envelope, verdict: Verdict, engine: Engine
+) -> dict[str, Any]:
+    """The audit record the doors write (door 'check'), with the file it is about."""
+    actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+    record = audit_record("check", envelope, message_id_of(raw), len(raw), verdict, {}, actions)
+    return {"file": file, **record}
 
 
 def explain(file: str, verdict: Verdict, engine: Engine) -> str:
@@ -128,3 +174,80 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"FAIL {failure}")
     print(f"{ran - len(failures)} of {ran} examples passed")
     return 1 if failures else 0
+
+
+def _since(text: str) -> Any:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    source = args.audit
+    if source is None:
+        try:
+            path = load_config(args.config).audit.path
+        except ConfigError as exc:
+            print(f"mailgate rules stats: {exc}", file=sys.stderr)
+            return 2
+        source = str(path) if path is not None else "-"
+    actions = {}
+    if args.rules is not None:
+        engine = _load(args.rules)
+        if engine is None:
+            return 2
+        actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+    try:
+        if source == "-":
+            stats = collect(sys.stdin, args.since, actions)
+        else:
+            with open(source, encoding="utf-8", errors="replace") as lines:
+                stats = collect(lines, args.since, actions)
+    except OSError as exc:
+        print(f"mailgate rules stats: cannot read {source}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats.to_dict(), ensure_ascii=False))
+    else:
+        print(table(stats))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    old, new = _load(args.old), _load(args.new)
+    if old is None or new is None:
+        return 2
+    if not args.corpus and args.quarantine is None:
+        print("mailgate rules diff: give message files, folders or --quarantine", file=sys.stderr)
+        return 2
+    missing = [p for p in args.corpus if not p.exists()]
+    if args.quarantine is not None and not args.quarantine.is_dir():
+        missing.append(args.quarantine)
+    if missing:
+        print(f"mailgate rules diff: no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
+
+    def corpus() -> Iterator[Sample]:
+        yield from files_corpus(args.corpus)
+        if args.quarantine is not None:
+            yield from quarantine_corpus(args.quarantine)
+
+    try:
+        count, changes = replay(old, new, corpus())
+    except OSError as exc:
+        print(f"mailgate rules diff: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        result = {
+            "old": old.version,
+            "new": new.version,
+            "messages": count,
+            "changed": [c.to_dict() for c in changes],
+        }
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for change in changes:
+            print(change.describe())
+        print(f"{len(changes)} of {count} verdicts change (pack {old.version} -> {new.version})")
+    return 1 if changes else 0

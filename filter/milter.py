@@ -29,6 +29,7 @@ from .actions import encode_header_value, plan_for
 from .envelope import Envelope
 from .quarantine import QuarantineError, QuarantineStore
 from .release_mark import RELEASE_HEADER, mark_id, verify_mark
+from .report import Reporter
 from .verdict import Action, Verdict
 
 log = logging.getLogger("mailgate.milter")
@@ -43,6 +44,10 @@ _REMEMBERED_HEADERS = frozenset({"subject", "message-id", RELEASE_HEADER.lower()
 # One SMTP reply line must stay under 512 octets (RFC 5321 4.5.3.1.5) with code and status.
 _MAX_REPLY_TEXT = 400
 FAIL_MODES = ("tempfail", "accept")
+
+# What end-of-message decided: the libmilter answer, the verdict it rests on (for the audit
+# log and the metrics), and what became of the message.
+Decision = tuple[int, Verdict, dict[str, Any]]
 
 
 class Scanner(Protocol):
@@ -99,6 +104,7 @@ class MilterDoor:
     time_budget: float = 20.0
     spool_in_memory: int = SPOOL_IN_MEMORY
     milter_name: str = "mailgate"
+    reporter: Reporter | None = None  # audit log and metrics; None: neither
 
     def __post_init__(self) -> None:
         if self.fail_mode not in FAIL_MODES:
@@ -115,6 +121,17 @@ class MilterDoor:
         if verdict.engine_error:
             raise EngineFailure(f"engine could not answer: {verdict.engine_error}")
         return verdict
+
+    def report(
+        self,
+        envelope: Envelope,
+        message_id: str,
+        size: int,
+        verdict: Verdict,
+        outcome: dict[str, Any],
+    ) -> None:
+        if self.reporter is not None:
+            self.reporter.report_verdict("milter", envelope, message_id, size, verdict, outcome)
 
     def factory(self) -> MailgateMilter:
         return MailgateMilter(self)
@@ -220,21 +237,31 @@ class MailgateMilter(Milter.Base):
     @Milter.symlist("i", "j", "{auth_authen}", "{tls_version}", "{client_addr}")
     def eom(self) -> int:
         try:
-            return self._end_of_message()
-        except Exception as exc:
-            log.exception("%s: milter error", self.label)
-            return self._engine_failed(f"milter error: {exc!r}")
+            try:
+                rc, verdict, outcome = self._end_of_message()
+            except Exception as exc:
+                log.exception("%s: milter error", self.label)
+                rc, verdict, outcome = self._engine_failed(f"milter error: {exc!r}")
+            message_id = _unfold(self.header_value("message-id") or "").strip()
+            size = self._spool.tell() if self._spool is not None else 0
+            self.door.report(self.envelope(), message_id, size, verdict, outcome)
+            return rc
         finally:
             self._reset_message()
 
-    def _end_of_message(self) -> int:
+    def _end_of_message(self) -> Decision:
         if self.spool_error is not None:
             log.error("%s: tempfail: %s", self.label, self.spool_error)
-            return self._reply_tempfail("4.3.0", "Local error while receiving, try again later")
+            verdict = Verdict(Action.TEMPFAIL, reason=self.spool_error)
+            return self._reply_tempfail(
+                "4.3.0", "Local error while receiving, try again later", verdict
+            )
         raw = self.raw_message()
         envelope = self.envelope()
-        if self._released(raw):
-            return Milter.ACCEPT
+        released = self._released(raw)
+        if released is not None:
+            verdict = Verdict(Action.ACCEPT, reason="released from quarantine")
+            return Milter.ACCEPT, verdict, {"milter": "accept", "released": released}
         try:
             verdict = self.door.judge(raw, envelope)
         except EngineFailure as exc:
@@ -249,15 +276,15 @@ class MailgateMilter(Milter.Base):
         )
         return self._execute(verdict, raw, envelope)
 
-    def _execute(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> int:
+    def _execute(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> Decision:
         if verdict.action == Action.REJECT:
             code, status = _reply_codes(verdict, "5", (550, "5.7.1"))
-            self._setreply(code, status, verdict.reason or "Message refused by policy")
-            return Milter.REJECT
+            reply = self._setreply(code, status, verdict.reason or "Message refused by policy")
+            return Milter.REJECT, verdict, {"milter": "reject", "reply": reply}
         if verdict.action == Action.TEMPFAIL:
             code, status = _reply_codes(verdict, "4", (451, "4.7.1"))
-            self._setreply(code, status, verdict.reason or "Try again later")
-            return Milter.TEMPFAIL
+            reply = self._setreply(code, status, verdict.reason or "Try again later")
+            return Milter.TEMPFAIL, verdict, {"milter": "tempfail", "reply": reply}
         if verdict.action == Action.QUARANTINE:
             return self._quarantine(verdict, raw, envelope)
         plan = plan_for(verdict)
@@ -272,9 +299,12 @@ class MailgateMilter(Milter.Base):
                 self.chgheader("Subject", 1, self._outgoing(new_subject))
         for rcpt in plan.add_recipients:
             self.addrcpt(f"<{rcpt}>")
-        return Milter.ACCEPT
+        outcome: dict[str, Any] = {"milter": "accept"}
+        if plan.add_recipients:
+            outcome["added_recipients"] = list(plan.add_recipients)
+        return Milter.ACCEPT, verdict, outcome
 
-    def _quarantine(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> int:
+    def _quarantine(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> Decision:
         """Stored durably first; only then the sender gets 250 and Postfix drops its copy
         (DISCARD), so mailgate's store is the one owner of the message."""
         subject = _unfold(self.header_value("subject") or "").strip()
@@ -284,43 +314,52 @@ class MailgateMilter(Milter.Base):
             # Delivering would break the policy and a 250 would lose the message: tempfail
             # whatever fail_mode says.
             log.error("%s: tempfail: quarantine store failed: %r", self.label, exc)
-            return self._reply_tempfail("4.3.0", "Message could not be held, try again later")
+            return self._reply_tempfail(
+                "4.3.0", "Message could not be held, try again later", verdict
+            )
         log.info("%s: quarantined as %s: %s", self.label, quarantine_id, verdict.reason)
-        return Milter.DISCARD
+        return Milter.DISCARD, verdict, {"milter": "discard", "quarantine_id": quarantine_id}
 
-    def _engine_failed(self, why: str) -> int:
+    def _engine_failed(self, why: str) -> Decision:
         if self.door.fail_mode == "accept":
             log.warning("%s: accepted unscanned (fail_mode accept): %s", self.label, why)
-            return Milter.ACCEPT
+            verdict = Verdict(Action.ACCEPT, reason=why, engine_error=why)
+            return Milter.ACCEPT, verdict, {"milter": "accept", "fail_mode": "accept"}
         log.warning("%s: tempfail (fail_mode tempfail): %s", self.label, why)
-        return self._reply_tempfail("4.7.1", "Message could not be checked, try again later")
+        verdict = Verdict(Action.TEMPFAIL, reason=why, engine_error=why)
+        return self._reply_tempfail(
+            "4.7.1", "Message could not be checked, try again later", verdict
+        )
 
-    def _reply_tempfail(self, status: str, text: str) -> int:
-        self._setreply(451, status, text)
-        return Milter.TEMPFAIL
+    def _reply_tempfail(self, status: str, text: str, verdict: Verdict) -> Decision:
+        reply = self._setreply(451, status, text)
+        return Milter.TEMPFAIL, verdict, {"milter": "tempfail", "reply": reply}
 
     def _outgoing(self, value: str) -> str:
         """A header value to send: with leading space negotiated the MTA writes it right after
         the colon."""
         return " " + value if self._protocol & Milter.P_HDR_LEADSPC else value
 
-    def _setreply(self, code: int, status: str, text: str) -> None:
+    def _setreply(self, code: int, status: str, text: str) -> str:
+        """Set the SMTP reply; returns it as the client sees it."""
+        text = " ".join(text.split())[:_MAX_REPLY_TEXT]
         # One line, bounded; libmilter drops a reply whose text has a lone '%'.
-        text = " ".join(text.split())[:_MAX_REPLY_TEXT].replace("%", "%%")
-        self.setreply(str(code), status, text)
+        self.setreply(str(code), status, text.replace("%", "%%"))
+        return f"{code} {status} {text}"
 
-    def _released(self, raw: bytes) -> bool:
-        """A message mailgate released itself, coming back through this Postfix: the mark
-        verifies and names a message still in the store (held while the release is being
-        sent, released after). The mark is removed so recipients never hold a reusable one."""
+    def _released(self, raw: bytes) -> str | None:
+        """The quarantine id of a message mailgate released itself, coming back through this
+        Postfix: the mark verifies and names a message still in the store (held while the
+        release is being sent, released after). The mark is removed so recipients never hold
+        a reusable one. None for any other message."""
         mark = self.header_value(RELEASE_HEADER)
         if mark is None or self.door.release_secret is None:
-            return False
+            return None
         mark = _unfold(mark).strip()
         qid = mark_id(mark)
         if qid is None or not verify_mark(self.door.release_secret, mark, raw):
             log.warning("%s: %s is not a valid mark; scanned as usual", self.label, RELEASE_HEADER)
-            return False
+            return None
         try:
             state = self.door.store.get(qid).state
         except QuarantineError:
@@ -329,10 +368,10 @@ class MailgateMilter(Milter.Base):
             log.warning(
                 "%s: release mark for %s, which is %s; scanned as usual", self.label, qid, state
             )
-            return False
+            return None
         self.chgheader(RELEASE_HEADER, 1, "")
         log.info("%s: accept: released from quarantine as %s", self.label, qid)
-        return True
+        return qid
 
     # --------------------------------------------------------------------- helpers
 

@@ -1,4 +1,8 @@
-"""`mailgate milter`: run the milter door for Postfix until SIGTERM; SIGHUP reloads the rules."""
+"""`mailgate milter`: run the milter door for Postfix until SIGTERM.
+
+SIGHUP re-reads the milter settings (fail_mode, time_budget) and asks the shared
+`PackReloader` for the rule pack, which also reloads by itself when the rules folder changes.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from .config import Config, ConfigError, add_config_argument, load_config
 
 if TYPE_CHECKING:
     from .milter import MilterDoor
-    from .pool import ScanPool
+    from .reload import PackReloader
+    from .report import Reporter
 
 log = logging.getLogger("mailgate.milter")
 
@@ -71,9 +76,12 @@ class MilterService:
 
     def run(self) -> int:
         from . import milter
+        from .metrics import MetricsServer
         from .pool import ScanPool
         from .quarantine import LocalQuarantine, QuarantineError
         from .release_mark import ReleaseSecretError, load_or_create_secret
+        from .reload import PackReloader
+        from .report import Reporter
         from .rules import PackError
 
         config = self.config
@@ -100,6 +108,31 @@ class MilterService:
             engine.run(pool.close())
             engine.stop()
             return EXIT_CONFIG
+        try:
+            reporter = Reporter.from_config(config, store, engine=lambda: pool.engine)
+        except OSError as exc:
+            print(f"mailgate milter: audit log {config.audit.path}: {exc}", file=sys.stderr)
+            engine.run(pool.close())
+            engine.stop()
+            return EXIT_CONFIG
+        reporter.metrics.set_pack(pool.pack_version)
+        metrics_server = None
+        if config.metrics.listen is not None:
+            metrics_server = MetricsServer(
+                config.metrics.listen, lambda: pool.engine is not None, reporter.metrics
+            )
+            try:
+                metrics_server.start()
+            except OSError as exc:
+                print(
+                    f"mailgate milter: metrics cannot listen on {config.metrics.listen}: {exc}",
+                    file=sys.stderr,
+                )
+                engine.run(pool.close())
+                engine.stop()
+                return EXIT_CONFIG
+        reloader = PackReloader(pool, config.rules, on_result=reporter.metrics.observe_reload)
+        engine.run(reloader.start())
         door = milter.MilterDoor(
             scanner=pool,
             engine=engine,
@@ -107,6 +140,7 @@ class MilterService:
             release_secret=secret,
             fail_mode=str(config.milter.fail_mode),
             time_budget=config.milter.time_budget,
+            reporter=reporter,
         )
         socket_path = milter.unix_socket_path(config.milter.socket)
         if socket_path is not None:
@@ -134,7 +168,7 @@ class MilterService:
                 if event == "stopped":
                     break
                 if event == signal.SIGHUP:
-                    self._reload(door, pool)
+                    self._reload(door, reloader, reporter)
                 elif not stop_requested:
                     log.info("stopping on signal %s", signal.Signals(event).name)
                     stop_requested = True
@@ -143,10 +177,15 @@ class MilterService:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             thread.join(timeout=10)
+            engine.run(reloader.stop())
+            if metrics_server is not None:
+                metrics_server.stop()
             engine.run(pool.close())
             engine.stop()
             if socket_path is not None:
                 socket_path.unlink(missing_ok=True)
+            if reporter.audit is not None:
+                reporter.audit.close()
         if failure:
             print(f"mailgate milter: {failure[0]}", file=sys.stderr)
             return 1
@@ -169,16 +208,16 @@ class MilterService:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.events.put(signum)
 
-    def _reload(self, door: MilterDoor, pool: ScanPool) -> None:
-        """Re-read the config file and the rule pack; on any error the running ones stay."""
-        from .rules import PackError
-
+    def _reload(self, door: MilterDoor, reloader: PackReloader, reporter: Reporter) -> None:
+        """The milter settings from the config file, a fresh audit file (after logrotate),
+        and the rule pack; whatever does not load, the running one stays."""
+        if reporter.audit is not None:
+            reporter.audit.reopen()
+        reloader.request("signal")
         try:
             config = load_config(self.config_path)
-            version = door.engine.run(pool.reload(config.rules))
-        except (ConfigError, PackError, OSError) as exc:
-            log.error("reload failed, keeping pack %s: %s", pool.pack_version, exc)
+        except ConfigError as exc:
+            log.error("configuration reload failed, keeping the running settings: %s", exc)
             return
         door.fail_mode = str(config.milter.fail_mode)
         door.time_budget = config.milter.time_budget
-        log.info("reloaded: pack %s", version)

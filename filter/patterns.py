@@ -3,8 +3,9 @@
 Compliance teams write the regexes, so two things matter: speed with many patterns, and never
 hanging the mail flow.
 
-Speed: every pattern goes into ONE hyperscan database that is run once over the text. Hyperscan
-only *proposes* spans; each proposal is confirmed with the compiled Python pattern's
+Speed: every pattern goes into one hyperscan database that is run once over the text; there are
+two such databases, one for ASCII text (most mail) and one for any other text. Hyperscan only
+*proposes* spans; each proposal is confirmed with the compiled Python pattern's
 `.match(text, pos)`, so the matches are exactly those of `re.finditer(pattern, text)`.
 
 The hyperscan expression is not the pattern text: it is generated from Python's own parse tree
@@ -15,12 +16,18 @@ the group they refer to, lazy/possessive/atomic constructs become plain ones, fl
 scoped groups. Classes never rely on hyperscan's Unicode tables (its UCP classes are too large
 to compile with start-of-match tracking): \\w and \\W take in every non-ASCII character, and
 non-ASCII digits and spaces reach hyperscan as two private-use markers that \\d and \\s include.
+Markers and non-ASCII ranges slow hyperscan down ~80x even on ASCII text, so the ASCII database
+is compiled without UTF-8 mode from expressions that hold neither: classes exact on ASCII,
+word boundaries kept, and each non-ASCII literal or range reduced to the ASCII characters Python
+folds it onto under IGNORECASE (U+212A KELVIN SIGN matches k), or else to a byte ASCII text
+never holds. Both databases add those folds, which hyperscan's own case folding lacks.
 Dropping a constraint can only add matches, so every Python match [s, e) lies inside some
 hyperscan span [s', e) with s' <= s (hyperscan reports every end offset, with its leftmost
 start). The scan therefore tries `.match` at each position covered by a hyperscan span, left to
 right, skipping positions already consumed by a match: the first success from a position is
 exactly what `re.finditer` would find next. Positions outside every span cannot start a match.
-A pattern hyperscan still refuses (e.g. a bounded repeat too large) is run with `re.finditer`.
+A pattern hyperscan still refuses (e.g. a bounded repeat too large) is run with `re.finditer`
+on the texts of that database.
 Patterns that can match the empty string are refused (`check_pattern`), so no span is empty.
 
 Hanging: confirmation and the fallback run Python's backtracking `re`, which can take
@@ -28,8 +35,10 @@ exponential (or high-polynomial) time on patterns such as `(\\d+)+$`. `check_pat
 such patterns and `PatternSet.add` refuses whatever `check_pattern` refuses, so `re` only ever
 runs linted patterns.
 
-Known limits: case-insensitive matching of non-ASCII letters relies on hyperscan's Unicode case
-folding agreeing with Python's; lone surrogates in the text are scanned as U+FFFD.
+Known limits: case-insensitive matching of non-ASCII letters in non-ASCII text relies on
+hyperscan's Unicode case folding agreeing with Python's (it does not for U+0130 and U+0131,
+which Python takes as case variants of each other); lone surrogates in the text are scanned as
+U+FFFD.
 Speed depends on how many spans hyperscan proposes: every match costs a Python-level `.match`.
 """
 
@@ -48,7 +57,8 @@ import hyperscan
 
 from .detectors import Match
 
-HS_BASE_FLAGS = hyperscan.HS_FLAG_SOM_LEFTMOST | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
+HS_ASCII_FLAGS = hyperscan.HS_FLAG_SOM_LEFTMOST
+HS_UTF8_FLAGS = HS_ASCII_FLAGS | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
 
 
 def _char(code: int) -> str:
@@ -127,9 +137,7 @@ def _category(cat: Any, flags: int, negated_class: bool) -> str:
     """
     complemented = cat in _COMPLEMENT_OF
     base = _COMPLEMENT_OF.get(cat, cat)
-    members = (_ASCII_FLAG_MEMBERS if flags & re.ASCII else _ASCII_MEMBERS)[base]
-    if complemented:
-        members = _complement(members, 0x7F)
+    members = _ascii_category(cat, flags)
     if flags & re.ASCII:
         non_ascii = complemented
     elif negated_class or complemented:
@@ -139,6 +147,13 @@ def _category(cat: Any, flags: int, negated_class: bool) -> str:
     else:
         non_ascii = True
     return _ranges(members) + (_NON_ASCII if non_ascii else "")
+
+
+def _ascii_category(cat: Any, flags: int) -> list[tuple[int, int]]:
+    """The ASCII members of a class category, exactly."""
+    base = _COMPLEMENT_OF.get(cat, cat)
+    members = (_ASCII_FLAG_MEMBERS if flags & re.ASCII else _ASCII_MEMBERS)[base]
+    return _complement(members, 0x7F) if cat in _COMPLEMENT_OF else members
 
 
 def _caseless(expr: str, flags: int) -> str:
@@ -183,15 +198,57 @@ def _without_marks(low: int, high: int) -> list[tuple[int, int]]:
     return spans
 
 
-def _literal(code: int) -> str:
-    marks = _marks_in(code, code)
-    return f"[{_char(code)}{_char(marks[0])}]" if marks else _char(code)
+@functools.cache
+def _ascii_folds(low: int, high: int, flags: int) -> tuple[int, ...]:
+    """The ASCII characters the non-ASCII part of class item [low, high] matches in Python.
+
+    None unless case-insensitive: U+212A KELVIN SIGN matches k and K, U+017F matches s and S,
+    U+0130 and U+0131 match i and I, which hyperscan's own case folding does not all know.
+    Asked of `re` itself, so it follows Python's folding.
+    """
+    low = max(low, 0x80)
+    if not flags & re.IGNORECASE or high < low:
+        return ()
+    item = re.compile(f"[\\U{low:08x}-\\U{high:08x}]", flags & (re.IGNORECASE | re.ASCII))
+    return tuple(code for code in range(0x80) if item.fullmatch(chr(code)))
+
+
+def _ascii_swapcase(low: int, high: int, flags: int) -> tuple[int, ...]:
+    """Under IGNORECASE, the other case of the ASCII letters in [low, high]."""
+    if not flags & re.IGNORECASE:
+        return ()
+    return tuple(
+        ord(chr(code).swapcase()) for code in range(low, min(high, 0x7F) + 1) if chr(code).isalpha()
+    )
+
+
+# A byte ASCII text never holds: what a class item matching no ASCII character becomes in the
+# ASCII database, so every class stays non-empty.
+_NO_ASCII = [(0x80, 0x80)]
+
+
+def _ascii_members(low: int, high: int, flags: int) -> list[tuple[int, int]]:
+    """The ASCII characters class item [low, high] matches (hyperscan folds ASCII case)."""
+    codes = set(range(low, min(high, 0x7F) + 1)) | set(_ascii_folds(low, high, flags))
+    spans: list[tuple[int, int]] = []
+    for code in sorted(codes):
+        if spans and spans[-1][1] == code - 1:
+            spans[-1] = (spans[-1][0], code)
+        else:
+            spans.append((code, code))
+    return spans or _NO_ASCII
 
 
 class _Emitter:
-    """Writes a hyperscan expression matching a superset of a parsed Python pattern."""
+    """Writes a hyperscan expression matching a superset of a parsed Python pattern.
 
-    def __init__(self) -> None:
+    With `ascii_only` the expression is for ASCII text alone, compiled without UTF-8 mode: no
+    markers, no non-ASCII ranges, classes exact on ASCII, and word boundaries kept (Python's
+    Unicode \\b and hyperscan's agree on ASCII). Hyperscan then scans far faster.
+    """
+
+    def __init__(self, ascii_only: bool) -> None:
+        self.ascii_only = ascii_only
         self.groups: dict[int, str] = {}
 
     def seq(self, items: Iterable[tuple[Any, Any]], flags: int) -> str:
@@ -199,15 +256,15 @@ class _Emitter:
 
     def item(self, op: Any, av: Any, flags: int) -> str:
         if op is sre.LITERAL:
-            return _caseless(_literal(av), flags)
+            return _caseless(self.literal(av, flags), flags)
         if op is sre.NOT_LITERAL:
-            if av in (DIGIT_MARK, SPACE_MARK):
+            if not self.ascii_only and av in (DIGIT_MARK, SPACE_MARK):
                 return "(?s:.)"
-            return _caseless(f"[^{_char(av)}]", flags)
+            return self.caseless(f"[^{self.class_item(av, av, flags, negated=True)}]", flags)
         if op is sre.ANY:
             return "(?s:.)" if flags & re.DOTALL else "."
         if op is sre.IN:
-            return _caseless(self.char_class(av, flags), flags)
+            return self.caseless(self.char_class(av, flags), flags)
         if op is sre.BRANCH:
             return "(?:" + "|".join(self.seq(b, flags) for b in av[1]) + ")"
         if op is sre.SUBPATTERN:
@@ -234,23 +291,52 @@ class _Emitter:
             return ""  # dropping a zero-width assertion only adds matches
         raise ValueError(f"unsupported regex construct {op}")
 
+    def literal(self, code: int, flags: int) -> str:
+        if self.ascii_only:
+            return _char(code) if code < 0x80 else f"[{_ranges(_ascii_members(code, code, flags))}]"
+        extra = _marks_in(code, code) + list(_ascii_folds(code, code, flags))
+        return f"[{_char(code)}{''.join(map(_char, extra))}]" if extra else _char(code)
+
+    def class_item(self, low: int, high: int, flags: int, negated: bool) -> str:
+        if self.ascii_only:
+            return _ranges(_ascii_members(low, high, flags))
+        if negated:
+            # Emitted case-sensitively (see `caseless`), so Python's case variants are added.
+            variants = _ascii_folds(low, high, flags) + _ascii_swapcase(low, high, flags)
+            return _ranges(_without_marks(low, high)) + "".join(map(_char, variants))
+        extra = _marks_in(low, high) + list(_ascii_folds(low, high, flags))
+        return _ranges([(low, high)]) + "".join(map(_char, extra))
+
+    def caseless(self, char_class: str, flags: int) -> str:
+        """A class (or [^c]) made case-insensitive if `flags` say so.
+
+        Not a negated class in UTF-8 mode: hyperscan's Unicode case folding can exclude more
+        than Python's (under (?ia), [^\u017f] matches s in Python, but not in hyperscan).
+        """
+        if char_class.startswith("[^") and not self.ascii_only:
+            return char_class
+        return _caseless(char_class, flags)
+
+    def category(self, cat: Any, flags: int, negated_class: bool) -> str:
+        if self.ascii_only:
+            return _ranges(_ascii_category(cat, flags))
+        return _category(cat, flags, negated_class)
+
     def char_class(self, items: list[tuple[Any, Any]], flags: int) -> str:
         negated = bool(items) and items[0][0] is sre.NEGATE
         body = []
         for op, av in items[1:] if negated else items:
-            low, high = (av, av) if op is sre.LITERAL else av if op is sre.RANGE else (0, -1)
-            if op in (sre.LITERAL, sre.RANGE) and negated:
-                body.append(_ranges(_without_marks(low, high)))
-            elif op in (sre.LITERAL, sre.RANGE):
-                body.append(_ranges([(low, high)]) + "".join(map(_char, _marks_in(low, high))))
+            if op is sre.LITERAL:
+                body.append(self.class_item(av, av, flags, negated))
+            elif op is sre.RANGE:
+                body.append(self.class_item(*av, flags, negated))
             elif op is sre.CATEGORY:
-                body.append(_category(av, flags, negated))
+                body.append(self.category(av, flags, negated))
             else:
                 raise ValueError(f"unsupported class item {op}")
         return ("[^" if negated else "[") + "".join(body) + "]"
 
-    @staticmethod
-    def anchor(code: Any, flags: int) -> str:
+    def anchor(self, code: Any, flags: int) -> str:
         multiline = bool(flags & re.MULTILINE)
         if code is sre.AT_BEGINNING:
             return "(?m:^)" if multiline else r"\A"
@@ -260,8 +346,14 @@ class _Emitter:
             return r"\A"
         if code is sre.AT_END_STRING:
             return r"\z"  # Python's \Z is PCRE's \z
-        # \b and \B: hyperscan has no Unicode word boundary; dropping it only adds matches.
-        return ""
+        if not self.ascii_only:
+            return ""  # hyperscan has no Unicode \b or \B; dropping one only adds matches
+        # On ASCII text Python's word characters are exactly hyperscan's [0-9A-Za-z_].
+        if code is sre.AT_BOUNDARY:
+            return r"\b"
+        if code is sre.AT_NON_BOUNDARY:
+            return r"\B"
+        raise ValueError(f"unsupported anchor {code}")
 
 
 def _single_char(assertion: Any) -> tuple[Any, Any] | None:
@@ -282,8 +374,11 @@ def _negated(op: Any, av: Any) -> tuple[Any, Any]:
     return sre.IN, [(sre.NEGATE, None), *av]
 
 
-def hyperscan_expression(pattern: str) -> str:
+def hyperscan_expression(pattern: str, *, ascii_only: bool = False) -> str:
     """The hyperscan (PCRE-syntax) expression that matches a superset of `pattern`.
+
+    With `ascii_only`, a superset on ASCII text only, to compile with HS_ASCII_FLAGS; else for
+    UTF-8 text with markers, to compile with HS_UTF8_FLAGS.
 
     A one-character lookbehind opening the pattern, such as (?<!\\d), becomes the character
     before the match (or the start of the text); a one-character lookahead closing it becomes
@@ -292,7 +387,7 @@ def hyperscan_expression(pattern: str) -> str:
     """
     parsed = sre_parse.parse(pattern)
     flags, items = parsed.state.flags, list(parsed.data)
-    emitter = _Emitter()
+    emitter = _Emitter(ascii_only)
     head = tail = ""
     if items and items[0][0] in (sre.ASSERT, sre.ASSERT_NOT) and items[0][1][0] < 0:
         op, av = items[0]
@@ -511,15 +606,54 @@ def check_pattern(pattern: str) -> list[str]:
 # --- the pattern set --------------------------------------------------------------------------
 
 
+class _Database:
+    """One hyperscan database over a set's patterns, for ASCII text or for (marked) UTF-8."""
+
+    def __init__(self, regexes: list[re.Pattern[str]], ascii_only: bool) -> None:
+        flags = HS_ASCII_FLAGS if ascii_only else HS_UTF8_FLAGS
+        expressions: dict[int, bytes] = {}
+        for pid, rx in enumerate(regexes):
+            if _repeat_weight(sre_parse.parse(rx.pattern).data) > MAX_REPEAT_WEIGHT:
+                continue
+            try:
+                expression = hyperscan_expression(rx.pattern, ascii_only=ascii_only)
+            except ValueError:  # a construct the translation does not know
+                continue
+            expressions[pid] = expression.encode()
+        try:
+            self._db = _build(expressions, flags)
+        except hyperscan.error:
+            expressions = _compilable(expressions, flags)
+            self._db = _build(expressions, flags)
+        self.fallback_ids = [pid for pid in range(len(regexes)) if pid not in expressions]
+        self._scratch = threading.local()
+
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        """(pattern id, start, end) of every span hyperscan proposes, in byte offsets."""
+        events: list[tuple[int, int, int]] = []
+        if self._db is None:
+            return events
+        scratch = getattr(self._scratch, "value", None)
+        if scratch is None:
+            scratch = self._scratch.value = hyperscan.Scratch(self._db)
+
+        def on_match(pid: int, start: int, end: int, _flags: int, _ctx: object) -> None:
+            events.append((pid, start, end))
+
+        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
+        return events
+
+
 class PatternSet:
-    """Patterns added once, compiled once, scanned many times (thread-safe scans)."""
+    """Patterns added once, compiled once, scanned many times (thread-safe scans).
+
+    Two hyperscan databases: one for ASCII text, compiled without UTF-8 mode (most mail, and
+    tens of times faster to scan), one for any other text.
+    """
 
     def __init__(self) -> None:
         self._regexes: list[re.Pattern[str]] = []
-        self._fallback_ids: list[int] = []
-        self._db: hyperscan.Database | None = None
-        self._scratch = threading.local()
-        self._compiled = False
+        self._databases: tuple[_Database, _Database] | None = None  # for ASCII, for UTF-8
 
     def __len__(self) -> int:
         return len(self._regexes)
@@ -530,43 +664,42 @@ class PatternSet:
         if problems:
             raise PatternError(pattern, problems)
         self._regexes.append(re.compile(pattern))
-        self._compiled = False
+        self._databases = None
         return len(self._regexes) - 1
 
     @property
     def fallback_ids(self) -> list[int]:
-        """Ids of patterns run with Python's `re` alone (hyperscan refused them)."""
-        return list(self._fallback_ids)
+        """Ids of patterns run with Python's `re` alone on ASCII or on other text (hyperscan
+        refused them in that mode)."""
+        ascii_db, utf8_db = self._compiled()
+        return sorted({*ascii_db.fallback_ids, *utf8_db.fallback_ids})
 
     def compile(self) -> None:
-        """Build the hyperscan database; patterns it cannot hold go to the `re` fallback."""
-        expressions: dict[int, bytes] = {}
-        for pid, rx in enumerate(self._regexes):
-            if _repeat_weight(sre_parse.parse(rx.pattern).data) > MAX_REPEAT_WEIGHT:
-                continue
-            try:
-                expressions[pid] = hyperscan_expression(rx.pattern).encode()
-            except ValueError:  # a construct the translation does not know
-                continue
-        try:
-            self._db = _build(expressions)
-        except hyperscan.error:
-            expressions = _compilable(expressions)
-            self._db = _build(expressions)
-        self._fallback_ids = [pid for pid in range(len(self._regexes)) if pid not in expressions]
-        self._scratch = threading.local()
-        self._compiled = True
+        """Build the hyperscan databases; patterns one cannot hold go to the `re` fallback."""
+        self._databases = None
+        self._compiled()
+
+    def _compiled(self) -> tuple[_Database, _Database]:
+        databases = self._databases  # read once: another thread may add and reset it
+        if databases is None:
+            databases = self._databases = (
+                _Database(self._regexes, ascii_only=True),
+                _Database(self._regexes, ascii_only=False),
+            )
+        return databases
 
     def scan(self, text: str) -> dict[int, list[Match]]:
         """For each pattern id, the matches `re.finditer(pattern, text)` gives."""
-        if not self._compiled:
-            self.compile()
+        ascii_db, utf8_db = self._compiled()
+        ascii_text = text.isascii()
+        database = ascii_db if ascii_text else utf8_db
         result: dict[int, list[Match]] = {pid: [] for pid in range(len(self._regexes))}
-        for pid in self._fallback_ids:
+        for pid in database.fallback_ids:
             result[pid] = [_match(m) for m in self._regexes[pid].finditer(text)]
-        if self._db is None or not text:
+        if not text:
             return result
-        for pid, spans in self._hyperscan_spans(text).items():
+        spans_by_id = _ascii_spans(ascii_db, text) if ascii_text else _utf8_spans(utf8_db, text)
+        for pid, spans in spans_by_id.items():
             rx = self._regexes[pid]
             spans.sort()
             if _covered(spans) > len(text) * DENSE_SPANS:
@@ -577,33 +710,25 @@ class PatternSet:
                 result[pid] = _confirm(rx, text, spans)
         return result
 
-    def _hyperscan_spans(self, text: str) -> dict[int, list[tuple[int, int]]]:
-        scratch = getattr(self._scratch, "value", None)
-        if scratch is None:
-            scratch = self._scratch.value = hyperscan.Scratch(self._db)
-        events: list[tuple[int, int, int]] = []
 
-        def on_match(pid: int, start: int, end: int, _flags: int, _ctx: object) -> None:
-            events.append((pid, start, end))
+def _ascii_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for pid, start, end in database.scan(text.encode("ascii")):
+        spans.setdefault(pid, []).append((start, end))
+    return spans
 
-        if text.isascii():
-            self._db.scan(text.encode("ascii"), match_event_handler=on_match, scratch=scratch)
-            spans: dict[int, list[tuple[int, int]]] = {}
-            for pid, start, end in events:
-                spans.setdefault(pid, []).append((start, end))
-            return spans
-        # Lone surrogates (from undecodable bytes) cannot be UTF-8: U+FFFD keeps the offsets.
-        marked = _SURROGATES.sub("\ufffd", text)
-        marked = _NON_ASCII_SPACE.sub(
-            chr(SPACE_MARK), _NON_ASCII_DIGIT.sub(chr(DIGIT_MARK), marked)
-        )
-        data = marked.encode("utf-8")
-        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-        to_char = _char_offsets(data, {off for _, s, e in events for off in (s, e)})
-        spans = {}
-        for pid, start, end in events:
-            spans.setdefault(pid, []).append((to_char[start], to_char[end]))
-        return spans
+
+def _utf8_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
+    # Lone surrogates (from undecodable bytes) cannot be UTF-8: U+FFFD keeps the offsets.
+    marked = _SURROGATES.sub("\ufffd", text)
+    marked = _NON_ASCII_SPACE.sub(chr(SPACE_MARK), _NON_ASCII_DIGIT.sub(chr(DIGIT_MARK), marked))
+    data = marked.encode("utf-8")
+    events = database.scan(data)
+    to_char = _char_offsets(data, {off for _, s, e in events for off in (s, e)})
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for pid, start, end in events:
+        spans.setdefault(pid, []).append((to_char[start], to_char[end]))
+    return spans
 
 
 def _repeat_weight(items: list[tuple[Any, Any]]) -> int:
@@ -617,32 +742,32 @@ def _repeat_weight(items: list[tuple[Any, Any]]) -> int:
     return weight
 
 
-def _compilable(expressions: dict[int, bytes]) -> dict[int, bytes]:
+def _compilable(expressions: dict[int, bytes], flags: int) -> dict[int, bytes]:
     """The expressions hyperscan accepts, found by halving the set when a compile fails."""
     if not expressions:
         return {}
     try:
-        _build(expressions)
+        _build(expressions, flags)
     except hyperscan.error:
         if len(expressions) == 1:
             return {}
         ids = list(expressions)
         half = len(ids) // 2
         return {
-            **_compilable({pid: expressions[pid] for pid in ids[:half]}),
-            **_compilable({pid: expressions[pid] for pid in ids[half:]}),
+            **_compilable({pid: expressions[pid] for pid in ids[:half]}, flags),
+            **_compilable({pid: expressions[pid] for pid in ids[half:]}, flags),
         }
     return expressions
 
 
-def _build(expressions: dict[int, bytes]) -> hyperscan.Database | None:
+def _build(expressions: dict[int, bytes], flags: int) -> hyperscan.Database | None:
     if not expressions:
         return None
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(
         expressions=list(expressions.values()),
         ids=list(expressions),
-        flags=HS_BASE_FLAGS,
+        flags=flags,
     )
     return db
 

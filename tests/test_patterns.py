@@ -47,8 +47,25 @@ EQUIVALENCE_PATTERNS = [
     r"\d\s\d",
     r"[^٣a]",
     r"[\u0600-\u06ff]",
+    # Non-ASCII literals and ranges Python folds onto ASCII letters under IGNORECASE: the
+    # ASCII database must still match k for the Kelvin sign, s for the long s.
+    r"(?i)\u212a\w",
+    r"(?i)[\u017f]t",
+    r"(?i)[^\u212a]+",
+    r"(?i)[\u0100-\u0200]+",
+    r"(?i)[^\u0100-\u0200\d]",
+    r"(?i)[a-\u017f]k",
+    r"(?ia)\u212a|[^\u017f]s",
+    r"[\u0100-\u0200a]+",
+    r"\ue000|\d\ue001",
+    # Word boundaries are exact in the ASCII database.
+    r"\Bo\w",
+    r"(?a)\bk\B",
+    r"(?<!\d)\b\w{2}\b",
 ]
 ALPHABET = "abcdxyKk\u212afoé@ß 1234\n\x1c\u00a0\u3000_-٣٤中\ue000"
+# Characters the non-ASCII patterns above fold onto, and word/non-word neighbours.
+ASCII_ALPHABET = "abdkKsSiItxfo@ 12\n\x1c_-"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +91,18 @@ def test_scan_equals_re_finditer(pattern_set: PatternSet, text: str) -> None:
     assert_same_as_re(pattern_set, text)
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=ASCII_ALPHABET, max_size=60))
+def test_scan_equals_re_finditer_on_ascii_text(pattern_set: PatternSet, text: str) -> None:
+    assert_same_as_re(pattern_set, text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+def test_scan_equals_re_on_arbitrary_ascii(pattern_set: PatternSet, text: str) -> None:
+    assert_same_as_re(pattern_set, text)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40))
 def test_scan_equals_re_on_arbitrary_unicode(pattern_set: PatternSet, text: str) -> None:
@@ -83,6 +112,31 @@ def test_scan_equals_re_on_arbitrary_unicode(pattern_set: PatternSet, text: str)
 def test_most_patterns_run_on_hyperscan(pattern_set: PatternSet) -> None:
     # Lookaround, backreferences and flags are translated, not sent to the fallback.
     assert pattern_set.fallback_ids == []
+
+
+def test_ascii_text_matches_non_ascii_literals_python_folds_onto_it() -> None:
+    patterns = PatternSet()
+    kelvin = patterns.add("(?i)\u212aelvin")
+    long_s = patterns.add("(?i)[\u017f]ecret")
+    dotless_i = patterns.add("(?i)\u0131d")
+    text = "KELVIN kelvin Kelvin SECRET secret ID id"
+    result = patterns.scan(text)
+    assert [m.value for m in result[kelvin]] == ["KELVIN", "kelvin", "Kelvin"]
+    assert [m.value for m in result[long_s]] == ["SECRET", "secret"]
+    assert [m.value for m in result[dotless_i]] == ["ID", "id"]
+    # The same folds hold in the UTF-8 database, used once the text is not ASCII.
+    mixed = patterns.scan(text + " \u0131d")[dotless_i]
+    assert [m.value for m in mixed] == ["ID", "id", "\u0131d"]
+
+
+def test_ascii_expressions_hold_no_marker_or_non_ascii_range() -> None:
+    # Byte \x80 (a class that matches no ASCII character) is the only escape above 0x7f.
+    for pattern in EQUIVALENCE_PATTERNS:
+        expression = hyperscan_expression(pattern, ascii_only=True)
+        escapes = [int(code, 16) for code in re.findall(r"\\x\{([0-9a-f]+)\}", expression)]
+        assert all(code <= 0x80 for code in escapes), (pattern, expression)
+    assert hyperscan_expression(r"\d+", ascii_only=True) == "(?:[0-9]){1,}"
+    assert hyperscan_expression(r"\d+") == "(?:[0-9\\x{e000}]){1,}"
 
 
 def test_match_hidden_behind_a_longer_hyperscan_match_is_found() -> None:

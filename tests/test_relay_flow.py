@@ -229,7 +229,8 @@ def test_too_many_recipients(make_relay, sink):
 
 
 def test_sender_outside_accepted_domains_is_refused_at_mail(make_relay, sink):
-    relay = make_relay({**next_hop(sink.port), "accepted_domains": ["example.com", "*.corp.example"]})
+    domains = ["example.com", "*.corp.example"]
+    relay = make_relay({**next_hop(sink.port), "accepted_domains": domains})
     with relay.client() as client:
         client.ehlo()
         code, text = client.mail("mallory@elsewhere.example")

@@ -1,0 +1,285 @@
+"""Postfix with and without milters: `smtp-source` → private Postfix on loopback → `smtp-sink`.
+
+    /tmp/venv/bin/python bench/milter.py [--scale 1.0] [--profile DIR]
+
+Needs root (Postfix's master) and the postfix package. One Postfix instance, one smtpd
+listener per contender, all in one run:
+
+  postfix        Postfix alone (smtpd_milters empty)
+  noop           a pymilter milter that only parses at end of message (bench/noop_milter.py), unix
+  mailgate-unix  `mailgate milter`, the default pack (rules/), engine.workers 2, unix socket
+  mailgate-inet  the same over inet (127.0.0.1)
+
+Cases: 10 KB and 100 KB smtp-source filler bodies and a ~10 KB realistic MIME message
+(multipart: text + zip), 20 sessions, one message per connection; a fixed message count each.
+Reported per case and contender: accepted/s (smtp-source's wall time), delivered/s (until
+smtp-sink has them all: the end-to-end rate), milter CPU ms per message (process and its scan
+workers); then single-session latency (one session, N messages of 10 KB, mean ms per message)
+and the ratios mailgate/noop, mailgate/postfix, inet/unix.
+
+--profile DIR: also record the mailgate-unix milter (and its workers) with py-spy during a
+repeat of the 10 KB case, written to DIR as a speedscope profile and a flame graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (
+    MAILGATE,
+    PYTHON,
+    REPO,
+    Child,
+    PostfixInstance,
+    SmtpSink,
+    free_port,
+    mime_message_file,
+    missing_binaries,
+    port_open,
+    print_table,
+    py_spy,
+    remove_tree,
+    smtp_source,
+    summarise_profile,
+    tree_cpu_seconds,
+    wait_until,
+    work_dir,
+)
+
+SESSIONS = 20
+WARMUP = 60  # messages before each measurement: smtpd processes, milter threads, scan workers
+LATENCY_SIZE = 10 * 1024
+CONTENDERS = ("postfix", "noop", "mailgate-unix", "mailgate-inet")
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    count: int
+    size: int | None = None  # smtp-source -l: filler body of this many bytes
+    mime_size: int | None = None  # smtp-source -F: a realistic MIME message of about this size
+
+
+@dataclass
+class Result:
+    accepted_rate: float
+    delivered_rate: float
+    cpu_ms: float | None
+
+
+class MilterProcess:
+    """A milter child process and the socket spec Postfix reaches it on."""
+
+    def __init__(self, child: Child, spec: str) -> None:
+        self.child, self.spec = child, spec
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            self.child.check_alive()
+            if self.spec.startswith("unix:"):
+                return Path(self.spec[5:]).exists()
+            port = int(self.spec.split(":")[1].split("@")[0])
+            return port_open(port)
+
+        wait_until(ready, 120, f"{self.child.name} to listen on {self.spec}")
+
+
+def mailgate_milter(work: Path, name: str, spec: str) -> MilterProcess:
+    folder = work / name
+    folder.mkdir(mode=0o755)
+    config = folder / "mailgate.yaml"
+    config.write_text(
+        f"""\
+rules: {REPO / "rules"}
+quarantine:
+  path: {folder / "quarantine"}
+milter:
+  socket: {spec}
+  socket_mode: '0666'
+engine:
+  workers: 2
+audit:
+  path: {folder / "audit.log"}
+"""
+    )
+    argv = [str(MAILGATE), "milter", "--config", str(config)]
+    return MilterProcess(Child(name, argv, folder / "milter.log"), spec)
+
+
+def noop_milter(work: Path, spec: str) -> MilterProcess:
+    argv = [str(PYTHON), str(REPO / "bench" / "noop_milter.py"), spec]
+    return MilterProcess(Child("noop", argv, work / "noop.log"), spec)
+
+
+def run_case(
+    postfix: PostfixInstance, sink: SmtpSink, port: int, case: Case, message_file: Path | None
+) -> tuple[float, float]:
+    """One measured send: (accepted/s, delivered/s)."""
+    base = sink.messages
+    start = time.monotonic()
+    sent = smtp_source(
+        port, count=case.count, sessions=SESSIONS, size=case.size, message_file=message_file
+    )
+    done = sink.wait_for(base + case.count, timeout=300)
+    return case.count / sent, case.count / (done - start)
+
+
+def warm_up(sink: SmtpSink, port: int, case: Case, message_file: Path | None) -> None:
+    base = sink.messages
+    smtp_source(port, count=WARMUP, sessions=SESSIONS, size=case.size, message_file=message_file)
+    sink.wait_for(base + WARMUP, timeout=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
+    parser.add_argument("--latency-count", type=int, default=100, help="single-session messages")
+    parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of mailgate-unix")
+    args = parser.parse_args()
+    if missing := missing_binaries():
+        parser.error(f"needs Postfix: missing {', '.join(missing)}")
+    if not MAILGATE.exists():
+        parser.error(f"no {MAILGATE}: install mailgate into this interpreter's environment")
+
+    def scaled(n: int) -> int:
+        return max(SESSIONS, round(n * args.scale))
+
+    cases = [
+        Case("10 KB filler", scaled(3000), size=10 * 1024),
+        Case("100 KB filler", scaled(1000), size=100 * 1024),
+        Case("~10 KB MIME", scaled(2000), mime_size=10_000),
+    ]
+
+    work = work_dir("mailgate-bench-milter-")
+    (work / "run").mkdir(mode=0o755)
+    sink = SmtpSink()
+    milters = {
+        "noop": noop_milter(work, f"unix:{work / 'run' / 'noop.sock'}"),
+        "mailgate-unix": mailgate_milter(work, "mailgate-unix", f"unix:{work / 'run' / 'mg.sock'}"),
+        "mailgate-inet": mailgate_milter(work, "mailgate-inet", f"inet:{free_port()}@127.0.0.1"),
+    }
+    postfix: PostfixInstance | None = None
+    try:
+        sink.start()
+        for milter in milters.values():
+            milter.child.start()
+        for milter in milters.values():
+            milter.wait_ready()
+        listeners = {"postfix": {"smtpd_milters": ""}}
+        listeners |= {name: {"smtpd_milters": m.spec} for name, m in milters.items()}
+        postfix = PostfixInstance(
+            relayhost_port=sink.port,
+            settings={
+                "milter_protocol": "6",
+                "milter_default_action": "tempfail",
+                # Enough smtpd and smtp processes for 20 sessions on every listener at once.
+                "default_process_limit": "200",
+                "smtp_connection_cache_on_demand": "yes",
+                "smtp_connection_cache_destinations": f"[127.0.0.1]:{sink.port}",
+                "default_destination_concurrency_limit": "40",
+                "smtpd_client_connection_count_limit": "0",
+            },
+            listeners=listeners,
+        )
+        postfix.start()
+        return run_all(args, cases, work, sink, postfix, milters)
+    finally:
+        try:
+            if postfix is not None:
+                postfix.stop()
+        finally:
+            for milter in milters.values():
+                milter.child.stop()
+            sink.stop()
+            remove_tree(work)
+
+
+def run_all(
+    args: argparse.Namespace,
+    cases: list[Case],
+    work: Path,
+    sink: SmtpSink,
+    postfix: PostfixInstance,
+    milters: dict[str, MilterProcess],
+) -> int:
+    print(f"Postfix on loopback, {SESSIONS} sessions, one message per connection; "
+          f"milters: {', '.join(milters)}")  # fmt: skip
+    results: dict[tuple[str, str], Result] = {}
+    for case in cases:
+        message_file = mime_message_file(work, case.mime_size) if case.mime_size else None
+        for name in CONTENDERS:
+            port = postfix.ports[name]
+            warm_up(sink, port, case, message_file)
+            milter = milters.get(name)
+            cpu_before = tree_cpu_seconds(milter.child.pid) if milter else 0.0
+            accepted, delivered = run_case(postfix, sink, port, case, message_file)
+            cpu_ms = None
+            if milter is not None:
+                milter.child.check_alive()
+                cpu_ms = (tree_cpu_seconds(milter.child.pid) - cpu_before) / case.count * 1000
+            results[case.label, name] = Result(accepted, delivered, cpu_ms)
+            print(f"  {case.label:14} {name:14} {delivered:7.0f} msgs/s", flush=True)
+        rows = [
+            [name, case.count, r.accepted_rate, r.delivered_rate, r.cpu_ms]
+            for name in CONTENDERS
+            for r in [results[case.label, name]]
+        ]
+        print_table(
+            f"{case.label}, {case.count} messages, {SESSIONS} sessions",
+            ["contender", "messages", "accepted/s", "delivered/s", "milter CPU ms/msg"],
+            rows,
+        )
+
+    latency = {}
+    for name in CONTENDERS:
+        port = postfix.ports[name]
+        smtp_source(port, count=10, sessions=1, size=LATENCY_SIZE)
+        elapsed = smtp_source(port, count=args.latency_count, sessions=1, size=LATENCY_SIZE)
+        latency[name] = elapsed / args.latency_count * 1000
+    print_table(
+        f"Single-session latency: 1 session, {args.latency_count} messages of 10 KB",
+        ["contender", "mean ms/message"],
+        [[name, latency[name]] for name in CONTENDERS],
+    )
+
+    def rate(case: Case, name: str) -> float:
+        return results[case.label, name].delivered_rate
+
+    print_table(
+        "Ratios (delivered/s)",
+        ["case", "mailgate/noop (unix)", "mailgate/postfix (unix)", "inet/unix (mailgate)"],
+        [
+            [
+                case.label,
+                rate(case, "mailgate-unix") / rate(case, "noop"),
+                rate(case, "mailgate-unix") / rate(case, "postfix"),
+                rate(case, "mailgate-inet") / rate(case, "mailgate-unix"),
+            ]
+            for case in cases
+        ],
+    )
+    print(f"single-session latency inet/unix (mailgate): "
+          f"{latency['mailgate-inet'] / latency['mailgate-unix']:.2f}")  # fmt: skip
+    print(f"target (issue 4): mailgate-unix >= 0.80 x noop; 10 KB: "
+          f"{rate(cases[0], 'mailgate-unix') / rate(cases[0], 'noop'):.2f}")  # fmt: skip
+
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        case = cases[0]
+        milter = milters["mailgate-unix"]
+        profile = args.profile / "milter-10k.txt"
+        with py_spy(milter.child.pid, profile):
+            run_case(postfix, sink, postfix.ports["mailgate-unix"], case, None)
+        summarise_profile(profile, f"py-spy, mailgate-unix milter and workers, {case.label}")
+    for milter in milters.values():
+        milter.child.check_alive()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

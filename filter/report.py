@@ -1,0 +1,108 @@
+"""The one call a door makes per message: write its audit record and count it in the metrics.
+
+Both doors call `Reporter.report_verdict` exactly once per message they judged (or failed to),
+with what they did with it, so the audit log and the metrics always agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .audit import AuditLog, audit_record
+from .config import Config
+from .engine import Engine
+from .envelope import Envelope
+from .metrics import Metrics
+from .quarantine import QuarantineStore, header_section
+from .verdict import Verdict
+
+log = logging.getLogger("mailgate.report")
+
+
+class Reporter:
+    def __init__(
+        self,
+        audit: AuditLog | None,
+        metrics: Metrics,
+        engine: Callable[[], Engine | None] | None = None,
+    ) -> None:
+        """`audit` None: metrics only. `engine` returns the engine serving now (the pool's
+        parent copy), used to name what monitor-mode rules would have done."""
+        self.audit = audit
+        self.metrics = metrics
+        self.engine = engine
+        self._actions: tuple[str, dict[str, str]] = ("", {})
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        store: QuarantineStore | None = None,
+        engine: Callable[[], Engine | None] | None = None,
+    ) -> Reporter:
+        metrics = Metrics()
+        if store is not None:
+            metrics.bind_quarantine_count(store.count)
+        return cls(AuditLog(config.audit.path), metrics, engine)
+
+    def report_verdict(
+        self,
+        door: str,
+        envelope: Envelope,
+        message_id: str,
+        size: int,
+        verdict: Verdict,
+        outcome: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Audit and count one message; returns the record written. Never raises: the message
+        has already been handled by the time it is reported. `message_id_of(raw)` gives the
+        Message-ID to a door that has not read it itself."""
+        try:
+            record = audit_record(
+                door,
+                envelope,
+                message_id,
+                size,
+                verdict,
+                outcome,
+                self._rule_actions(verdict.pack_version),
+            )
+            if self.audit is not None:
+                self.audit.write(record)
+            self.metrics.observe(door, verdict)
+        except Exception:
+            log.exception("could not report the verdict for queue id %s", envelope.queue_id)
+            return {}
+        return record
+
+    def _rule_actions(self, version: str) -> dict[str, str]:
+        """Rule id -> action of the pack that judged the message, if it is the one serving
+        now (after a reload, a message judged by the old pack may report a moment later)."""
+        with self._lock:
+            cached_version, actions = self._actions
+            if version and version == cached_version:
+                return actions
+            engine = self.engine() if self.engine is not None else None
+            if engine is None or engine.version != version:
+                return {}
+            actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+            self._actions = (version, actions)
+            return actions
+
+
+def message_id_of(raw: bytes) -> str:
+    """The Message-ID header's value (unfolded, bounded); '' when there is none."""
+    lines = header_section(raw[: 256 << 10]).splitlines()
+    for index, line in enumerate(lines):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"message-id":
+            for folded in lines[index + 1 :]:
+                if folded[:1] not in (b" ", b"\t"):
+                    break
+                value += folded
+            return value.strip().decode("utf-8", "replace")[:512]
+    return ""

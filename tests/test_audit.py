@@ -1,0 +1,244 @@
+"""The audit log: the record's shape from real verdicts, the writer under concurrent use and
+logrotate, `mailgate check --json` printing the same record, and no unmasked card number in
+the audit log of messages through a real milter door (real worker pool, the shipped pack)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter import testctx
+
+from mailgate.filter.audit import AuditLog, audit_record
+from mailgate.filter.cli import build_parser
+from mailgate.filter.engine import Engine
+from mailgate.filter.envelope import Envelope
+from mailgate.filter.metrics import Metrics
+from mailgate.filter.milter import EngineThread, MilterDoor
+from mailgate.filter.pool import ScanPool
+from mailgate.filter.quarantine import LocalQuarantine
+from mailgate.filter.report import Reporter, message_id_of
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+EXAMPLES = RULES / "examples"
+CARD_RUN = re.compile(r"\d(?:[ -]?\d){12,18}")
+RECORD_KEYS = {
+    "time", "door", "queue_id", "message_id", "client_address", "sender", "recipients", "size",
+    "action", "rules", "monitor", "hits", "timings", "pack_version", "outcome",
+}  # fmt: skip
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if index % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def unmasked_cards(text: str) -> list[str]:
+    """Every run of 13-19 digits (spaces or dashes between) that passes the Luhn check."""
+    found = []
+    for match in CARD_RUN.finditer(text):
+        digits = re.sub(r"\D", "", match.group())
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            found.append(match.group())
+    return found
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(RULES)
+
+
+def test_record_from_a_real_verdict_is_complete_json_and_masked(engine: Engine) -> None:
+    raw = (EXAMPLES / "card-plain.eml").read_bytes()
+    envelope = Envelope(
+        mail_from="alice@example.com",
+        rcpt_tos=("bob@example.org", "carol@example.org"),
+        client_address="192.0.2.7",
+        queue_id="4XyZ1",
+        door="relay",
+    )
+    verdict = engine.scan(raw, envelope)
+    actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+    outcome = {"reply": "250 2.0.0 Held for review in quarantine as Q1", "quarantine_id": "Q1"}
+    record = audit_record(
+        "relay", envelope, message_id_of(raw), len(raw), verdict, outcome, actions
+    )
+    line = json.dumps(record)
+    assert set(record) >= RECORD_KEYS
+    assert json.loads(line) == record
+    assert record["door"] == "relay" and record["queue_id"] == "4XyZ1"
+    assert record["message_id"] == "<sample@example.com>"
+    assert record["client_address"] == "192.0.2.7"
+    assert record["recipients"] == ["bob@example.org", "carol@example.org"]
+    assert record["size"] == len(raw)
+    assert record["action"] == "quarantine" and record["rules"] == ["card-number"]
+    assert record["rule_actions"] == {"card-number": "quarantine"}
+    assert record["outcome"]["quarantine_id"] == "Q1"
+    assert record["pack_version"] == engine.version
+    assert set(record["timings"]) >= {"parse", "rules", "total"}
+    [hit] = record["hits"]
+    assert hit == {
+        "rule": "card-number",
+        "mode": "enforce",
+        "detector": "dlp:credit_card",
+        "where": "1",
+        "count": 1,
+        "sample": "**** **** **** 1111",
+    }
+    assert datetime.fromisoformat(record["time"]).utcoffset() == UTC.utcoffset(None)
+    assert "Deposit" not in line  # the Subject is not logged
+    assert unmasked_cards(line) == []
+
+
+def test_monitor_hits_say_what_they_would_have_done(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "rules:\n"
+        "  - id: watch-card\n    mode: monitor\n    when: [{dlp: credit_card}]\n"
+        "    action: reject\n"
+    )
+    engine = Engine.load(tmp_path)
+    raw = (EXAMPLES / "card-plain.eml").read_bytes()
+    envelope = Envelope("alice@example.com", ("bob@example.org",))
+    verdict = engine.scan(raw, envelope)
+    record = audit_record(
+        "check",
+        envelope,
+        "",
+        len(raw),
+        verdict,
+        {},
+        {r.id: str(r.action) for r in engine.pack.rules},
+    )
+    assert record["action"] == "accept" and record["monitor"] == ["watch-card"]
+    assert record["hits"][0]["mode"] == "monitor"
+    assert record["rule_actions"] == {"watch-card": "reject"}
+
+
+def test_message_id_is_read_from_the_header_section_only() -> None:
+    assert message_id_of(b"Subject: x\r\nMessage-ID:\r\n <folded@x>\r\n\r\nbody") == "<folded@x>"
+    assert message_id_of(b"Subject: x\r\n\r\nMessage-ID: <in-body@x>\r\n") == ""
+
+
+def test_audit_log_is_one_whole_line_per_record_from_many_threads(tmp_path: Path) -> None:
+    path = tmp_path / "log" / "audit.jsonl"
+    audit = AuditLog(path)
+    padding = "x" * 5000  # longer than a pipe's atomic write: lines must still not interleave
+
+    def writer(n: int) -> None:
+        for i in range(100):
+            audit.write({"writer": n, "i": i, "action": "accept", "pad": padding})
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 800
+    assert {(r["writer"], r["i"]) for r in records} == {
+        (n, i) for n in range(8) for i in range(100)
+    }
+
+    # logrotate: the file is moved away; after reopen the writer continues in a fresh file.
+    path.rename(tmp_path / "log" / "audit.jsonl.1")
+    audit.write({"after": "rename, before reopen"})
+    audit.reopen()
+    audit.write({"after": "reopen"})
+    audit.close()
+    assert path.read_text().splitlines() == ['{"after":"reopen"}']
+    assert (tmp_path / "log" / "audit.jsonl.1").read_text().count("\n") == 801
+
+
+def test_audit_log_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    AuditLog(None).write({"action": "accept", "message_id": "<m@x>"})
+    assert json.loads(capsys.readouterr().out) == {"action": "accept", "message_id": "<m@x>"}
+
+
+def test_check_json_prints_the_audit_record(capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(EXAMPLES / "card-plain.eml"), str(EXAMPLES / "plain-business.eml")]
+    args = build_parser().parse_args(["check", "--json", "--rules", str(RULES), *files])
+    assert args.func(args) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in records] == files
+    for record in records:
+        assert set(record) >= RECORD_KEYS and record["door"] == "check"
+    assert [r["action"] for r in records] == ["quarantine", "accept"]
+
+
+# ------------------------------------------------- card numbers through the milter door
+
+
+@pytest.fixture
+def milter_audit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[MilterDoor, Path]]:
+    # TestCtx stops a message at any answer other than CONTINUE to a no-reply step.
+    monkeypatch.setattr(Milter, "NOREPLY", Milter.CONTINUE)
+    engine = EngineThread()
+    engine.start()
+    pool = ScanPool(RULES, workers=1, time_budget=20)
+    engine.run(pool.start(), timeout=90)
+    store = LocalQuarantine(tmp_path / "quarantine")
+    audit_path = tmp_path / "audit.jsonl"
+    reporter = Reporter(AuditLog(audit_path), Metrics(), engine=lambda: pool.engine)
+    door = MilterDoor(scanner=pool, engine=engine, store=store, time_budget=30, reporter=reporter)
+    try:
+        yield door, audit_path
+    finally:
+        assert reporter.audit is not None
+        reporter.audit.close()
+        engine.run(pool.close(), timeout=30)
+        engine.stop()
+
+
+def test_milter_audit_log_holds_no_unmasked_card_number(
+    milter_audit: tuple[MilterDoor, Path],
+) -> None:
+    door, audit_path = milter_audit
+    samples = sorted(EXAMPLES.glob("card-*.eml"))
+    extra = (
+        b"From: <alice@example.com>\r\nTo: <bob@example.org>\r\nSubject: cards 4111111111111111\r\n"
+        b"Message-ID: <cards@example.com>\r\n\r\n"
+        b"Visa 4111111111111111, Mastercard 5555-5555-5555-4444, Amex 3782 822463 10005.\r\n"
+    )
+    raws = [p.read_bytes() for p in samples] + [extra]
+    for raw in raws:
+        Milter.factory = door.factory
+        ctx = testctx.TestCtx()
+        ctx._setsymval("i", "QID1")
+        assert ctx._connect(host="client.example.com", helo="h", ip="192.0.2.10") == Milter.CONTINUE
+        ctx._feedFile(io.BytesIO(raw), "alice@example.com", "bob@example.org")
+        ctx._close()
+    text = audit_path.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert len(records) == len(raws)
+    assert all(r["door"] == "milter" and r["action"] == "quarantine" for r in records), [
+        (r["message_id"], r["action"]) for r in records
+    ]
+    assert all(
+        r["outcome"]["milter"] == "discard" and r["outcome"]["quarantine_id"] for r in records
+    )
+    samples_seen = [h["sample"] for r in records for h in r["hits"] if h["rule"] == "card-number"]
+    assert samples_seen and all("*" in s for s in samples_seen)
+    # Quarantine ids start with 17 digits of time, which may pass the Luhn check by chance.
+    for record in records:
+        text = text.replace(record["outcome"]["quarantine_id"], "<qid>")
+    assert unmasked_cards(text) == []
+    for secret in (
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+    ):
+        assert secret not in text
