@@ -71,10 +71,18 @@ class Result:
 
 
 class MilterProcess:
-    """A milter child process and the socket spec Postfix reaches it on."""
+    """A milter child process and its libmilter socket spec (unix:/path or inet:PORT@HOST)."""
 
     def __init__(self, child: Child, spec: str) -> None:
         self.child, self.spec = child, spec
+
+    @property
+    def postfix_spec(self) -> str:
+        """The same socket in Postfix's syntax: unix:/path, inet:HOST:PORT."""
+        if self.spec.startswith("inet:"):
+            port, _, host = self.spec[5:].partition("@")
+            return f"inet:{host}:{port}"
+        return self.spec
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -171,7 +179,7 @@ def main() -> int:
         for milter in milters.values():
             milter.wait_ready()
         listeners = {"postfix": {"smtpd_milters": ""}}
-        listeners |= {name: {"smtpd_milters": m.spec} for name, m in milters.items()}
+        listeners |= {name: {"smtpd_milters": m.postfix_spec} for name, m in milters.items()}
         postfix = PostfixInstance(
             relayhost_port=sink.port,
             settings={
@@ -188,6 +196,12 @@ def main() -> int:
         )
         postfix.start()
         return run_all(args, cases, work, sink, postfix, milters)
+    except Exception:
+        if postfix is not None:
+            print(f"--- postfix log (tail) ---\n{postfix.log_text()[-3000:]}")
+        for milter in milters.values():
+            print(f"--- {milter.child.name} log (tail) ---\n{milter.child.log_tail()}")
+        raise
     finally:
         try:
             if postfix is not None:

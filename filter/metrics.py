@@ -151,7 +151,10 @@ class MetricsServer:
 
     def start(self) -> None:
         """Bind and serve; OSError when the address cannot be bound."""
-        server = ThreadingHTTPServer((self.listen.host, self.listen.port), self._handler())
+        try:
+            server = ThreadingHTTPServer((self.listen.host, self.listen.port), self._handler())
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics on {self.listen}: {exc.strerror}") from exc
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(

@@ -124,10 +124,7 @@ class MilterService:
             try:
                 metrics_server.start()
             except OSError as exc:
-                print(
-                    f"mailgate milter: metrics cannot listen on {config.metrics.listen}: {exc}",
-                    file=sys.stderr,
-                )
+                print(f"mailgate milter: {exc}", file=sys.stderr)
                 engine.run(pool.close())
                 engine.stop()
                 return EXIT_CONFIG

@@ -229,14 +229,19 @@ _NO_ASCII = [(0x80, 0x80)]
 
 def _ascii_members(low: int, high: int, flags: int) -> list[tuple[int, int]]:
     """The ASCII characters class item [low, high] matches (hyperscan folds ASCII case)."""
-    codes = set(range(low, min(high, 0x7F) + 1)) | set(_ascii_folds(low, high, flags))
+    codes = [*range(low, min(high, 0x7F) + 1), *_ascii_folds(low, high, flags)]
+    return _spans(codes) or _NO_ASCII
+
+
+def _spans(codes: Iterable[int]) -> list[tuple[int, int]]:
+    """Code points as sorted runs of consecutive ones."""
     spans: list[tuple[int, int]] = []
-    for code in sorted(codes):
+    for code in sorted(set(codes)):
         if spans and spans[-1][1] == code - 1:
             spans[-1] = (spans[-1][0], code)
         else:
             spans.append((code, code))
-    return spans or _NO_ASCII
+    return spans
 
 
 class _Emitter:
@@ -260,11 +265,13 @@ class _Emitter:
         if op is sre.NOT_LITERAL:
             if not self.ascii_only and av in (DIGIT_MARK, SPACE_MARK):
                 return "(?s:.)"
-            return self.caseless(f"[^{self.class_item(av, av, flags, negated=True)}]", flags)
+            item = self.class_item(av, av, flags, negated=True)
+            return self.caseless(f"[^{item}]", flags, negated=True)
         if op is sre.ANY:
             return "(?s:.)" if flags & re.DOTALL else "."
         if op is sre.IN:
-            return self.caseless(self.char_class(av, flags), flags)
+            negated = bool(av) and av[0][0] is sre.NEGATE
+            return self.caseless(self.char_class(av, flags), flags, negated)
         if op is sre.BRANCH:
             return "(?:" + "|".join(self.seq(b, flags) for b in av[1]) + ")"
         if op is sre.SUBPATTERN:
@@ -303,17 +310,17 @@ class _Emitter:
         if negated:
             # Emitted case-sensitively (see `caseless`), so Python's case variants are added.
             variants = _ascii_folds(low, high, flags) + _ascii_swapcase(low, high, flags)
-            return _ranges(_without_marks(low, high)) + "".join(map(_char, variants))
+            return _ranges(_without_marks(low, high) + _spans(variants))
         extra = _marks_in(low, high) + list(_ascii_folds(low, high, flags))
         return _ranges([(low, high)]) + "".join(map(_char, extra))
 
-    def caseless(self, char_class: str, flags: int) -> str:
-        """A class (or [^c]) made case-insensitive if `flags` say so.
+    def caseless(self, char_class: str, flags: int, negated: bool) -> str:
+        """A class made case-insensitive if `flags` say so.
 
         Not a negated class in UTF-8 mode: hyperscan's Unicode case folding can exclude more
-        than Python's (under (?ia), [^\u017f] matches s in Python, but not in hyperscan).
+        than Python's (under (?ia), [^\\u017f] matches s in Python, but not in hyperscan).
         """
-        if char_class.startswith("[^") and not self.ascii_only:
+        if negated and not self.ascii_only:
             return char_class
         return _caseless(char_class, flags)
 

@@ -32,6 +32,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any, Protocol
 
+from .durable import fsync_dir, write_durably
 from .envelope import Envelope
 from .verdict import Verdict
 
@@ -184,14 +185,6 @@ def _now() -> str:
     return _iso(datetime.now(UTC))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _header_message_id(raw: bytes) -> str:
     """Message-ID from the header section only; '' when absent or unreadable."""
     try:
@@ -258,18 +251,7 @@ class LocalQuarantine:
     def put(self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str) -> str:
         qid = new_id()
         final = self._file(qid)
-        tmp = self.tmp_dir / f"{qid}.eml"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(raw)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.messages_dir)
+        write_durably(final, self.tmp_dir, [raw])
         hits = [
             {
                 "rule": h.rule,
@@ -340,7 +322,7 @@ class LocalQuarantine:
         # After the commit: a crash here leaves a file whose record says deleted; purge
         # removes it.
         path.unlink(missing_ok=True)
-        _fsync_dir(self.messages_dir)
+        fsync_dir(self.messages_dir)
         return True
 
     def purge(self, older_than: timedelta, actor: str) -> int:
@@ -368,7 +350,7 @@ class LocalQuarantine:
             for path in self.locks_dir.iterdir():
                 if path.stem not in known:
                     path.unlink(missing_ok=True)
-        _fsync_dir(self.messages_dir)
+        fsync_dir(self.messages_dir)
         return len(ids)
 
     @contextlib.contextmanager

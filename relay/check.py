@@ -16,7 +16,7 @@ import aiosmtplib
 from cryptography import x509
 
 from ..filter.config import Config, NextHopTLS, SmtpTarget
-from .nexthop import NextHopError, open_session
+from .nexthop import NextHopError, open_session, smtp_client
 from .tls import inspection_context, server_hostname
 
 
@@ -86,13 +86,7 @@ class NextHopReport:
 
 async def inspect_next_hop(target: SmtpTarget, local_hostname: str) -> NextHopReport:
     report = NextHopReport(target=f"{target.host}:{target.port}", mode=str(target.tls))
-    smtp = aiosmtplib.SMTP(
-        hostname=target.host,
-        port=target.port,
-        local_hostname=local_hostname,
-        timeout=target.timeout,
-        start_tls=False,
-    )
+    smtp = smtp_client(target, local_hostname)
     try:
         greeting = await smtp.connect()
         report.banner = " / ".join(greeting.message.splitlines())

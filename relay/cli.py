@@ -1,7 +1,9 @@
 """`mailgate relay [--config FILE] [--check-next-hop]`: run the smart host, or test its next hop.
 
 Signals: TERM and INT stop accepting connections and let transactions in progress finish;
-HUP reloads the rule pack (a broken pack is logged and the old one keeps serving).
+HUP reopens the audit file and reloads the rule pack through the shared `PackReloader`, which
+also reloads when the rules folder changes (a broken pack is logged with file and line, and the
+old one keeps serving).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from ..filter.config import Config, ConfigError, add_config_argument, load_config
 from ..filter.pool import ScanPool
 from ..filter.quarantine import LocalQuarantine
+from ..filter.reload import PackReloader
 from ..filter.rules import PackError
 from .check import check_next_hop
 from .server import Relay
@@ -68,9 +71,15 @@ async def serve(config: Config) -> int:
         relay = Relay.from_config(config, pool, LocalQuarantine(config.quarantine.path))
         await relay.start()
     except OSError as exc:
-        print(f"mailgate relay: cannot listen on {config.relay.listen}: {exc}", file=sys.stderr)
+        # Binding relay.listen or metrics.listen, or opening audit.path: exc names which.
+        print(f"mailgate relay: cannot start: {exc}", file=sys.stderr)
         await pool.close()
         return 2
+    assert relay.reporter is not None
+    metrics = relay.reporter.metrics
+    metrics.set_pack(pool.pack_version)
+    reloader = PackReloader(pool, config.rules, on_result=metrics.observe_reload)
+    await reloader.start()
     host, port = relay.address
     target = config.relay.next_hop
     if target.host:
@@ -82,25 +91,16 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
 
-    def reload() -> None:
-        task = asyncio.ensure_future(_reload(pool, config))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+    def hangup() -> None:
+        if relay.reporter is not None and relay.reporter.audit is not None:
+            relay.reporter.audit.reopen()
+        reloader.request("signal")
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
     log.info("stopping")
+    await reloader.stop()
     await relay.stop()
     await pool.close()
     return 0
-
-
-async def _reload(pool: ScanPool, config: Config) -> None:
-    try:
-        version = await pool.reload(config.rules)
-    except PackError as exc:
-        log.error("rule pack reload failed, the old pack keeps serving:\n%s", exc)
-        return
-    log.info("rule pack reloaded: %s", version)

@@ -182,16 +182,21 @@ async def open_session(target: SmtpTarget, local_hostname: str) -> NextHopSessio
         raise NextHopError(_failure(exc, label)) from exc
 
 
-async def _connect(
-    target: SmtpTarget, local_hostname: str, label: str, context: ssl.SSLContext | None
-) -> NextHopSession:
-    smtp = aiosmtplib.SMTP(
+def smtp_client(target: SmtpTarget, local_hostname: str) -> aiosmtplib.SMTP:
+    """A client for the target, not yet connected; STARTTLS is ours to decide, per the mode."""
+    return aiosmtplib.SMTP(
         hostname=target.host,
         port=target.port,
         local_hostname=local_hostname,
         timeout=target.timeout,
         start_tls=False,
     )
+
+
+async def _connect(
+    target: SmtpTarget, local_hostname: str, label: str, context: ssl.SSLContext | None
+) -> NextHopSession:
+    smtp = smtp_client(target, local_hostname)
     await smtp.connect()
     try:
         await smtp.ehlo()

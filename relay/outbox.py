@@ -11,10 +11,11 @@ as a delivery agent writes them, since a file has no envelope of its own.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
+
+from ..filter.durable import write_durably
 
 
 class Outbox:
@@ -30,25 +31,5 @@ class Outbox:
         delivery_id = f"{time.time_ns()}-{secrets.token_hex(4)}"
         envelope = f"Return-Path: <{sender}>\r\n".encode()
         envelope += b"".join(f"X-Envelope-To: <{r}>\r\n".encode() for r in recipients)
-        tmp = self.tmp / f"{delivery_id}.eml"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(envelope)
-                out.write(raw)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(tmp, self.path / f"{delivery_id}.eml")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.path)
+        write_durably(self.path / f"{delivery_id}.eml", self.tmp, [envelope, raw])
         return delivery_id
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

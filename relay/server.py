@@ -25,19 +25,22 @@ from email.policy import compat32
 from email.utils import format_datetime, localtime
 from typing import Any, Protocol
 
+import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from ..filter.actions import plan_for
 from ..filter.config import Config
 from ..filter.envelope import Envelope
+from ..filter.metrics import MetricsServer
 from ..filter.quarantine import QuarantineError, QuarantineStore
 from ..filter.release_mark import RELEASE_HEADER, load_or_create_secret, mark_id, verify_mark
+from ..filter.report import Reporter, message_id_of
 from ..filter.verdict import Action, Verdict
 from .addresses import AddressRefused, check_recipient, check_sender
 from .nexthop import NextHopError, NextHopPool, NextHopSession, Reply
 from .outbox import Outbox
-from .tls import certificate_names, describe_session, server_context
+from .tls import TLSPolicyError, certificate_names, describe_session, server_context
 
 log = logging.getLogger("mailgate.relay")
 
@@ -46,6 +49,7 @@ _INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 _RELEASE_MARK = re.compile(rb"^" + RELEASE_HEADER.encode() + rb":[ \t]*([^\r\n]*)\r\n", re.I | re.M)
 _READ_ALL = 1 << 30  # StreamReader.read(n) returns what is buffered, up to n
 _HEADER_END = re.compile(rb"\r\n\r\n")
+_PROBE_INTERVAL = 5.0  # seconds between next-hop probes until it first answers (readiness)
 
 
 class Scanner(Protocol):
@@ -300,6 +304,7 @@ class RelayHandler:
         try:
             reply = await self._open_transaction(server, pool, sender, envelope)
         except NextHopError as failed:
+            self.relay.next_hop_failed(failed)
             reply = failed.reply
         if not reply.ok:
             envelope.mail_from = None
@@ -312,6 +317,7 @@ class RelayHandler:
     ) -> Reply:
         nexthop, pooled = await pool.acquire()
         server.nexthop = nexthop
+        self.relay.next_hop_answered = True
         if envelope.smtp_utf8 and not nexthop.supports("smtputf8") and not sender.isascii():
             return Reply(553, "5.6.7 The next hop does not support SMTPUTF8 for this sender")
         options = _mail_options(envelope, nexthop)
@@ -350,6 +356,7 @@ class RelayHandler:
             try:
                 reply = await server.nexthop.rcpt(recipient)
             except NextHopError as failed:
+                self.relay.next_hop_failed(failed)
                 self.end_transaction(server)
                 return failed.reply.smtp
             if not reply.ok:
@@ -398,11 +405,13 @@ class RelayHandler:
             else {},
         )
         released = await relay.released_copy(raw)
+        outcome: dict[str, Any] = {}
         if released is not None:
             # Released from the quarantine (a valid mark for a message the store says was
             # released): judged already, so it goes on, without the mark.
             raw = released
             verdict = Verdict(Action.ACCEPT, reason="released from quarantine")
+            outcome["released"] = True
         else:
             verdict = await relay.scanner.scan(raw, env)
         received = relay.received_header(server, session, envelope, message_id, ssl_object)
@@ -410,27 +419,44 @@ class RelayHandler:
         if verdict.engine_error:
             if not relay.config.relay.fail_open:
                 reply = _reply(451, "4.3.0", "Message could not be scanned, try again later")
-                return self._done(server, env, verdict, reply)
+                return self._done(server, env, raw, verdict, reply, outcome)
             log.warning(
                 "%s: engine failed (%s); fail_open relays it unscanned",
                 message_id,
                 verdict.engine_error,
             )
             action = Action.ACCEPT
+            outcome["fail_open"] = True
         if action is Action.REJECT or action is Action.TEMPFAIL:
-            return self._done(server, env, verdict, verdict_reply(verdict))
+            return self._done(server, env, raw, verdict, verdict_reply(verdict), outcome)
         if action is Action.QUARANTINE:
-            return self._done(server, env, verdict, await relay.hold(received + raw, env, verdict))
+            reply, outcome["quarantine_id"] = await relay.hold(received + raw, env, verdict)
+            return self._done(server, env, raw, verdict, reply, outcome)
         plan = plan_for(verdict)
         message = received + plan.apply(raw)
         if server.nexthop is None and relay.nexthop_pool is not None:
             reply = "451 4.4.2 The next-hop session for this transaction is gone"
         else:
+            outcome["delivered_to"] = "outbox" if relay.outbox is not None else "next_hop"
             reply = await relay.deliver(server, message, env, plan.add_recipients)
-        return self._done(server, env, verdict, reply)
+        return self._done(server, env, raw, verdict, reply, outcome)
 
-    def _done(self, server: RelaySMTP, env: Envelope, verdict: Verdict, reply: str) -> str:
+    def _done(
+        self,
+        server: RelaySMTP,
+        env: Envelope,
+        raw: bytes,
+        verdict: Verdict,
+        reply: str,
+        outcome: dict[str, Any],
+    ) -> str:
+        """End the transaction, report the message (audit log and metrics), give the reply."""
         self.end_transaction(server)
+        if self.relay.reporter is not None:
+            outcome["reply"] = reply
+            self.relay.reporter.report_verdict(
+                "relay", env, message_id_of(raw), len(raw), verdict, outcome
+            )
         log.info(
             "%s: from=<%s> rcpt=%d action=%s rules=%s -> %s",
             env.queue_id,
@@ -464,7 +490,9 @@ class Relay:
         nexthop_pool: NextHopPool | None = None,
         outbox: Outbox | None = None,
         release_secret: bytes | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
+        """`reporter`: audit log and metrics for every message; None reports nothing."""
         if (nexthop_pool is None) == (outbox is None):
             raise ValueError("give exactly one of nexthop_pool and outbox")
         self.config = config
@@ -473,21 +501,41 @@ class Relay:
         self.nexthop_pool = nexthop_pool
         self.outbox = outbox
         self.release_secret = release_secret
+        self.reporter = reporter
         self.handler = RelayHandler(self)
         self.tls_context = server_context(config.relay.tls)
         self.connections = 0
         self._server: asyncio.Server | None = None
         self.sessions: set[RelaySMTP] = set()
+        # Readiness: the next hop has answered at least once (or there is none).
+        self.next_hop_answered = nexthop_pool is None
+        self._probe: asyncio.Task[None] | None = None
+        self.metrics_server: MetricsServer | None = None
 
     @classmethod
     def from_config(cls, config: Config, scanner: Scanner, store: QuarantineStore) -> Relay:
+        """The relay the configuration describes, reporting each message to the audit log
+        (audit.path, else stdout) and to its metrics."""
         secret = load_or_create_secret(config.quarantine.path)
+        reporter = Reporter.from_config(
+            config, store, engine=lambda: getattr(scanner, "engine", None)
+        )
         target = config.relay.next_hop
         if target.host:
             pool = NextHopPool(target, config.relay.hostname)
-            return cls(config, scanner, store, nexthop_pool=pool, release_secret=secret)
+            return cls(
+                config, scanner, store, nexthop_pool=pool, release_secret=secret, reporter=reporter
+            )
         outbox = Outbox(config.relay.outbox)
-        return cls(config, scanner, store, outbox=outbox, release_secret=secret)
+        return cls(config, scanner, store, outbox=outbox, release_secret=secret, reporter=reporter)
+
+    def ready(self) -> bool:
+        """For /readyz: a rule pack is loaded and the next hop has answered."""
+        return bool(getattr(self.scanner, "pack_version", "")) and self.next_hop_answered
+
+    def next_hop_failed(self, failed: NextHopError) -> None:
+        if self.reporter is not None:
+            self.reporter.metrics.next_hop_errors.labels(next_hop_error_kind(failed)).inc()
 
     # --- policy ----------------------------------------------------------------------------
 
@@ -546,13 +594,14 @@ class Relay:
 
     # --- where mail goes -------------------------------------------------------------------
 
-    async def hold(self, raw: bytes, env: Envelope, verdict: Verdict) -> str:
+    async def hold(self, raw: bytes, env: Envelope, verdict: Verdict) -> tuple[str, str | None]:
+        """(the reply, the quarantine id or None when it could not be stored)."""
         try:
             qid = await asyncio.to_thread(self.store.put, raw, env, verdict, decoded_subject(raw))
         except Exception:
             log.exception("%s: quarantine write failed", env.queue_id)
-            return "451 4.3.0 Message could not be stored, try again later"
-        return f"250 2.0.0 Held for review in quarantine as {qid}"
+            return "451 4.3.0 Message could not be stored, try again later", None
+        return f"250 2.0.0 Held for review in quarantine as {qid}", qid
 
     async def deliver(
         self, server: RelaySMTP, message: bytes, env: Envelope, add_recipients: list[str]
@@ -577,6 +626,7 @@ class Relay:
                     return _reply(451, "4.3.0", f"Required copy to <{recipient}> refused: {added}")
             reply = await nexthop.data(message)
         except NextHopError as failed:
+            self.next_hop_failed(failed)
             return failed.reply.smtp
         return reply.smtp
 
@@ -623,6 +673,8 @@ class Relay:
         return protocol
 
     async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen for clients; serve /metrics and the health checks when metrics.listen is
+        set; probe the next hop until it answers once. OSError when a port cannot be bound."""
         loop = asyncio.get_running_loop()
         if sock is not None:
             self._server = await loop.create_server(self._protocol, sock=sock)
@@ -631,6 +683,32 @@ class Relay:
             self._server = await loop.create_server(
                 self._protocol, host=listen.host, port=listen.port, reuse_address=True
             )
+        if self.reporter is not None and self.config.metrics.listen is not None:
+            self.metrics_server = MetricsServer(
+                self.config.metrics.listen, self.ready, self.reporter.metrics
+            )
+            try:
+                self.metrics_server.start()
+            except OSError:
+                self._server.close()
+                raise
+        if not self.next_hop_answered:
+            self._probe = asyncio.ensure_future(self._probe_next_hop())
+
+    async def _probe_next_hop(self) -> None:
+        """Until a client's transaction reaches the next hop, open a session to it every few
+        seconds; the first that opens goes into the pool for the next transaction."""
+        assert self.nexthop_pool is not None
+        while not self.next_hop_answered:
+            try:
+                session = await self.nexthop_pool.open()
+            except NextHopError as failed:
+                self.next_hop_failed(failed)
+                log.warning("next hop not ready: %s", failed.reply)
+                await asyncio.sleep(_PROBE_INTERVAL)
+                continue
+            self.next_hop_answered = True
+            self.nexthop_pool.release(session)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -642,6 +720,12 @@ class Relay:
         """Stop listening, let sessions finish their transaction for up to `grace` seconds."""
         if self._server is not None:
             self._server.close()
+        if self._probe is not None:
+            self._probe.cancel()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.reporter is not None and self.reporter.audit is not None:
+            self.reporter.audit.close()
         deadline = asyncio.get_running_loop().time() + grace
         while any(p.busy for p in self.sessions) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -650,3 +734,17 @@ class Relay:
                 protocol.transport.close()
         if self.nexthop_pool is not None:
             await self.nexthop_pool.close()
+
+
+def next_hop_error_kind(failed: NextHopError) -> str:
+    """The metrics label for a failure to talk to the next hop."""
+    cause = failed.__cause__
+    if failed.reply.text.startswith("4.7.5") or isinstance(cause, TLSPolicyError | ssl.SSLError):
+        return "tls"
+    if isinstance(cause, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(cause, aiosmtplib.SMTPConnectError | ConnectionRefusedError):
+        return "connect"
+    if isinstance(cause, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return "lost"
+    return "other"

@@ -15,6 +15,9 @@ from pathlib import Path
 import Milter
 import pytest
 from Milter import testctx
+from support.relay_harness import RunningRelay, start_pool, write_config
+from support.relay_harness import message as harness_message
+from support.smtp_sink import BackgroundLoop
 
 from mailgate.filter.audit import AuditLog, audit_record
 from mailgate.filter.cli import build_parser
@@ -242,3 +245,33 @@ def test_milter_audit_log_holds_no_unmasked_card_number(
         "378282246310005",
     ):
         assert secret not in text
+
+
+def test_relay_audit_log_holds_no_unmasked_card_number(tmp_path: Path) -> None:
+    bg = BackgroundLoop()
+    pool = start_pool(bg, RULES)
+    relay = RunningRelay(bg, write_config(tmp_path, RULES, audit={"path": "audit.jsonl"}), pool)
+    try:
+        bodies = [
+            "Card 4111 1111 1111 1111 exp 12/28\r\n",
+            "Visa 4111111111111111 and MC 5555-5555-5555-4444\r\n",
+            "Amex 3782 822463 10005, thanks\r\n",
+        ]
+        with relay.client() as client:
+            client.ehlo()
+            for body in bodies:
+                raw = harness_message(subject="numbers", body=body)
+                assert client.sendmail("alice@example.com", ["bob@example.org"], raw) == {}
+    finally:
+        relay.stop()
+        bg.run(pool.close())
+        bg.close()
+    text = (tmp_path / "audit.jsonl").read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [(r["door"], r["action"], r["rules"]) for r in records] == [
+        ("relay", "quarantine", ["card-number"])
+    ] * len(bodies)
+    for record in records:
+        text = text.replace(record["outcome"]["quarantine_id"], "<qid>")
+    assert unmasked_cards(text) == []
+    assert all("*" in h["sample"] for r in records for h in r["hits"])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.packs import DOOR_TEST_PACK
 from support.postfix import PostfixInstance, free_port, missing_binaries, wait_until
 from support.recording_sink import RecordingSink
 
@@ -33,25 +34,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs root and Postfix (see README: Testing)",
 )
 
-PACK = """\
-rules:
-  - id: block-word
-    when: [{subject: {regex: '(?i)reject-me'}}]
-    action: reject
-    reason: Subject contains a blocked word
-  - id: hold-word
-    when: [{subject: {regex: '(?i)quarantine-me'}}]
-    action: quarantine
-    reason: Held for review
-  - id: tag-word
-    when: [{subject: {regex: '(?i)tag-me'}}]
-    action: tag
-    tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
-  - id: busy-word
-    when: [{subject: {regex: '(?i)tempfail-me'}}]
-    action: tempfail
-    reason: Try later
-"""
+PACK = DOOR_TEST_PACK
 
 WAIT = 30  # seconds: upper bound for anything to reach the sink or the log
 

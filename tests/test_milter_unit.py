@@ -15,6 +15,7 @@ from pathlib import Path
 import Milter
 import pytest
 from Milter import testctx
+from support.packs import DOOR_TEST_PACK
 
 from mailgate.filter.envelope import Envelope
 from mailgate.filter.milter import EngineThread, MailgateMilter, MilterDoor
@@ -23,24 +24,7 @@ from mailgate.filter.quarantine import LocalQuarantine, new_id
 from mailgate.filter.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
 from mailgate.filter.verdict import Verdict
 
-PACK = """\
-rules:
-  - id: block-word
-    when: [{subject: {regex: '(?i)reject-me'}}]
-    action: reject
-    reason: Subject contains a blocked word
-  - id: hold-word
-    when: [{subject: {regex: '(?i)quarantine-me'}}]
-    action: quarantine
-    reason: Held for review
-  - id: tag-word
-    when: [{subject: {regex: '(?i)tag-me'}}]
-    action: tag
-    tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
-  - id: busy-word
-    when: [{subject: {regex: '(?i)tempfail-me'}}]
-    action: tempfail
-    reason: Try later
+PACK = DOOR_TEST_PACK + """\
   - id: percent-word
     when: [{subject: {regex: '(?i)percent-me'}}]
     action: reject

@@ -129,6 +129,14 @@ def test_ascii_text_matches_non_ascii_literals_python_folds_onto_it() -> None:
     assert [m.value for m in mixed] == ["ID", "id", "\u0131d"]
 
 
+def test_negated_class_excludes_only_what_python_folds() -> None:
+    # Under (?a) Python does not fold U+017F onto s; hyperscan's Unicode folding would.
+    patterns = PatternSet()
+    pid = patterns.add("(?ia)[^\u017f]s")
+    assert [m.value for m in patterns.scan("ss")[pid]] == ["ss"]
+    assert [m.value for m in patterns.scan("ss \u00e9")[pid]] == ["ss"]
+
+
 def test_ascii_expressions_hold_no_marker_or_non_ascii_range() -> None:
     # Byte \x80 (a class that matches no ASCII character) is the only escape above 0x7f.
     for pattern in EQUIVALENCE_PATTERNS:

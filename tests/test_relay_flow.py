@@ -6,13 +6,6 @@ import smtplib
 from typing import Any
 
 import pytest
-from support.relay_fixtures import (  # noqa: F401
-    bg_fixture,
-    make_relay_fixture,
-    pack_fixture,
-    pool_fixture,
-    sink_fixture,
-)
 from support.relay_harness import message
 from support.smtp_sink import free_port
 

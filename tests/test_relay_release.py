@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from support.relay_fixtures import (  # noqa: F401
-    bg_fixture,
-    make_relay_fixture,
-    pack_fixture,
-    pool_fixture,
-    sink_fixture,
-)
 from support.relay_harness import message
 
 from mailgate.filter.quarantine import QuarantineError

@@ -5,13 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-from support.relay_fixtures import (  # noqa: F401
-    bg_fixture,
-    make_relay_fixture,
-    pack_fixture,
-    pool_fixture,
-    sink_fixture,
-)
 
 pytestmark = pytest.mark.timeout(60)
 

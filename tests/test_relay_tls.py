@@ -10,13 +10,6 @@ from pathlib import Path
 
 import pytest
 from support.certs import CLIENT_NAME, SERVER_NAME, KeyPair, Pki, make_pki
-from support.relay_fixtures import (  # noqa: F401
-    bg_fixture,
-    make_relay_fixture,
-    pack_fixture,
-    pool_fixture,
-    sink_fixture,
-)
 from support.relay_harness import message, write_config
 from support.smtp_sink import BackgroundLoop, SmtpSink
 

@@ -14,27 +14,10 @@ from mailgate.filter.config import Config, load_config
 from mailgate.filter.pool import ScanPool
 from mailgate.filter.quarantine import LocalQuarantine
 from mailgate.relay.server import Relay
+from support.packs import DOOR_TEST_PACK
 from support.smtp_sink import BackgroundLoop
 
-TINY_PACK = """\
-rules:
-  - id: block-word
-    when: [{subject: {regex: '(?i)reject-me'}}]
-    action: reject
-    reason: Subject contains a blocked word
-  - id: hold-word
-    when: [{subject: {regex: '(?i)quarantine-me'}}]
-    action: quarantine
-    reason: Held for review
-  - id: tag-word
-    when: [{subject: {regex: '(?i)tag-me'}}]
-    action: tag
-    tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
-  - id: busy-word
-    when: [{subject: {regex: '(?i)tempfail-me'}}]
-    action: tempfail
-    reason: Try later
-"""
+TINY_PACK = DOOR_TEST_PACK
 
 
 def write_pack(folder: Path) -> Path:

@@ -1,0 +1,38 @@
+"""Writing a file so that it survives a crash the moment the call returns.
+
+Written under a temporary name in `tmp_dir` (same filesystem), fsynced, renamed into place
+(atomic), and the folder fsynced: a reader sees whole files only, and a crash leaves at most
+a temporary file. Both the quarantine and the relay's outbox store messages this way before
+anyone is told 250.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def write_durably(final: Path, tmp_dir: Path, chunks: Iterable[bytes], mode: int = 0o640) -> None:
+    tmp = tmp_dir / final.name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
