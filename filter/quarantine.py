@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from .durable import fsync_dir, write_durably
 from .envelope import Envelope
+from .masking import mask_sensitive
 from .verdict import Verdict
 
 STATES = ("held", "released", "deleted")
@@ -124,7 +125,8 @@ class QuarantineRecord:
 
 class QuarantineStore(Protocol):
     def put(self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str) -> str:
-        """Store durably (on stable storage before returning) and return the new id."""
+        """Store durably (on stable storage before returning) and return the new id. The
+        Subject is stored with sensitive values masked (it is listed and shown)."""
         ...
 
     def get(self, qid: str) -> QuarantineRecord: ...
@@ -249,6 +251,7 @@ class LocalQuarantine:
     # --- writing ---------------------------------------------------------------------------
 
     def put(self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str) -> str:
+        subject = mask_sensitive(subject)  # listed and shown to reviewers: no card numbers
         qid = new_id()
         final = self._file(qid)
         write_durably(final, self.tmp_dir, [raw])

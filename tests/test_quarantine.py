@@ -336,3 +336,19 @@ def test_cli_errors(configured: tuple[Path, LocalQuarantine], tmp_path: Path) ->
     broken = mailgate(bad, "list")
     assert broken.returncode == 2
     assert "line 2: quarantine.pth: unknown key" in broken.stderr
+
+
+def test_subject_is_stored_with_card_numbers_masked(tmp_path: Path) -> None:
+    from mailgate.filter.envelope import Envelope
+    from mailgate.filter.verdict import Action, Verdict
+
+    store = LocalQuarantine(tmp_path / "q")
+    envelope = Envelope("a@corp.example", ("b@partner.example",))
+    qid = store.put(
+        b"Subject: x\r\n\r\nbody\r\n",
+        envelope,
+        Verdict(Action.QUARANTINE),
+        "Card 4111 1111 1111 1111 for the hotel",
+    )
+    assert store.get(qid).subject == "Card **** **** **** 1111 for the hotel"
+    assert b"4111 1111 1111 1111" not in (tmp_path / "q" / "index.sqlite3").read_bytes()
