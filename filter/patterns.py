@@ -833,8 +833,8 @@ class FastRegex:
         self.regex = regex
         flags = "".join(letter for flag, letter in _INLINE_FLAGS if regex.flags & flag)
         self._set = PatternSet()
+        # Compiled on first use (scan compiles), so importing a detector costs nothing.
         self._id = self._set.add(f"(?{flags}){regex.pattern}" if flags else regex.pattern)
-        self._set.compile()
 
     def finditer(self, text: str) -> Iterator[re.Match[str]]:
         for found in self._set.scan(text)[self._id]:
