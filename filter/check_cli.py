@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _since(text: str) -> Any:
+def _since(text: str) -> datetime:
     try:
         return parse_since(text)
     except ValueError as exc:
@@ -198,6 +199,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if engine is None:
             return 2
         actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+    if source == "-" and sys.stdin.isatty():
+        print(
+            "mailgate rules stats: no audit log: give --audit FILE, set audit.path, "
+            "or pipe the log in (journalctl -u mailgate-relay -o cat | mailgate rules stats)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if source == "-":
             stats = collect(sys.stdin, args.since, actions)

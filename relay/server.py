@@ -13,6 +13,7 @@ made CRLF, so no next hop can find a second message in it either.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -425,6 +426,8 @@ class RelayHandler:
                 message_id,
                 verdict.engine_error,
             )
+            # Reported as what happened: accepted unscanned, the engine error kept.
+            verdict = dataclasses.replace(verdict, action=Action.ACCEPT)
             action = Action.ACCEPT
             outcome["fail_open"] = True
         if action is Action.REJECT or action is Action.TEMPFAIL:
