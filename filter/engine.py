@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from .detectors.registry import DLP_DETECTORS
 from .detectors.yara_scan import YaraMatch
 from .envelope import Envelope
 from .message import Message, Part, ScanLimits
+from .rawheaders import top_headers
 from .rules import DEFAULT_REPLY, Pack, PackSource, build_pack
 from .verdict import Action, Hit, Verdict
 
@@ -138,7 +137,7 @@ class Engine:
     def judge_unscannable(self, raw: bytes, envelope: Envelope, reason: str) -> Verdict:
         """Verdict for a message the engine could not look into at all (overrun, out of
         memory, crash): only envelope, headers, size and `unscannable` rules can hold."""
-        message = Message(raw=raw, headers=_quick_headers(raw), unscannable={reason})
+        message = Message(raw=raw, headers=top_headers(raw), unscannable={reason})
         return self.evaluate(ScanContext(message, envelope, self.pack))
 
     def evaluate(self, ctx: ScanContext) -> Verdict:
@@ -174,20 +173,10 @@ class Engine:
         return verdict
 
 
-def _quick_headers(raw: bytes) -> list[tuple[str, str]]:
-    """Top-level headers only, without decoding, bounded: for messages too hostile to parse."""
-    head = raw[: 64 << 10].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    try:
-        parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
-        return [(k, str(v)[:1024]) for k, v in parsed.items()]
-    except Exception:
-        return []
-
-
 def envelope_from_headers(raw: bytes, door: str = "check") -> Envelope:
     """An envelope for a message file with none (`mailgate check`, rule examples): From as the
     sender, To/Cc/Bcc as recipients."""
-    headers = _quick_headers(raw)
+    headers = top_headers(raw)
 
     def addresses(*names: str) -> list[str]:
         values = [v for k, v in headers if k.lower() in names]

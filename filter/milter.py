@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import Milter
 import milter as libmilter
 
-from .actions import encode_header_value, plan_for
+from .actions import MAX_REPLY_TEXT, encode_header_value, plan_for, refusal_for
 from .envelope import Envelope
 from .quarantine import QuarantineError, QuarantineStore
 from .release_mark import RELEASE_HEADER, mark_id, verify_mark
@@ -41,8 +41,6 @@ T = TypeVar("T")
 SPOOL_IN_MEMORY = 1 << 20
 # Only these headers are remembered (besides the spool): for the reply, the log and the mark.
 _REMEMBERED_HEADERS = frozenset({"subject", "message-id", RELEASE_HEADER.lower()})
-# One SMTP reply line must stay under 512 octets (RFC 5321 4.5.3.1.5) with code and status.
-_MAX_REPLY_TEXT = 400
 FAIL_MODES = ("tempfail", "accept")
 
 # What end-of-message decided: the libmilter answer, the verdict it rests on (for the audit
@@ -277,14 +275,11 @@ class MailgateMilter(Milter.Base):
         return self._execute(verdict, raw, envelope)
 
     def _execute(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> Decision:
-        if verdict.action == Action.REJECT:
-            code, status = _reply_codes(verdict, "5", (550, "5.7.1"))
-            reply = self._setreply(code, status, verdict.reason or "Message refused by policy")
-            return Milter.REJECT, verdict, {"milter": "reject", "reply": reply}
-        if verdict.action == Action.TEMPFAIL:
-            code, status = _reply_codes(verdict, "4", (451, "4.7.1"))
-            reply = self._setreply(code, status, verdict.reason or "Try again later")
-            return Milter.TEMPFAIL, verdict, {"milter": "tempfail", "reply": reply}
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            refusal = refusal_for(verdict)
+            reply = self._setreply(refusal.code, refusal.status, refusal.text)
+            answer = Milter.REJECT if verdict.action == Action.REJECT else Milter.TEMPFAIL
+            return answer, verdict, {"milter": str(verdict.action), "reply": reply}
         if verdict.action == Action.QUARANTINE:
             return self._quarantine(verdict, raw, envelope)
         plan = plan_for(verdict)
@@ -307,9 +302,8 @@ class MailgateMilter(Milter.Base):
     def _quarantine(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> Decision:
         """Stored durably first; only then the sender gets 250 and Postfix drops its copy
         (DISCARD), so mailgate's store is the one owner of the message."""
-        subject = _unfold(self.header_value("subject") or "").strip()
         try:
-            quarantine_id = self.door.store.put(raw, envelope, verdict, subject)
+            quarantine_id = self.door.store.put(raw, envelope, verdict)
         except Exception as exc:
             # Delivering would break the policy and a 250 would lose the message: tempfail
             # whatever fail_mode says.
@@ -342,7 +336,7 @@ class MailgateMilter(Milter.Base):
 
     def _setreply(self, code: int, status: str, text: str) -> str:
         """Set the SMTP reply; returns it as the client sees it."""
-        text = " ".join(text.split())[:_MAX_REPLY_TEXT]
+        text = " ".join(text.split())[:MAX_REPLY_TEXT]
         # One line, bounded; libmilter drops a reply whose text has a lone '%'.
         self.setreply(str(code), status, text.replace("%", "%%"))
         return f"{code} {status} {text}"
@@ -422,17 +416,6 @@ def _strip_brackets(address: str) -> str:
 
 def _unfold(value: str) -> str:
     return value.replace("\r\n", "").replace("\n", "")
-
-
-def _reply_codes(verdict: Verdict, klass: str, default: tuple[int, str]) -> tuple[int, str]:
-    """The rule's code and status when they agree with the action's class (libmilter refuses
-    a 5xx code with a 4.x.x status); the action's default otherwise."""
-    code, status = verdict.smtp_code, verdict.smtp_status
-    if code is None or not str(code).startswith(klass):
-        return default
-    if status is None or not status.startswith(klass + "."):
-        return code, default[1]
-    return code, status
 
 
 # ------------------------------------------------------------------ libmilter runtime

@@ -27,14 +27,13 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any, Protocol
 
 from .durable import fsync_dir, write_durably
 from .envelope import Envelope
 from .masking import mask_sensitive
+from .rawheaders import decoded, first_header
 from .verdict import Verdict
 
 STATES = ("held", "released", "deleted")
@@ -124,7 +123,9 @@ class QuarantineRecord:
 
 
 class QuarantineStore(Protocol):
-    def put(self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str) -> str:
+    def put(
+        self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
+    ) -> str:
         """Store durably (on stable storage before returning) and return the new id. The
         Subject is stored with sensitive values masked (it is listed and shown)."""
         ...
@@ -187,21 +188,6 @@ def _now() -> str:
     return _iso(datetime.now(UTC))
 
 
-def _header_message_id(raw: bytes) -> str:
-    """Message-ID from the header section only; '' when absent or unreadable."""
-    try:
-        headers = BytesHeaderParser(policy=default_policy).parsebytes(header_section(raw))
-        return str(headers.get("Message-ID", "") or "").strip()
-    except Exception:  # a malformed header must not stop the message from being held
-        return ""
-
-
-def header_section(raw: bytes) -> bytes:
-    """Everything before the first blank line (the message's headers)."""
-    match = re.search(rb"\r?\n\r?\n", raw)
-    return raw[: match.start()] if match else raw
-
-
 class LocalQuarantine:
     """Files plus SQLite under one folder. Every call opens its own connection, so one
     instance may be used from threads and forked processes alike."""
@@ -250,7 +236,11 @@ class LocalQuarantine:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def put(self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str) -> str:
+    def put(
+        self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
+    ) -> str:
+        if subject is None:
+            subject = decoded(first_header(raw, "Subject"))
         subject = mask_sensitive(subject)  # listed and shown to reviewers: no card numbers
         qid = new_id()
         final = self._file(qid)
@@ -277,7 +267,7 @@ class LocalQuarantine:
                         now,
                         envelope.door,
                         envelope.queue_id,
-                        _header_message_id(raw),
+                        first_header(raw, "Message-ID"),
                         envelope.mail_from,
                         json.dumps(list(envelope.rcpt_tos)),
                         envelope.client_address,

@@ -21,8 +21,8 @@ from .quarantine import (
     QuarantineError,
     QuarantineRecord,
     UnknownMessage,
-    header_section,
 )
+from .rawheaders import header_section
 from .units import parse_duration
 
 OK, FAILED, USAGE = 0, 1, 2

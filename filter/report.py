@@ -16,7 +16,8 @@ from .config import Config
 from .engine import Engine
 from .envelope import Envelope
 from .metrics import Metrics
-from .quarantine import QuarantineStore, header_section
+from .quarantine import QuarantineStore
+from .rawheaders import first_header
 from .verdict import Verdict
 
 log = logging.getLogger("mailgate.report")
@@ -96,13 +97,4 @@ class Reporter:
 
 def message_id_of(raw: bytes) -> str:
     """The Message-ID header's value (unfolded, bounded); '' when there is none."""
-    lines = header_section(raw[: 256 << 10]).splitlines()
-    for index, line in enumerate(lines):
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() == b"message-id":
-            for folded in lines[index + 1 :]:
-                if folded[:1] not in (b" ", b"\t"):
-                    break
-                value += folded
-            return value.strip().decode("utf-8", "replace")[:512]
-    return ""
+    return first_header(raw, "Message-ID")

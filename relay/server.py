@@ -20,9 +20,6 @@ import re
 import secrets
 import socket
 import ssl
-from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import format_datetime, localtime
 from typing import Any, Protocol
 
@@ -30,7 +27,7 @@ import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from ..filter.actions import plan_for
+from ..filter.actions import plan_for, refusal_for
 from ..filter.config import Config
 from ..filter.envelope import Envelope
 from ..filter.metrics import MetricsServer
@@ -215,23 +212,7 @@ def _reply(code: int, status: str, text: str) -> str:
 
 def verdict_reply(verdict: Verdict) -> str:
     """The refusal for a reject or tempfail verdict, with the rule's code if it set one."""
-    if verdict.action is Action.REJECT:
-        default_code, default_status, default_text = 550, "5.7.1", "Message refused by policy"
-    else:
-        default_code, default_status = 451, "4.7.1"
-        default_text = "Message cannot be accepted now, try again later"
-    code = verdict.smtp_code or default_code
-    status = verdict.smtp_status or default_status
-    return _reply(code, status, verdict.reason or default_text)
-
-
-def decoded_subject(raw: bytes) -> str:
-    head = _HEADER_END.split(raw[: 256 << 10], 1)[0]
-    try:
-        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Subject", "")
-        return str(make_header(decode_header(str(value)))).replace("\r\n", "").replace("\n", "")
-    except Exception:  # an undecodable Subject must not stop the message being held
-        return ""
+    return str(refusal_for(verdict))
 
 
 class RelayHandler:
@@ -600,7 +581,7 @@ class Relay:
     async def hold(self, raw: bytes, env: Envelope, verdict: Verdict) -> tuple[str, str | None]:
         """(the reply, the quarantine id or None when it could not be stored)."""
         try:
-            qid = await asyncio.to_thread(self.store.put, raw, env, verdict, decoded_subject(raw))
+            qid = await asyncio.to_thread(self.store.put, raw, env, verdict)
         except Exception:
             log.exception("%s: quarantine write failed", env.queue_id)
             return "451 4.3.0 Message could not be stored, try again later", None

@@ -77,7 +77,7 @@ def test_normalise_limits():
 
 
 def test_verdict_replies_use_the_rules_code_or_the_defaults():
-    assert verdict_reply(Verdict(Action.REJECT, reason="No\r\nway")) == "550 5.7.1 No  way"
+    assert verdict_reply(Verdict(Action.REJECT, reason="No\r\nway")) == "550 5.7.1 No way"
     assert verdict_reply(Verdict(Action.TEMPFAIL)).startswith("451 4.7.1 ")
     custom = Verdict(Action.REJECT, reason="Too big", smtp_code=552, smtp_status="5.3.4")
     assert verdict_reply(custom) == "552 5.3.4 Too big"
