@@ -24,12 +24,15 @@ from mailgate.filter.quarantine import LocalQuarantine, new_id
 from mailgate.filter.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
 from mailgate.filter.verdict import Verdict
 
-PACK = DOOR_TEST_PACK + """\
+PACK = (
+    DOOR_TEST_PACK
+    + """\
   - id: percent-word
     when: [{subject: {regex: '(?i)percent-me'}}]
     action: reject
     reason: 100% not allowed
 """
+)
 
 MACROS = {
     "i": "4XyZ1",

@@ -259,7 +259,8 @@ def test_pack_version_changes_with_content() -> None:
 
 
 def test_content_conditions_read_the_subject_too() -> None:
-    engine = Engine.from_source(pack("""
+    engine = Engine.from_source(
+        pack("""
         rules:
           - id: cards
             when: [{dlp: credit_card}]
@@ -268,7 +269,8 @@ def test_content_conditions_read_the_subject_too() -> None:
             when: [{body: {regex: 'FALCON-\\d+'}}]
             action: tag
             tag: {headers: {X-Codename: 'yes'}}
-    """))
+    """)
+    )
     verdict = engine.scan(message(subject="Card 4111 1111 1111 1111 for FALCON-7"), ENV)
     assert verdict.rules == ["cards", "codename"]
     assert {h.where for h in verdict.hits} == {"subject"}
