@@ -27,8 +27,8 @@ import milter as libmilter
 
 from .actions import MAX_REPLY_TEXT, encode_header_value, plan_for, refusal_for
 from .envelope import Envelope
-from .quarantine import QuarantineError, QuarantineStore
-from .release_mark import RELEASE_HEADER, mark_id, verify_mark
+from .quarantine import QuarantineStore
+from .release_mark import RELEASE_HEADER, released_id
 from .report import Reporter
 from .verdict import Action, Verdict
 
@@ -349,18 +349,12 @@ class MailgateMilter(Milter.Base):
         mark = self.header_value(RELEASE_HEADER)
         if mark is None or self.door.release_secret is None:
             return None
-        mark = _unfold(mark).strip()
-        qid = mark_id(mark)
-        if qid is None or not verify_mark(self.door.release_secret, mark, raw):
-            log.warning("%s: %s is not a valid mark; scanned as usual", self.label, RELEASE_HEADER)
-            return None
-        try:
-            state = self.door.store.get(qid).state
-        except QuarantineError:
-            state = "unknown"
-        if state not in ("held", "released"):
+        qid = released_id(self.door.release_secret, self.door.store, _unfold(mark).strip(), raw)
+        if qid is None:
             log.warning(
-                "%s: release mark for %s, which is %s; scanned as usual", self.label, qid, state
+                "%s: %s is not a valid mark for a message in the quarantine; scanned as usual",
+                self.label,
+                RELEASE_HEADER,
             )
             return None
         self.chgheader(RELEASE_HEADER, 1, "")

@@ -7,8 +7,8 @@ quarantine id, the time and a SHA-256 of the BODY (everything after the first bl
 line ends normalised to CRLF): Postfix adds headers on the way, but a mark copied onto other
 content does not verify, and a forged one needs the secret.
 
-The milter should, when a mark verifies, also check that the id is `released` in the store
-and remove the header before delivery, so recipients never hold a reusable mark.
+`released_id` is the one check both doors make; they remove the header before delivery, so
+recipients never hold a reusable mark.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ import stat
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .quarantine import QuarantineError
+
+if TYPE_CHECKING:
+    from .quarantine import QuarantineStore
 
 RELEASE_HEADER = "X-Mailgate-Released"
 SECRET_FILE = "release.key"
@@ -117,3 +123,18 @@ def verify_mark(
         if age > max_age.total_seconds() or age < -300:  # 5 minutes of clock skew allowed
             return False
     return hmac.compare_digest(_mac(secret, qid, issued, raw), mac)
+
+
+def released_id(secret: bytes | None, store: QuarantineStore, mark: str, raw: bytes) -> str | None:
+    """The quarantine id when `mark` is a valid release mark for this message and names a
+    message still in the store; None otherwise (a forged or stale mark is just a header).
+    Both "held" and "released" count: the releaser records the release only once the next
+    hop has said 250, so the hop that checks sees "held". A deleted message's mark is void."""
+    qid = mark_id(mark)
+    if secret is None or qid is None or not verify_mark(secret, mark, raw):
+        return None
+    try:
+        state = store.get(qid).state
+    except QuarantineError:
+        return None
+    return qid if state in ("held", "released") else None

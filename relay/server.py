@@ -31,8 +31,8 @@ from ..filter.actions import plan_for, refusal_for
 from ..filter.config import Config
 from ..filter.envelope import Envelope
 from ..filter.metrics import MetricsServer
-from ..filter.quarantine import QuarantineError, QuarantineStore
-from ..filter.release_mark import RELEASE_HEADER, load_or_create_secret, mark_id, verify_mark
+from ..filter.quarantine import QuarantineStore
+from ..filter.release_mark import RELEASE_HEADER, load_or_create_secret, released_id
 from ..filter.report import Reporter, message_id_of
 from ..filter.verdict import Action, Verdict
 from .addresses import AddressRefused, check_recipient, check_sender
@@ -563,16 +563,8 @@ class Relay:
         if found is None or self.release_secret is None:
             return None
         value = found.group(1).decode("ascii", "replace")
-        qid = mark_id(value)
-        if qid is None or not verify_mark(self.release_secret, value, raw):
-            return None
-        try:
-            record = await asyncio.to_thread(self.store.get, qid)
-        except QuarantineError:
-            return None
-        # "held" too: the releaser records the release only once this hop has answered 250.
-        # A deleted message's mark no longer lets it through.
-        if record.state == "deleted":
+        qid = await asyncio.to_thread(released_id, self.release_secret, self.store, value, raw)
+        if qid is None:
             return None
         return raw[: found.start()] + raw[found.end() :]
 
