@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from .examples import run_examples
 from .report import message_id_of
 from .rulediff import Sample, files_corpus, quarantine_corpus, replay
 from .rules import Pack, PackError, PackSource, build_pack
-from .rulestats import collect, parse_since, table
+from .rulestats import collect, table
+from .units import argument, parse_since
 from .verdict import Verdict
 
 
@@ -55,7 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hits per rule and mode from the audit log, and what monitor rules would have done",
     )
     stats.add_argument(
-        "--since", type=_since, metavar="WHEN", help="age such as 1d or 12h, or an ISO date/time"
+        "--since",
+        type=argument(parse_since),
+        metavar="WHEN",
+        help="age such as 1d or 12h, or an ISO date/time",
     )
     stats.add_argument(
         "--audit",
@@ -175,13 +178,6 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"FAIL {failure}")
     print(f"{ran - len(failures)} of {ran} examples passed")
     return 1 if failures else 0
-
-
-def _since(text: str) -> datetime:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

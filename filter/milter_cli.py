@@ -93,12 +93,7 @@ class MilterService:
             return EXIT_CONFIG
         engine = milter.EngineThread()
         engine.start()
-        pool = ScanPool(
-            config.rules,
-            workers=config.engine.workers,
-            time_budget=config.engine.time_budget,
-            memory_budget=config.engine.memory_budget,
-        )
+        pool = ScanPool.from_config(config)
         try:
             engine.run(pool.start())
         except (PackError, OSError) as exc:

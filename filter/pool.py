@@ -17,13 +17,16 @@ import resource
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import Engine
 from .envelope import Envelope
 from .message import ScanLimits
 from .rules import PackSource
 from .verdict import Action, Verdict
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("mailgate.pool")
 
@@ -120,6 +123,15 @@ class ScanPool:
         self._all: set[_Worker] = set()
         self._closed = False
         self._tasks: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    def from_config(cls, config: Config) -> ScanPool:
+        return cls(
+            config.rules,
+            workers=config.engine.workers,
+            time_budget=config.engine.time_budget,
+            memory_budget=config.engine.memory_budget,
+        )
 
     @property
     def pack_version(self) -> str:

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 from .config import ConfigError, add_config_argument, load_config
 from .quarantine import (
@@ -23,7 +22,7 @@ from .quarantine import (
     UnknownMessage,
 )
 from .rawheaders import header_section
-from .units import parse_duration
+from .units import argument, parse_duration, parse_since
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -39,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     list_parser = commands.add_parser("list", help="list quarantined messages, oldest first")
     list_parser.add_argument("--json", action="store_true", help="one JSON object per line")
     list_parser.add_argument(
-        "--since", type=_since, metavar="WHEN", help="age such as 1d or 12h, or an ISO date/time"
+        "--since",
+        type=argument(parse_since),
+        metavar="WHEN",
+        help="age such as 1d or 12h, or an ISO date/time",
     )
     list_parser.add_argument("--rule", metavar="ID", help="only messages this rule hit")
     list_parser.add_argument("--state", choices=STATES, help="only messages in this state")
@@ -64,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     purge = commands.add_parser("purge", help="remove messages and records older than an age")
     purge.add_argument(
         "--older-than",
-        type=_duration,
+        type=argument(parse_duration),
         metavar="AGE",
         help="e.g. 30d (default: quarantine.retention)",
     )
@@ -97,26 +99,6 @@ def _add_actor(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SUDO_USER") or getpass.getuser(),
         help="who does this, for the record (default: $SUDO_USER or the current user)",
     )
-
-
-def _duration(text: str) -> timedelta:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _since(text: str) -> datetime:
-    try:
-        return datetime.now(UTC) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an age or a date: {text!r} (e.g. 1d, 12h, 2024-06-01, 2024-06-01T08:00)"
-        ) from None
 
 
 def _open(args: argparse.Namespace) -> LocalQuarantine:

@@ -9,23 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .units import parse_duration
 from .verdict import Action
-
-
-def parse_since(text: str) -> datetime:
-    """An age ('1d', '12h') back from now, or an ISO date/time (naive means local time)."""
-    try:
-        return datetime.now(UTC) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"not an age or a date: {text!r} (e.g. 1d, 12h, 2024-06-01, 2024-06-01T08:00)"
-        ) from None
-    return moment if moment.tzinfo else moment.astimezone()
 
 
 @dataclass

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import re
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -37,3 +42,31 @@ def parse_duration(value: str | int | float) -> timedelta:
     if not m:
         raise ValueError(f"not a duration: {value!r} (write e.g. 10s, 5m, 12h, 30d)")
     return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()])
+
+
+def parse_since(text: str) -> datetime:
+    """An age ('1d', '12h') back from now, or an ISO date/time (naive means local time)."""
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"not an age or a date: {text!r} (e.g. 1d, 12h, 2024-06-01, 2024-06-01T08:00)"
+        ) from None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """`parse` as an argparse type: its ValueError becomes a usage error naming the value."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert

@@ -56,12 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(config: Config) -> int:
-    pool = ScanPool(
-        config.rules,
-        workers=config.engine.workers,
-        time_budget=config.engine.time_budget,
-        memory_budget=config.engine.memory_budget,
-    )
+    pool = ScanPool.from_config(config)
     try:
         await pool.start()
     except PackError as exc:
