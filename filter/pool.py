@@ -152,10 +152,12 @@ class ScanPool:
         await self.replace(PackSource.read(self.rules_dir))
         return self.pack_version
 
-    async def replace(self, source: PackSource) -> None:
-        """Start a new generation of workers on `source`; retire the old one as it goes idle."""
-        loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(None, Engine.from_source, source, self.limits)
+    async def replace(self, source: PackSource, engine: Engine | None = None) -> None:
+        """Start a new generation of workers on `source`; retire the old one as it goes idle.
+        `engine`: the parent's copy, when the caller already built it from `source`."""
+        if engine is None:
+            loop = asyncio.get_running_loop()
+            engine = await loop.run_in_executor(None, Engine.from_source, source, self.limits)
         generation = self._generation + 1
         workers = [self._spawn(source, generation) for _ in range(self.size)]
         try:

@@ -121,25 +121,28 @@ class PackReloader:
             return ReloadResult("failure", old, trigger, (f"{self.rules_dir}: {exc}",))
         if source.version == old:
             return ReloadResult("unchanged", old, trigger)
-        problems = await loop.run_in_executor(None, self._validate, source)
-        if problems:
+        engine, problems = await loop.run_in_executor(None, self._validate, source)
+        if engine is None:
             return ReloadResult("failure", old, trigger, problems)
         try:
-            await self.pool.replace(source)
+            await self.pool.replace(source, engine)
         except Exception as exc:  # workers failed to start on it: the old ones still serve
             log.exception("new pack %s did not start", source.version)
             return ReloadResult("failure", old, trigger, (f"workers did not start: {exc}",))
         return ReloadResult("success", self.pool.pack_version, trigger)
 
-    def _validate(self, source: PackSource) -> tuple[str, ...]:
-        """Every problem with the snapshot: lint first, then its rules' examples."""
+    def _validate(self, source: PackSource) -> tuple[Engine | None, tuple[str, ...]]:
+        """The engine for the snapshot, or None and every problem: lint first, then its
+        rules' examples."""
         try:
             pack = build_pack(source)
         except PackError as exc:
-            return tuple(map(str, exc.problems))
+            return None, tuple(map(str, exc.problems))
         engine = Engine(pack, self.pool.limits)
         _, failures = run_examples(engine, self.rules_dir)
+        if not failures:
+            return engine, ()
         rules = {rule.id: rule for rule in pack.rules}
-        return tuple(
+        return None, tuple(
             f"{source.label(rules[f.rule_id].file)}:{rules[f.rule_id].line}: {f}" for f in failures
         )

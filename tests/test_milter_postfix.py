@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import smtplib
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from support.packs import DOOR_TEST_PACK
-from support.postfix import PostfixInstance, free_port, missing_binaries, wait_until
+from support.postfix import MilterProcess, PostfixInstance, free_port, missing_binaries, wait_until
 from support.recording_sink import RecordingSink
 
 from mailgate.filter.quarantine import LocalQuarantine, QuarantineRecord
@@ -37,46 +36,6 @@ pytestmark = pytest.mark.skipif(
 PACK = DOOR_TEST_PACK
 
 WAIT = 30  # seconds: upper bound for anything to reach the sink or the log
-
-
-class MilterProcess:
-    """`mailgate milter --config FILE` as a child process, as an operator would run it."""
-
-    def __init__(self, config: Path, socket: Path, log: Path) -> None:
-        self.config, self.socket, self.log = config, socket, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        script = Path(sys.executable).with_name("mailgate")
-        if script.exists():
-            return [str(script), "milter", "--config", str(self.config)]
-        return [sys.executable, "-c", "from mailgate.filter.cli import main; main()", "milter",
-                "--config", str(self.config)]  # fmt: skip
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
-        process = self.process
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"mailgate milter exited:\n{self.log.read_text()}")
-            return self.socket.exists()
-
-        wait_until(ready, 90, "mailgate milter's socket")
-
-    def stop(self) -> int | None:
-        """SIGTERM and wait; the exit status (None if it had to be killed)."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-            return None
 
 
 @dataclass

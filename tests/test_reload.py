@@ -168,7 +168,7 @@ def test_relay_serves_a_good_change_and_refuses_broken_ones(
     reason="needs root and Postfix (see README: Testing)",
 )
 def test_milter_behind_postfix_reloads_on_sighup_without_dropping_a_session() -> None:
-    from test_milter_postfix import MilterProcess
+    from support.postfix import MilterProcess
 
     # Not pytest's tmp_path: smtpd runs as `postfix` and must reach the socket's folder.
     work = Path(tempfile.mkdtemp(prefix="mailgate-reload-test-"))

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -231,3 +232,43 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+class MilterProcess:
+    """`mailgate milter --config FILE` as a child process, as an operator would run it."""
+
+    def __init__(self, config: Path, socket: Path, log: Path) -> None:
+        self.config, self.socket, self.log = config, socket, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        script = Path(sys.executable).with_name("mailgate")
+        if script.exists():
+            return [str(script), "milter", "--config", str(self.config)]
+        return [sys.executable, "-c", "from mailgate.filter.cli import main; main()", "milter",
+                "--config", str(self.config)]  # fmt: skip
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"mailgate milter exited:\n{self.log.read_text()}")
+            return self.socket.exists()
+
+        wait_until(ready, 90, "mailgate milter's socket")
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit status (None if it had to be killed)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+            return None
