@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,7 @@ from support.postfix import (  # noqa: E402
     wait_until,
 )
 
+# Re-exported for milter.py and relay.py.
 __all__ = [
     "PostfixInstance",
     "free_port",
@@ -46,6 +48,29 @@ MAILGATE = PYTHON.with_name("mailgate")
 SENDER = "alice@corp.example"
 RECIPIENT = "bob@partner.example"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WARMUP = 60  # messages before each measurement: processes, pools, scan workers, caches
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    count: int
+    size: int | None = None  # smtp-source -l: filler body of this many bytes
+    mime_size: int | None = None  # smtp-source -F: a realistic MIME message of about this size
+
+
+def standard_cases(scale: float, sessions: int) -> list[Case]:
+    """10 KB and 100 KB filler, ~10 KB realistic MIME; counts sized for well under a minute
+    per case on 2 cores, times `scale`."""
+
+    def scaled(n: int) -> int:
+        return max(sessions, round(n * scale))
+
+    return [
+        Case("10 KB filler", scaled(3000), size=10 * 1024),
+        Case("100 KB filler", scaled(1000), size=100 * 1024),
+        Case("~10 KB MIME", scaled(2000), mime_size=10_000),
+    ]
 
 
 def work_dir(prefix: str) -> Path:
@@ -182,6 +207,14 @@ def smtp_source(
     return elapsed
 
 
+def warm_up(
+    sink: SmtpSink, port: int, case: Case, message_file: Path | None, sessions: int
+) -> None:
+    base = sink.messages
+    smtp_source(port, count=WARMUP, sessions=sessions, size=case.size, message_file=message_file)
+    sink.wait_for(base + WARMUP, timeout=120)
+
+
 def mime_message_file(folder: Path, size: int) -> Path:
     """A realistic message for `smtp-source -F`: multipart/mixed with text and a zip (csv and
     a binary blob), from bench/engine.py. smtp-source adds CRLF to each line itself."""
@@ -191,8 +224,23 @@ def mime_message_file(folder: Path, size: int) -> Path:
     return path
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User+system CPU of `pid` and every living descendant (scan workers included)."""
+@dataclass(frozen=True)
+class CpuTimes:
+    """User+system CPU seconds of a process and of its living descendants (scan workers)."""
+
+    main: float
+    descendants: float
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.main - other.main, self.descendants - other.descendants)
+
+    def per_message_ms(self, messages: int) -> str:
+        """'total (main + descendants)' in ms per message."""
+        main, rest = self.main / messages * 1000, self.descendants / messages * 1000
+        return f"{main + rest:.2f} ({main:.2f} + {rest:.2f})"
+
+
+def tree_cpu(pid: int) -> CpuTimes:
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -211,7 +259,25 @@ def tree_cpu_seconds(pid: int) -> float:
         children = [p for p, pp in parents.items() if pp == parent and p not in tree]
         tree.update(children)
         frontier += children
-    return sum(times.get(p, 0.0) for p in tree)
+    tree.discard(pid)
+    return CpuTimes(times.get(pid, 0.0), sum(times.get(p, 0.0) for p in tree))
+
+
+class HostCpu:
+    """Share of the whole machine's CPU time that was busy between start() and busy()."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    def busy_percent(self) -> float:
+        busy, total = self._read()
+        return 100 * (busy - self._start[0]) / max(1, total - self._start[1])
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -251,7 +317,9 @@ def py_spy(pid: int, out: Path) -> Iterator[None]:
     """py-spy record of pid and its children while the block runs, as collapsed stacks (the
     text that flamegraph.pl and speedscope read). SIGINT makes py-spy write and exit."""
     spy = shutil.which("py-spy") or str(PYTHON.with_name("py-spy"))
-    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200"]
+    # --gil: only samples holding the GIL, i.e. Python CPU time, not threads waiting for a
+    # core or parked in C (libmilter's own threads have no Python frame at all).
+    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--rate", "500"]
     recorder = subprocess.Popen(
         [*argv, "--nonblocking", "--format", "raw", "-o", str(out)],
         stdout=subprocess.DEVNULL,
@@ -280,9 +348,12 @@ def summarise_profile(path: Path, title: str, top: int = 25) -> None:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        process, *frames = stack.split(";")
+        parts = stack.split(";")
+        # With --subprocesses a worker's stack starts with its ancestors' "process N:..." too.
+        depth = max(i for i, part in enumerate(parts) if part.startswith("process "))
+        process, frames = parts[depth], parts[depth + 1 :]
         total += count
-        processes[re.sub(r"\(\d+\)", "", process).strip()[:60]] += count
+        processes[process[:70] if frames else f"{process[:50]} (no Python frame)"] += count
         for frame in set(frames):
             inclusive[frame] += count
         if frames:
