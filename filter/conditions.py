@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,11 +46,12 @@ class Evidence:
 Result = list[Evidence] | None
 
 
-class Condition:
+class Condition(ABC):
     spelling = ""  # the condition as written in the rule file, for explanations
 
+    @abstractmethod
     def evaluate(self, ctx: ScanContext) -> Result:
-        raise NotImplementedError
+        """The evidence when the condition holds, None when it does not."""
 
 
 def _compile_regex(pattern: Any, key: str) -> re.Pattern[str]:

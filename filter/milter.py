@@ -3,9 +3,10 @@
 The door only collects the message, asks the engine and executes what the verdict says; the
 rules live in the engine and the "what to change" in `actions.plan_for`, shared with the relay.
 
-libmilter calls back in its own threads, one per SMTP connection. The scan pool is asyncio, so
-it lives on an event loop in one dedicated thread (`EngineThread`) and the callbacks hand it
-work with `run_coroutine_threadsafe`, bounded by the door's time budget.
+libmilter calls back in its own threads, one per SMTP connection; at end of message that thread
+hands the message to a scan worker itself (`ScanPool.scan_blocking`), bounded by the door's
+time budget. The pool is managed (started, reloaded, workers replaced) on an event loop in one
+dedicated thread (`EngineThread`), which no message has to wake.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ Decision = tuple[int, Verdict, dict[str, Any]]
 class Scanner(Protocol):
     """What the door needs from the engine: `ScanPool` is one."""
 
-    async def scan(self, raw: bytes, envelope: Envelope) -> Verdict: ...
+    def scan_blocking(self, raw: bytes, envelope: Envelope, timeout: float) -> Verdict: ...
 
 
 class EngineFailure(Exception):
@@ -95,7 +96,6 @@ class MilterDoor:
     for failures."""
 
     scanner: Scanner
-    engine: EngineThread
     store: QuarantineStore
     release_secret: bytes | None = field(default=None, repr=False)
     fail_mode: str = "tempfail"
@@ -110,10 +110,9 @@ class MilterDoor:
 
     def judge(self, raw: bytes, envelope: Envelope) -> Verdict:
         """The engine's verdict within the time budget; EngineFailure when there is none."""
+        # libmilter's thread talks to a scan worker itself: no event loop per message.
         try:
-            verdict = self.engine.run(self.scanner.scan(raw, envelope), self.time_budget)
-        except TimeoutError as exc:
-            raise EngineFailure(f"engine overran the milter time budget: {exc}") from None
+            verdict = self.scanner.scan_blocking(raw, envelope, self.time_budget)
         except Exception as exc:
             raise EngineFailure(f"engine failed: {exc!r}") from exc
         if verdict.engine_error:

@@ -127,7 +127,6 @@ class MilterService:
         engine.run(reloader.start())
         door = milter.MilterDoor(
             scanner=pool,
-            engine=engine,
             store=store,
             release_secret=secret,
             fail_mode=str(config.milter.fail_mode),

@@ -14,7 +14,9 @@ import logging
 import multiprocessing
 import os
 import resource
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailgate.pool")
 
 WARM_UP = b"Subject: warm-up\r\n\r\nCard 4111 1111 1111 1111, SSN 536-90-4187\r\n"
+LARGE_MESSAGE = 1 << 20  # larger messages are written to a worker from a thread
 OUT_OF_MEMORY = 3  # a worker's exit code when a message does not fit its memory budget
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["mailgate.filter.engine"])
@@ -62,6 +65,9 @@ def _worker_main(conn: Connection, source: PackSource, limits: ScanLimits, memor
 
 
 class _Worker:
+    """One worker process and its pipe. The event loop waits on the pipe itself (add_reader):
+    no thread sits between a door and its verdict."""
+
     def __init__(self, source: PackSource, limits: ScanLimits, memory: int, generation: int):
         self.generation = generation
         self.conn, child = _context.Pipe()
@@ -70,22 +76,41 @@ class _Worker:
         )
         self.process.start()
         child.close()
-        # One thread per worker does the blocking pipe I/O, off the event loop.
-        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-worker-io")
 
     async def ready(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        reply = await asyncio.wait_for(loop.run_in_executor(self.io, self.conn.recv), timeout)
+        reply = await asyncio.wait_for(self._receive(), timeout)
         if reply[0] != "ready":
             raise RuntimeError(f"worker failed to start: {reply!r}")
 
     async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.io, self._roundtrip, (raw, envelope))
+        if len(raw) > LARGE_MESSAGE:
+            # Writing megabytes into the pipe takes a while: not on the event loop.
+            await asyncio.get_running_loop().run_in_executor(None, self.conn.send, (raw, envelope))
+        else:
+            self.conn.send((raw, envelope))
+        return await self._receive()
 
-    def _roundtrip(self, request: Any) -> Verdict:
-        self.conn.send(request)
-        return self.conn.recv()
+    async def _receive(self) -> Any:
+        """The worker's next answer; EOFError if it died."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        fd = self.conn.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if answer.done():
+                return
+            try:
+                # The worker writes each answer whole, so it can be read without blocking.
+                answer.set_result(self.conn.recv())
+            except (EOFError, OSError) as exc:
+                answer.set_exception(EOFError(str(exc)))
+
+        loop.add_reader(fd, readable)
+        try:
+            return await answer
+        finally:
+            loop.remove_reader(fd)
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -94,10 +119,49 @@ class _Worker:
             with contextlib.suppress(OSError):
                 self.conn.send(None)
         self.conn.close()
-        self.io.shutdown(wait=False)
         self.process.join(timeout=0 if kill else 2)
         if self.process.is_alive():
             self.process.kill()
+
+
+class _IdleWorkers:
+    """Idle workers, taken by coroutines on the pool's event loop and by other threads (the
+    milter's libmilter threads) alike; whoever takes one does the pipe I/O itself."""
+
+    def __init__(self) -> None:
+        self._workers: deque[_Worker] = deque()
+        self._ready = threading.Condition()
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def put(self, worker: _Worker) -> None:
+        with self._ready:
+            self._workers.append(worker)
+            self._ready.notify()
+            waiters = list(self._async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def take_nowait(self) -> _Worker | None:
+        with self._ready:
+            return self._workers.popleft() if self._workers else None
+
+    def take_blocking(self, timeout: float) -> _Worker | None:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._workers, timeout):
+                return None
+            return self._workers.popleft()
+
+    async def take(self) -> _Worker:
+        """Cancellation-safe: a worker is only ever taken by a caller that gets it."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        self._async_waiters.add(waiter)
+        try:
+            while (worker := self.take_nowait()) is None:
+                await waiter[1].wait()
+                waiter[1].clear()
+            return worker
+        finally:
+            self._async_waiters.discard(waiter)
 
 
 class ScanPool:
@@ -119,7 +183,8 @@ class ScanPool:
         self._engine: Engine | None = None  # the parent's copy, for verdicts without a worker
         self._source: PackSource | None = None
         self._generation = 0
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle = _IdleWorkers()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that manages workers
         self._all: set[_Worker] = set()
         self._closed = False
         self._tasks: set[asyncio.Future[None]] = set()
@@ -167,8 +232,9 @@ class ScanPool:
                 self._retire(w, kill=True)
             raise
         self._engine, self._source, self._generation = engine, source, generation
+        self._loop = asyncio.get_running_loop()
         for w in workers:
-            self._idle.put_nowait(w)
+            self._idle.put(w)
 
     def _spawn(self, source: PackSource, generation: int) -> _Worker:
         worker = _Worker(source, self.limits, self.memory_budget, generation)
@@ -179,18 +245,23 @@ class ScanPool:
         self._all.discard(worker)
         worker.stop(kill=kill)
 
+    def _current(self, worker: _Worker) -> bool:
+        """Whether a worker just taken may serve; a stale or dead one is retired."""
+        if worker.generation == self._generation and worker.process.is_alive():
+            return True
+        self._retire(worker, kill=not worker.process.is_alive())
+        return False
+
     async def _acquire(self) -> _Worker:
-        while True:
-            worker = await self._idle.get()
-            if worker.generation == self._generation and worker.process.is_alive():
-                return worker
-            self._retire(worker, kill=not worker.process.is_alive())
+        while not self._current(worker := await self._idle.take()):
+            pass
+        return worker
 
     def _release(self, worker: _Worker) -> None:
         if self._closed or worker.generation != self._generation:
             self._retire(worker)
         else:
-            self._idle.put_nowait(worker)
+            self._idle.put(worker)
 
     def _spawn_replacement(self, dead: _Worker) -> None:
         task = asyncio.ensure_future(self._replace_worker(dead))
@@ -226,20 +297,58 @@ class ScanPool:
             self._spawn_replacement(worker)
             return self._judge_unscannable(raw, envelope, "timeout")
         except (EOFError, OSError):
-            worker.process.join(timeout=1)
-            if worker.process.exitcode == OUT_OF_MEMORY:
-                reason = "over_budget"
-                log.warning("a message did not fit the worker's memory budget; worker replaced")
-            else:
-                reason = "malformed"
-                log.error(
-                    "engine worker died (exit %s) during a scan; worker replaced",
-                    worker.process.exitcode,
-                )
-            self._spawn_replacement(worker)
-            return self._judge_unscannable(raw, envelope, reason)
+            return self._worker_died(worker, raw, envelope)
         self._release(worker)
         return verdict
+
+    def scan_blocking(
+        self, raw: bytes, envelope: Envelope, timeout: float | None = None
+    ) -> Verdict:
+        """`scan` for a door that serves each connection in its own thread (the milter):
+        the calling thread talks to the worker itself, so no event loop is woken per
+        message. Never raises; the same outcomes as `scan`. `timeout` caps the whole call
+        (waiting for a free worker, then scanning) below the pool's own budgets."""
+        if self._engine is None or self._closed or self._loop is None:
+            return _engine_failure("the rules engine is not running")
+        start = time.monotonic()
+        limit = self.start_timeout if timeout is None else min(timeout, self.start_timeout)
+        while True:
+            worker = self._idle.take_blocking(max(0.0, start + limit - time.monotonic()))
+            if worker is None:
+                return _engine_failure("no engine worker became free in time")
+            if self._current(worker):
+                break
+        budget, callers = self.time_budget, False
+        if timeout is not None and start + timeout - time.monotonic() < budget:
+            budget, callers = max(0.0, start + timeout - time.monotonic()), True
+        try:
+            worker.conn.send((raw, envelope))
+            if not worker.conn.poll(budget):
+                log.warning("scan overran its %.1fs budget; worker replaced", budget)
+                self._loop.call_soon_threadsafe(self._spawn_replacement, worker)
+                if callers:  # the door's deadline, not the engine's: the door decides
+                    return _engine_failure(f"no verdict within the door's {timeout:g}s budget")
+                return self._judge_unscannable(raw, envelope, "timeout")
+            verdict = worker.conn.recv()
+        except (EOFError, OSError):
+            return self._worker_died(worker, raw, envelope)
+        self._release(worker)
+        return verdict
+
+    def _worker_died(self, worker: _Worker, raw: bytes, envelope: Envelope) -> Verdict:
+        worker.process.join(timeout=1)
+        if worker.process.exitcode == OUT_OF_MEMORY:
+            reason = "over_budget"
+            log.warning("a message did not fit the worker's memory budget; worker replaced")
+        else:
+            reason = "malformed"
+            log.error(
+                "engine worker died (exit %s) during a scan; worker replaced",
+                worker.process.exitcode,
+            )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._spawn_replacement, worker)
+        return self._judge_unscannable(raw, envelope, reason)
 
     def _judge_unscannable(self, raw: bytes, envelope: Envelope, reason: str) -> Verdict:
         assert self._engine is not None
@@ -253,6 +362,9 @@ class ScanPool:
 
     async def close(self) -> None:
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()  # a replacement worker still starting is not wanted any more
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for worker in list(self._all):
             self._retire(worker)
 

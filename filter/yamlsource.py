@@ -19,7 +19,7 @@ class LineList(list):
 
 
 class _LineLoader(yaml.SafeLoader):
-    pass
+    """SafeLoader building LineDict and LineList (constructors registered below)."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:

@@ -9,6 +9,7 @@ angle-bracketed paths); an address without a domain (bang paths, bare local part
 
 from __future__ import annotations
 
+import functools
 import re
 
 from email_validator import EmailNotValidError, validate_email
@@ -38,6 +39,7 @@ def check_recipient(address: str, smtputf8: bool) -> str:
     return _check(address, smtputf8, "5.1.3", "recipient")
 
 
+@functools.lru_cache(maxsize=8192)  # the same senders and recipients come again and again
 def _check(address: str, smtputf8: bool, status: str, role: str) -> str:
     address = _SOURCE_ROUTE.sub("", address.strip())
     shown = _printable(address)

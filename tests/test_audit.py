@@ -194,7 +194,7 @@ def milter_audit(
     store = LocalQuarantine(tmp_path / "quarantine")
     audit_path = tmp_path / "audit.jsonl"
     reporter = Reporter(AuditLog(audit_path), Metrics(), engine=lambda: pool.engine)
-    door = MilterDoor(scanner=pool, engine=engine, store=store, time_budget=30, reporter=reporter)
+    door = MilterDoor(scanner=pool, store=store, time_budget=30, reporter=reporter)
     try:
         yield door, audit_path
     finally:

@@ -4,7 +4,6 @@ processes, a tiny rule pack) judges, and a real LocalQuarantine stores."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import subprocess
@@ -57,17 +56,9 @@ class RecordingScanner:
         self.pool = pool
         self.calls: list[tuple[bytes, Envelope]] = []
 
-    async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
+    def scan_blocking(self, raw: bytes, envelope: Envelope, timeout: float) -> Verdict:
         self.calls.append((raw, envelope))
-        return await self.pool.scan(raw, envelope)
-
-
-class HangingScanner:
-    """Fault injection: an engine that never answers."""
-
-    async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        return self.pool.scan_blocking(raw, envelope, timeout)
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +97,9 @@ def scanner(pool: ScanPool) -> RecordingScanner:
 
 
 @pytest.fixture
-def door(scanner: RecordingScanner, engine: EngineThread, store: LocalQuarantine) -> MilterDoor:
+def door(scanner: RecordingScanner, store: LocalQuarantine) -> MilterDoor:
     return MilterDoor(
         scanner=scanner,
-        engine=engine,
         store=store,
         release_secret=load_or_create_secret(store.path),
         time_budget=30,
@@ -310,7 +300,7 @@ def test_engine_unavailable_follows_fail_mode(
     expected: int,
 ) -> None:
     never_started = ScanPool(tmp_path, workers=1)  # answers engine_error: not running
-    door = MilterDoor(scanner=never_started, engine=engine, store=store, fail_mode=fail_mode)
+    door = MilterDoor(scanner=never_started, store=store, fail_mode=fail_mode)
     raw = message("quarantine-me")
     with caplog.at_level(logging.INFO, logger="mailgate.milter"):
         rc, ctx = feed(door, raw)
@@ -327,14 +317,24 @@ def test_engine_unavailable_follows_fail_mode(
 
 
 def test_engine_overrun_follows_fail_mode(
-    engine: EngineThread, store: LocalQuarantine, caplog: pytest.LogCaptureFixture
+    pool: ScanPool, store: LocalQuarantine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    door = MilterDoor(scanner=HangingScanner(), engine=engine, store=store, time_budget=0.5)
+    """A message the engine cannot finish within the milter's budget (far below the pool's
+    own): fail_mode decides, and the pool is serving again right after."""
+    door = MilterDoor(scanner=pool, store=store, time_budget=0.05)
+    slow = message("anything", "<p>" + "<b>x</b> 1234 " * 300_000 + "</p>")
+    slow = slow.replace(b"\n\n", b"\nContent-Type: text/html\n\n", 1)
     with caplog.at_level(logging.WARNING, logger="mailgate.milter"):
-        rc, ctx = feed(door, message("anything"))
+        rc, ctx = feed(door, slow)
     assert rc == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.7.1")
-    assert any("overran" in r.getMessage() and "4XyZ1" in r.getMessage() for r in caplog.records)
+    assert any("budget" in r.getMessage() and "4XyZ1" in r.getMessage() for r in caplog.records)
+    door.fail_mode = "accept"
+    rc, _ = feed(door, slow)
+    assert rc == Milter.ACCEPT
+    door.time_budget = 30
+    rc, _ = feed(door, message("reject-me"))
+    assert rc == Milter.REJECT
 
 
 def test_quarantine_store_failure_tempfails_even_in_accept_mode(
@@ -351,7 +351,7 @@ def test_quarantine_store_failure_tempfails_even_in_accept_mode(
 
 def test_fail_mode_is_validated(door: MilterDoor) -> None:
     with pytest.raises(ValueError, match="fail_mode"):
-        MilterDoor(scanner=door.scanner, engine=door.engine, store=door.store, fail_mode="open")
+        MilterDoor(scanner=door.scanner, store=door.store, fail_mode="open")
 
 
 # --------------------------------------------------------------------------- release mark

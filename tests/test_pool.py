@@ -181,3 +181,41 @@ def test_hostile_messages_all_get_a_verdict_within_the_budget(tmp_path: Path) ->
             await pool.close()
 
     run(go)
+
+
+def test_blocking_scans_from_many_threads_share_the_workers(tmp_path: Path) -> None:
+    """The milter's path: libmilter threads talk to the workers themselves while the pool is
+    managed on its own loop in another thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro: Awaitable[object]) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)  # type: ignore[arg-type]
+
+    pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=2, time_budget=0.05)
+    on_loop(pool.start())
+    try:
+        subjects = ["reject-me" if i % 3 == 0 else "fine" for i in range(30)]
+        with ThreadPoolExecutor(max_workers=8) as threads:
+            verdicts = list(
+                threads.map(lambda s: pool.scan_blocking(message(s), ENV, 30), subjects)
+            )
+        assert [v.action for v in verdicts] == [
+            Action.REJECT if s == "reject-me" else Action.ACCEPT for s in subjects
+        ]
+        slow = message("big", b"<p>" + b"<b>x</b> 1234 " * 600_000 + b"</p>\r\n")
+        slow = slow.replace(b"\r\n\r\n", b"\r\nContent-Type: text/html\r\n\r\n", 1)
+        overrun = pool.scan_blocking(slow, ENV, 30)  # the pool's budget: judged by the pack
+        assert overrun.unscannable == ["timeout"] and overrun.action is Action.QUARANTINE
+        cut = pool.scan_blocking(slow, ENV, 0.01)  # the caller's budget: no verdict
+        assert cut.engine_error and cut.action is Action.TEMPFAIL
+        pool.time_budget = 30
+        assert pool.scan_blocking(message("reject-me"), ENV, 30).action is Action.REJECT
+    finally:
+        on_loop(pool.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
