@@ -29,6 +29,7 @@ MAX_PARSER_NESTING = 32
 MAX_HEADER_LINE = 64 << 10
 _MAX_BOUNDARY_RECOVERIES = 8
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_TEXT_HEADER_END = re.compile(r"\r?\n\r?\n")
 _LONG_LINE = re.compile(rb"[^\n]{%d,}" % (MAX_HEADER_LINE + 1))
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _BOUNDARY_LINE = re.compile(r"^--([^\s]{1,200}?)(--)?[ \t]*\r?$", re.MULTILINE)
@@ -104,8 +105,24 @@ def _cut_long_header_lines(raw: bytes, limits: ScanLimits) -> tuple[bytes, bool]
 
 
 def parse_entity(data: bytes) -> email_message.Message:
+    text = data.decode("ascii", "surrogateescape")
+    end = _TEXT_HEADER_END.search(text)
+    if end is not None:
+        # Most mail is a single part: parse its headers only, and hand the body over whole
+        # instead of letting the feed parser split it into lines and join them again. The
+        # parsed Content-Type decides; anything multipart or message is parsed in full.
+        entity = _feed(text[: end.end()])
+        # A body the parser began earlier (a line that is not a header) takes the full path.
+        body_began_early = bool(entity.get_payload()) or entity.defects
+        if not body_began_early and entity.get_content_maintype() not in ("multipart", "message"):
+            entity.set_payload(text[end.end() :])
+            return entity
+    return _feed(text)
+
+
+def _feed(text: str) -> email_message.Message:
     parser = _BoundedFeedParser(_factory=_Entity, policy=compat32)
-    parser.feed(data.decode("ascii", "surrogateescape"))
+    parser.feed(text)
     return parser.close()
 
 

@@ -158,3 +158,18 @@ _LINES = st.sampled_from(
 def test_random_mime_structure(lines: list[bytes]) -> None:
     raw = b"\r\n".join(lines)
     check(Message.parse(raw), raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "tail"),
+    [
+        (b"\r\nfirst 4111 1111 1111 1111\r\n\r\nsecond\r\n", "second"),  # no headers at all
+        (b"Subject: x\r\nnot a header 4111 1111 1111 1111\r\n\r\nsecond\r\n", "second"),
+        (b"Subject: x\r\n\r\n\r\nafter a blank line 4111 1111 1111 1111\r\n", "after"),
+    ],
+)
+def test_single_part_fast_path_never_drops_body_text(raw: bytes, tail: str) -> None:
+    """Every body line reaches the text view, whichever way the parser splits the head."""
+    texts = "".join(p.text or "" for p in Message.parse(raw).parts)
+    assert "4111 1111 1111 1111" in texts
+    assert tail in texts
