@@ -255,7 +255,7 @@ class MailgateMilter(Milter.Base):
             )
         raw = self.raw_message()
         envelope = self.envelope()
-        released = self._released(raw)
+        released = self._released(raw, envelope)
         if released is not None:
             verdict = Verdict(Action.ACCEPT, reason="released from quarantine")
             return Milter.ACCEPT, verdict, {"milter": "accept", "released": released}
@@ -340,15 +340,15 @@ class MailgateMilter(Milter.Base):
         self.setreply(str(code), status, text.replace("%", "%%"))
         return f"{code} {status} {text}"
 
-    def _released(self, raw: bytes) -> str | None:
-        """The quarantine id of a message mailgate released itself, coming back through this
-        Postfix: the mark verifies and names a message still in the store (held while the
-        release is being sent, released after). The mark is removed so recipients never hold
-        a reusable one. None for any other message."""
+    def _released(self, raw: bytes, envelope: Envelope) -> str | None:
+        """The quarantine id of a message mailgate is releasing, coming back through this
+        Postfix (`released_id` says when a mark counts). The mark is removed. None for any
+        other message."""
         mark = self.header_value(RELEASE_HEADER)
         if mark is None or self.door.release_secret is None:
             return None
-        qid = released_id(self.door.release_secret, self.door.store, _unfold(mark).strip(), raw)
+        value = _unfold(mark).strip()
+        qid = released_id(self.door.release_secret, self.door.store, value, raw, envelope)
         if qid is None:
             log.warning(
                 "%s: %s is not a valid mark for a message in the quarantine; scanned as usual",

@@ -7,8 +7,8 @@ quarantine id, the time and a SHA-256 of the BODY (everything after the first bl
 line ends normalised to CRLF): Postfix adds headers on the way, but a mark copied onto other
 content does not verify, and a forged one needs the secret.
 
-`released_id` is the one check both doors make; they remove the header before delivery, so
-recipients never hold a reusable mark.
+`released_id` is the one check both doors make: the mark works once, for the held message's
+own envelope, while its release is in flight; the doors also remove the header.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .quarantine import QuarantineError
 
 if TYPE_CHECKING:
+    from .envelope import Envelope
     from .quarantine import QuarantineStore
 
 RELEASE_HEADER = "X-Mailgate-Released"
@@ -125,16 +126,28 @@ def verify_mark(
     return hmac.compare_digest(_mac(secret, qid, issued, raw), mac)
 
 
-def released_id(secret: bytes | None, store: QuarantineStore, mark: str, raw: bytes) -> str | None:
-    """The quarantine id when `mark` is a valid release mark for this message and names a
-    message still in the store; None otherwise (a forged or stale mark is just a header).
-    Both "held" and "released" count: the releaser records the release only once the next
-    hop has said 250, so the hop that checks sees "held". A deleted message's mark is void."""
+def released_id(
+    secret: bytes | None, store: QuarantineStore, mark: str, raw: bytes, envelope: Envelope
+) -> str | None:
+    """The quarantine id when this message is mailgate's own release of a held message, in
+    flight: the mark verifies (this quarantine's secret, this body, recent), the message is
+    still "held" (the releaser records "released" once the next hop has said 250, so the hop
+    that checks sees "held"; after that a copied mark is void, a mark works once), and the
+    envelope is the held message's own (same sender, recipients among its recipients), so a
+    mark cannot carry other mail past the rules or to anyone else. None otherwise: the
+    message is scanned like any other."""
     qid = mark_id(mark)
     if secret is None or qid is None or not verify_mark(secret, mark, raw):
         return None
     try:
-        state = store.get(qid).state
+        record = store.get(qid)
     except QuarantineError:
         return None
-    return qid if state in ("held", "released") else None
+    held_for = {r.lower() for r in record.recipients}
+    if (
+        record.state != "held"
+        or envelope.mail_from.lower() != record.sender.lower()
+        or not {r.lower() for r in envelope.rcpt_tos} <= held_for
+    ):
+        return None
+    return qid

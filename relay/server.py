@@ -386,7 +386,7 @@ class RelayHandler:
             if server.client_cert_names
             else {},
         )
-        released = await relay.released_copy(raw)
+        released = await relay.released_copy(raw, env)
         outcome: dict[str, Any] = {}
         if released is not None:
             # Released from the quarantine (a valid mark for a message the store says was
@@ -555,15 +555,14 @@ class Relay:
     def _network_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
         return ip is not None and any(ip in net for net in self.config.relay.accept_from)
 
-    async def released_copy(self, raw: bytes) -> bytes | None:
-        """The message without its release mark, if it carries a valid one (made with this
-        quarantine's secret for this body, recent) for a message still in the quarantine;
-        else None: a forged or stale mark is just a header."""
+    async def released_copy(self, raw: bytes, env: Envelope) -> bytes | None:
+        """The message without its release mark when it is mailgate's own release in flight
+        (`released_id` says when a mark counts); else None: the mark is just a header."""
         found = _RELEASE_MARK.search(raw, 0, _header_end(raw))
         if found is None or self.release_secret is None:
             return None
         value = found.group(1).decode("ascii", "replace")
-        qid = await asyncio.to_thread(released_id, self.release_secret, self.store, value, raw)
+        qid = await asyncio.to_thread(released_id, self.release_secret, self.store, value, raw, env)
         if qid is None:
             return None
         return raw[: found.start()] + raw[found.end() :]

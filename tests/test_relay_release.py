@@ -6,7 +6,12 @@ import pytest
 from support.relay_harness import message
 
 from mailgate.filter.quarantine import QuarantineError
-from mailgate.filter.release_mark import RELEASE_HEADER, load_or_create_secret, verify_mark
+from mailgate.filter.release_mark import (
+    RELEASE_HEADER,
+    load_or_create_secret,
+    make_mark,
+    verify_mark,
+)
 from mailgate.relay.release import release_message
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,4 +125,42 @@ def test_forged_release_mark_is_just_a_header(make_relay, sink):
         code, text = client.data(forged.encode() + message("quarantine-me please"))
     assert code == 250
     assert b"quarantine as" in text
+    assert sink.received == []
+
+
+def test_a_release_mark_works_once_and_only_for_the_held_envelope(make_relay, sink):
+    """A copy of a released message (mark included, as a recipient of a direct release gets
+    it) cannot carry mail past the rules: not after the release, not to anyone else."""
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay, rcpts=("bob@example.org",))
+    assert release_message(relay.config, relay.store, qid, actor="admin").released
+    [got] = sink.wait_for(1)
+    marked = got.content  # carries the mark: the sink is not a mailgate door
+
+    def send(sender: str, rcpt: str) -> bytes:
+        with relay.client() as client:
+            client.ehlo()
+            client.mail(sender)
+            client.rcpt(rcpt)
+            code, text = client.data(marked)
+        assert code == 250
+        return text
+
+    assert b"quarantine as" in send("alice@example.com", "bob@example.org")  # replayed
+    assert b"quarantine as" in send("mallory@example.com", "boss@competitor.example")
+    assert len(sink.received) == 1  # neither went out unscanned
+
+
+def test_a_mark_for_a_held_message_does_not_reach_other_recipients(make_relay, sink):
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay, rcpts=("bob@example.org",))
+    secret = load_or_create_secret(relay.config.quarantine.path)
+    original = relay.store.raw(qid)
+    marked = f"{RELEASE_HEADER}: {make_mark(secret, qid, original)}\r\n".encode() + original
+    with relay.client() as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        client.rcpt("eve@elsewhere.example")  # not among the held message's recipients
+        code, text = client.data(marked)
+    assert code == 250 and b"quarantine as" in text
     assert sink.received == []
