@@ -95,9 +95,13 @@ def refusal_for(verdict: Verdict) -> Refusal:
         code = verdict.smtp_code
     if verdict.smtp_status is not None and verdict.smtp_status.startswith(klass + "."):
         status = verdict.smtp_status
-    reason = "".join(ch if ch.isprintable() else " " for ch in verdict.reason)
-    reason = " ".join(reason.split())[:MAX_REPLY_TEXT]
-    return Refusal(code, status, reason or text)
+    return Refusal(code, status, reply_text(verdict.reason) or text)
+
+
+def reply_text(text: str) -> str:
+    """Text fit for an SMTP reply line: printable, one line, bounded."""
+    printable = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(printable.split())[:MAX_REPLY_TEXT]
 
 
 def plan_for(verdict: Verdict) -> DeliveryPlan:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .envelope import Envelope
+from .masking import mask_sensitive
 from .verdict import Verdict
 
 log = logging.getLogger("mailgate.audit")
@@ -40,7 +41,7 @@ def audit_record(
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "door": door,
         "queue_id": envelope.queue_id,
-        "message_id": message_id,
+        "message_id": mask_sensitive(message_id),  # an id can be built from anything
         "client_address": envelope.client_address,
         "sender": envelope.mail_from,
         "recipients": list(envelope.rcpt_tos),

@@ -15,6 +15,7 @@ from .detectors import Match
 from .detectors.registry import DLP_DETECTORS
 from .detectors.yara_scan import YaraMatch
 from .envelope import Envelope
+from .masking import mask_sensitive
 from .message import Message, Part, ScanLimits
 from .rawheaders import top_headers
 from .rules import DEFAULT_REPLY, Pack, PackSource, build_pack
@@ -26,10 +27,15 @@ log = logging.getLogger("mailgate.engine")
 class ScanContext:
     """One message under scan: the parsed message plus per-part detector caches."""
 
-    def __init__(self, message: Message, envelope: Envelope, pack: Pack) -> None:
+    def __init__(
+        self, message: Message, envelope: Envelope, pack: Pack, content: bool = True
+    ) -> None:
         self.message = message
         self.envelope = envelope
         self.pack = pack
+        # False: the content is not to be looked at (a message that already overran or
+        # crashed a worker); content conditions then see nothing, and nothing can stall.
+        self.content = content
         self._text_parts: list[tuple[int, Part]] | None = None
         self._by_index: dict[int, Part] = {}
         self._body: dict[int, dict[int, list[Match]]] = {}
@@ -40,6 +46,8 @@ class ScanContext:
     def text_parts(self) -> list[tuple[int, Part]]:
         """Every text the content conditions read, numbered: the Subject (a card number in a
         subject leaks as surely as one in the body), then each part's text view."""
+        if self._text_parts is None and not self.content:
+            self._text_parts = []
         if self._text_parts is None:
             texts = [(i, p) for i, p in enumerate(self.message.parts) if p.text is not None]
             subject = self.message.subject
@@ -67,6 +75,8 @@ class ScanContext:
         return found
 
     def yara_matches(self) -> list[YaraMatch]:
+        if self._yara is None and not self.content:
+            self._yara = []
         if self._yara is None:
             start = time.perf_counter()
             self._yara = self.pack.yara.scan(self.message)
@@ -136,9 +146,10 @@ class Engine:
 
     def judge_unscannable(self, raw: bytes, envelope: Envelope, reason: str) -> Verdict:
         """Verdict for a message the engine could not look into at all (overrun, out of
-        memory, crash): only envelope, headers, size and `unscannable` rules can hold."""
+        memory, crash): only envelope, headers, size and `unscannable` rules can hold. Runs
+        in the doors' process, so it reads no content: no detector, no YARA."""
         message = Message(raw=raw, headers=top_headers(raw), unscannable={reason})
-        return self.evaluate(ScanContext(message, envelope, self.pack))
+        return self.evaluate(ScanContext(message, envelope, self.pack, content=False))
 
     def evaluate(self, ctx: ScanContext) -> Verdict:
         verdict = Verdict(
@@ -153,8 +164,18 @@ class Engine:
                 continue
             if rule.unless is not None and rule.unless.evaluate(ctx) is not None:
                 continue
+            # Names and samples can hold data too (a file called 4111111111111111.pdf):
+            # every piece of evidence leaves the engine masked.
             verdict.hits.extend(
-                Hit(rule.id, e.detector, e.where, e.count, e.sample, e.detail) for e in evidence
+                Hit(
+                    rule.id,
+                    e.detector,
+                    mask_sensitive(e.where),
+                    e.count,
+                    mask_sensitive(e.sample),
+                    e.detail,
+                )
+                for e in evidence
             )
             if rule.mode == "monitor":
                 verdict.monitor.append(rule.id)

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 import Milter
 import milter as libmilter
 
-from .actions import MAX_REPLY_TEXT, encode_header_value, plan_for, refusal_for
+from .actions import encode_header_value, plan_for, refusal_for, reply_text
 from .envelope import Envelope
 from .quarantine import QuarantineStore
 from .release_mark import RELEASE_HEADER, released_id
@@ -335,7 +335,7 @@ class MailgateMilter(Milter.Base):
 
     def _setreply(self, code: int, status: str, text: str) -> str:
         """Set the SMTP reply; returns it as the client sees it."""
-        text = " ".join(text.split())[:MAX_REPLY_TEXT]
+        text = reply_text(text)
         # One line, bounded; libmilter drops a reply whose text has a lone '%'.
         self.setreply(str(code), status, text.replace("%", "%%"))
         return f"{code} {status} {text}"

@@ -310,7 +310,14 @@ class ScanPool:
             self._spawn_replacement(worker)
             return self._judge_unscannable(raw, envelope, "timeout")
         except (EOFError, OSError):
+            # Reap it off the loop: its exit code says whether memory ran out.
+            await asyncio.get_running_loop().run_in_executor(None, worker.process.join, 1)
             return self._worker_died(worker, raw, envelope)
+        except BaseException:
+            # Cancelled mid-scan (the client left, the relay stops): the worker may still
+            # be busy with the message, so it is replaced rather than reused.
+            self._spawn_replacement(worker)
+            raise
         self._release(worker)
         return verdict
 
@@ -344,12 +351,13 @@ class ScanPool:
                 return self._judge_unscannable(raw, envelope, "timeout")
             verdict = _receive(worker.conn)
         except (EOFError, OSError):
+            worker.process.join(timeout=1)
             return self._worker_died(worker, raw, envelope)
         self._release(worker)
         return verdict
 
     def _worker_died(self, worker: _Worker, raw: bytes, envelope: Envelope) -> Verdict:
-        worker.process.join(timeout=1)
+        """The verdict when a worker died mid-scan (reaped by the caller)."""
         if worker.process.exitcode == OUT_OF_MEMORY:
             reason = "over_budget"
             log.warning("a message did not fit the worker's memory budget; worker replaced")

@@ -267,7 +267,7 @@ class LocalQuarantine:
                         now,
                         envelope.door,
                         envelope.queue_id,
-                        first_header(raw, "Message-ID"),
+                        mask_sensitive(first_header(raw, "Message-ID")),
                         envelope.mail_from,
                         json.dumps(list(envelope.rcpt_tos)),
                         envelope.client_address,

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from .config import ConfigError, add_config_argument, load_config
+from .masking import mask_sensitive
 from .quarantine import (
     STATES,
     LocalQuarantine,
@@ -182,7 +183,7 @@ def _show(args: argparse.Namespace) -> int:
         print("headers:")
         headers = header_section(store.raw(r.id)).decode("utf-8", "replace")
         for line in headers.splitlines():
-            print(f"  {_printable(line)}")
+            print(f"  {_printable(mask_sensitive(line))}")
     return OK
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from ..filter.actions import reply_text
 from ..filter.config import NextHopTLS, SmtpTarget
 from .tls import TLSPolicyError, client_context, describe_session, server_hostname
 
@@ -36,7 +37,7 @@ class Reply:
     @property
     def smtp(self) -> str:
         """The reply as aiosmtpd pushes it: multi-line replies keep their continuation lines."""
-        lines = [_clean(line) for line in self.text.splitlines()] or [""]
+        lines = [reply_text(line) for line in self.text.splitlines()] or [""]
         head = [f"{self.code}-{line}" for line in lines[:-1]]
         return "\r\n".join([*head, f"{self.code} {lines[-1]}"])
 
@@ -50,10 +51,6 @@ class NextHopError(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(str(reply))
         self.reply = reply
-
-
-def _clean(text: str) -> str:
-    return "".join(ch if ch.isprintable() else " " for ch in text)[:500]
 
 
 def _from_response(response: SMTPResponse) -> Reply:
@@ -150,7 +147,7 @@ def _failure(exc: BaseException, label: str) -> Reply:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return _clean(text.splitlines()[0] if text.splitlines() else text)
+    return reply_text(text.splitlines()[0] if text.splitlines() else text)
 
 
 class _StartTLSFailed(Exception):

@@ -27,7 +27,7 @@ import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from ..filter.actions import plan_for, refusal_for
+from ..filter.actions import plan_for, refusal_for, reply_text
 from ..filter.config import Config
 from ..filter.envelope import Envelope
 from ..filter.metrics import MetricsServer
@@ -46,7 +46,6 @@ _TERMINATOR = b"\r\n.\r\n"
 _INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 _RELEASE_MARK = re.compile(rb"^" + RELEASE_HEADER.encode() + rb":[ \t]*([^\r\n]*)\r\n", re.I | re.M)
 _READ_ALL = 1 << 30  # StreamReader.read(n) returns what is buffered, up to n
-_HEADER_END = re.compile(rb"\r\n\r\n")
 _PROBE_INTERVAL = 5.0  # seconds between next-hop probes until it first answers (readiness)
 
 
@@ -206,13 +205,8 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _reply(code: int, status: str, text: str) -> str:
-    clean = "".join(ch if ch.isprintable() else " " for ch in text).strip()[:400]
+    clean = reply_text(text)
     return f"{code} {status} {clean}" if clean else f"{code} {status}"
-
-
-def verdict_reply(verdict: Verdict) -> str:
-    """The refusal for a reject or tempfail verdict, with the rule's code if it set one."""
-    return str(refusal_for(verdict))
 
 
 class RelayHandler:
@@ -412,7 +406,7 @@ class RelayHandler:
             action = Action.ACCEPT
             outcome["fail_open"] = True
         if action is Action.REJECT or action is Action.TEMPFAIL:
-            return self._done(server, env, raw, verdict, verdict_reply(verdict), outcome)
+            return self._done(server, env, raw, verdict, str(refusal_for(verdict)), outcome)
         if action is Action.QUARANTINE:
             reply, outcome["quarantine_id"] = await relay.hold(received + raw, env, verdict)
             return self._done(server, env, raw, verdict, reply, outcome)
@@ -697,10 +691,6 @@ class Relay:
             self._server.close()
         if self._probe is not None:
             self._probe.cancel()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
-        if self.reporter is not None and self.reporter.audit is not None:
-            self.reporter.audit.close()
         deadline = asyncio.get_running_loop().time() + grace
         while any(p.busy for p in self.sessions) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -709,6 +699,11 @@ class Relay:
                 protocol.transport.close()
         if self.nexthop_pool is not None:
             await self.nexthop_pool.close()
+        # Last: the messages that finished during the grace period are audited and counted.
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.reporter is not None and self.reporter.audit is not None:
+            self.reporter.audit.close()
 
 
 def next_hop_error_kind(failed: NextHopError) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from mailgate.filter.milter import EngineThread, MilterDoor
 from mailgate.filter.pool import ScanPool
 from mailgate.filter.quarantine import LocalQuarantine
 from mailgate.filter.report import Reporter, message_id_of
+from mailgate.filter.verdict import Action
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -279,3 +282,34 @@ def test_relay_audit_log_holds_no_unmasked_card_number(tmp_path: Path) -> None:
         text = text.replace(record["outcome"]["quarantine_id"], "<qid>")
     assert unmasked_cards(text) == []
     assert all("*" in h["sample"] for r in records for h in r["hits"])
+
+
+def test_card_numbers_in_ids_names_and_subjects_never_leave_unmasked(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Where data hides besides the body: the Message-ID, an attachment's name, the Subject.
+    None of the audit record, the quarantine index or `quarantine show` holds one in full."""
+    from support import samples
+
+    raw = samples.mime_message(
+        samples.text_part("See attached.\n"),
+        samples.attachment_part(b"MZ" + b"\0" * 200, "4111111111111111.exe"),
+        subject="Card 5555 5555 5555 4444",
+        extra_headers=[("Message-ID", "<4012888888881881@corp.example>")],
+    ).replace(b"Message-ID: <sample@example.com>\r\n", b"")
+    envelope = Envelope("alice@corp.example", ("bob@partner.example",))
+    verdict = engine.scan(raw, envelope)
+    assert verdict.action is Action.REJECT  # the executable; the card in the subject too
+    record = audit_record("relay", envelope, message_id_of(raw), len(raw), verdict, {})
+    assert unmasked_cards(json.dumps(record)) == []
+    store = LocalQuarantine(tmp_path / "q")
+    qid = store.put(raw, envelope, verdict)
+    assert unmasked_cards(json.dumps(store.get(qid).to_dict())) == []
+    config = tmp_path / "mailgate.yaml"
+    config.write_text(f"quarantine: {{path: {tmp_path / 'q'}}}\n")
+    shown = subprocess.run(
+        [sys.executable, "-m", "mailgate.filter.cli", "quarantine", "show", qid,
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "Message-ID" in shown and unmasked_cards(shown) == []

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailgate.filter.actions import refusal_for
 from mailgate.filter.verdict import Action, Verdict
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
-from mailgate.relay.server import DataRefused, normalise, verdict_reply
+from mailgate.relay.server import DataRefused, normalise
 
 
 @pytest.mark.parametrize(
@@ -76,8 +77,10 @@ def test_normalise_limits():
         )
 
 
-def test_verdict_replies_use_the_rules_code_or_the_defaults():
-    assert verdict_reply(Verdict(Action.REJECT, reason="No\r\nway")) == "550 5.7.1 No way"
-    assert verdict_reply(Verdict(Action.TEMPFAIL)).startswith("451 4.7.1 ")
+def test_refusals_use_the_rules_code_or_the_defaults():
+    assert str(refusal_for(Verdict(Action.REJECT, reason="No\r\nway"))) == "550 5.7.1 No way"
+    assert str(refusal_for(Verdict(Action.TEMPFAIL))).startswith("451 4.7.1 ")
     custom = Verdict(Action.REJECT, reason="Too big", smtp_code=552, smtp_status="5.3.4")
-    assert verdict_reply(custom) == "552 5.3.4 Too big"
+    assert str(refusal_for(custom)) == "552 5.3.4 Too big"
+    wrong_class = Verdict(Action.TEMPFAIL, reason="later", smtp_code=550, smtp_status="5.7.1")
+    assert str(refusal_for(wrong_class)) == "451 4.7.1 later"

@@ -274,3 +274,33 @@ def test_content_conditions_read_the_subject_too() -> None:
     verdict = engine.scan(message(subject="Card 4111 1111 1111 1111 for FALCON-7"), ENV)
     assert verdict.rules == ["cards", "codename"]
     assert {h.where for h in verdict.hits} == {"subject"}
+
+
+def test_a_message_judged_unscannable_is_not_read_again() -> None:
+    """After an overrun the doors' own process judges the message: only envelope, headers,
+    size and `unscannable` rules, never a detector or YARA over its content."""
+    engine = Engine.from_source(
+        pack(
+            """
+        rules:
+          - id: held
+            when: [{unscannable: [timeout]}]
+            action: quarantine
+          - id: cards
+            when: [{dlp: credit_card}]
+            action: reject
+          - id: marker
+            when: [{yara: {any: true}}]
+            action: reject
+          - id: subject
+            when: [{subject: {regex: 'slow'}}]
+            action: tag
+            tag: {headers: {X-Slow: 'yes'}}
+    """,
+            **{"yara/m.yar": 'rule M { strings: $a = "S3CR3T" condition: $a }'},
+        )
+    )
+    raw = message(subject="slow one", body="S3CR3T card 4111 1111 1111 1111\n")
+    assert engine.scan(raw, ENV).action is Action.REJECT
+    verdict = engine.judge_unscannable(raw, ENV, "timeout")
+    assert verdict.rules == ["held", "subject"] and verdict.action is Action.QUARANTINE
