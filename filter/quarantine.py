@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS events (
     reply TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
+CREATE TABLE IF NOT EXISTS purges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    older_than TEXT NOT NULL,
+    ids TEXT NOT NULL
+);
 """
 
 
@@ -319,13 +326,17 @@ class LocalQuarantine:
         return True
 
     def purge(self, older_than: timedelta, actor: str) -> int:
-        """`actor` is accepted for the protocol; purged records leave nothing to attach it to,
-        so the CLI reports the purge (who, how many) on its own output."""
+        """The messages and their records go; the purge itself stays on record (who, when,
+        which ids) in the `purges` table, so the trail of every removal remains."""
         cutoff = datetime.now(UTC) - older_than
         with self._write() as db:
             rows = db.execute("SELECT id FROM messages WHERE time < ?", (_iso(cutoff),)).fetchall()
             ids = [row["id"] for row in rows]
             db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+            db.execute(
+                "INSERT INTO purges (time, actor, older_than, ids) VALUES (?, ?, ?, ?)",
+                (_now(), actor, str(older_than), json.dumps(ids)),
+            )
             for qid in ids:
                 self._file(qid).unlink(missing_ok=True)
             deleted = {
@@ -387,6 +398,12 @@ class LocalQuarantine:
             return self._file(qid).read_bytes()
         except FileNotFoundError:
             raise QuarantineError(f"quarantined message {qid}: file missing") from None
+
+    def purges(self) -> list[dict[str, Any]]:
+        """Every purge so far: time, actor, age limit and the ids removed."""
+        with self._connect() as db:
+            rows = db.execute("SELECT time, actor, older_than, ids FROM purges ORDER BY seq")
+            return [{**dict(row), "ids": json.loads(row["ids"])} for row in rows.fetchall()]
 
     def count(self) -> int:
         with self._connect() as db:

@@ -23,6 +23,7 @@ from .quarantine import (
     UnknownMessage,
 )
 from .rawheaders import header_section
+from .release_mark import ReleaseSecretError
 from .units import argument, parse_duration, parse_since
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -87,7 +88,8 @@ def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
         except (ConfigError, UnknownMessage) as exc:
             print(exc, file=sys.stderr)
             return USAGE
-        except QuarantineError as exc:
+        except (QuarantineError, ReleaseSecretError, OSError) as exc:
+            # OSError: the outbox or the quarantine folder could not be written.
             print(exc, file=sys.stderr)
             return FAILED
 

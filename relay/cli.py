@@ -12,11 +12,13 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 
 from ..filter.config import Config, ConfigError, add_config_argument, load_config
 from ..filter.pool import ScanPool
-from ..filter.quarantine import LocalQuarantine
+from ..filter.quarantine import LocalQuarantine, QuarantineError
+from ..filter.release_mark import ReleaseSecretError
 from ..filter.reload import PackReloader
 from ..filter.rules import PackError
 from .check import check_next_hop
@@ -65,8 +67,9 @@ async def serve(config: Config) -> int:
     try:
         relay = Relay.from_config(config, pool, LocalQuarantine(config.quarantine.path))
         await relay.start()
-    except OSError as exc:
-        # Binding relay.listen or metrics.listen, or opening audit.path: exc names which.
+    except (OSError, sqlite3.Error, QuarantineError, ReleaseSecretError) as exc:
+        # Binding relay.listen or metrics.listen, opening audit.path or the quarantine (its
+        # index, its release secret): exc names which.
         print(f"mailgate relay: cannot start: {exc}", file=sys.stderr)
         await pool.close()
         return 2

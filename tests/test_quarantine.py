@@ -184,6 +184,9 @@ def test_purge(tmp_path: Path) -> None:
     assert not orphan.exists()
     assert store.raw(new) == RAW
     assert store.purge(timedelta(days=30), "admin") == 0
+    first, second = store.purges()  # every removal stays on record: who, when, which
+    assert (first["actor"], first["ids"]) == ("admin", [old])
+    assert second["ids"] == [] and first["older_than"] == str(timedelta(days=30))
 
 
 def _put_and_exit(path: Path, conn: Connection) -> None:
