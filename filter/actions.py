@@ -105,8 +105,9 @@ def reply_text(text: str) -> str:
 
 
 def plan_for(verdict: Verdict) -> DeliveryPlan:
-    """Headers and subject changes from every enforce-mode tag rule that hit. Only messages
-    that go on (accept or tag) are changed; held or refused ones keep their original bytes."""
+    """Headers, subject change and added recipients from every enforce-mode tag rule that
+    hit. Only messages that go on (accept or tag) are changed; held or refused ones keep
+    their original bytes and envelope."""
     plan = DeliveryPlan()
     if verdict.action > Action.TAG:
         return plan
@@ -116,6 +117,9 @@ def plan_for(verdict: Verdict) -> DeliveryPlan:
         for header in tag.headers:
             if header not in plan.add_headers:
                 plan.add_headers.append(header)
+        for recipient in tag.add_recipients:
+            if recipient not in plan.add_recipients:
+                plan.add_recipients.append(recipient)
     return plan
 
 

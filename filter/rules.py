@@ -19,6 +19,7 @@ from .verdict import Action, TagAction
 from .yamlsource import LineDict, YamlError, line_of, load_yaml
 
 RULE_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 RULE_KEYS = frozenset(
     {
         "id",
@@ -272,11 +273,18 @@ def _parse_rule(
 
 
 def _parse_tag(spec: Any, problem: Any) -> TagAction | None:
-    if not isinstance(spec, dict) or not set(spec) <= {"subject_prefix", "headers"}:
-        problem("tag: expected {subject_prefix: '…', headers: {Name: value}}")
+    keys = {"subject_prefix", "headers", "add_recipients"}
+    if not isinstance(spec, dict) or not set(spec) <= keys:
+        problem(
+            "tag: expected {subject_prefix: '…', headers: {Name: value}, "
+            "add_recipients: [archive@example.com]}"
+        )
         return None
     prefix = spec.get("subject_prefix", "") or ""
     headers = spec.get("headers", {}) or {}
+    recipients = spec.get("add_recipients", []) or []
+    if isinstance(recipients, str):
+        recipients = [recipients]
     if not isinstance(prefix, str) or not isinstance(headers, dict):
         problem("tag: subject_prefix is a string and headers a mapping")
         return None
@@ -286,7 +294,11 @@ def _parse_tag(spec: Any, problem: Any) -> TagAction | None:
     if bad:
         problem(f"tag: bad header {bad[0]!r}")
         return None
-    return TagAction(prefix, tuple((str(k), str(v)) for k, v in headers.items()))
+    wrong = [r for r in recipients if not isinstance(r, str) or not _ADDRESS.fullmatch(r)]
+    if wrong:
+        problem(f"tag: add_recipients: {wrong[0]!r} is not an address like archive@example.com")
+        return None
+    return TagAction(prefix, tuple((str(k), str(v)) for k, v in headers.items()), tuple(recipients))
 
 
 def _is_header_name(name: Any) -> bool:

@@ -40,6 +40,7 @@ class Hit:
 class TagAction:
     subject_prefix: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    add_recipients: tuple[str, ...] = ()  # a copy for an archive or a supervisor
 
 
 @dataclass

@@ -205,6 +205,12 @@ def test_tag_adds_the_header_and_prefixes_the_subject(
     assert store.count() == 0
 
 
+def test_tag_rule_adds_a_recipient(door: MilterDoor) -> None:
+    rc, ctx = feed(door, message("copy-me please"))
+    assert rc == Milter.ACCEPT
+    assert [rcpt for rcpt, _params in ctx._addrcpt] == ["<archive@example.org>"]
+
+
 def test_tag_on_a_folded_subject_unfolds_it(door: MilterDoor) -> None:
     raw = b"From: alice@example.com\nSubject: a long subject that\n  asks to tag-me\n\nbody\n"
     rc, ctx = feed(door, raw)

@@ -62,6 +62,15 @@ def test_tag_rewrites_subject_and_adds_headers(make_relay, sink):
     assert got.message["X-Mailgate-Test"] == "yes"
 
 
+def test_tag_rule_adds_a_recipient_at_the_next_hop(make_relay, sink):
+    relay = make_relay(next_hop(sink.port))
+    with relay.client() as client:
+        code, _ = send(client, message("copy-me please"))
+    assert code == 250
+    [got] = sink.wait_for(1)
+    assert got.rcpt_tos == ("bob@example.org", "archive@example.org")
+
+
 def test_quarantine_stores_durably_and_does_not_pass_on(make_relay, sink):
     relay = make_relay(next_hop(sink.port))
     with relay.client() as client:

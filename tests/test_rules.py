@@ -235,6 +235,11 @@ def test_yara_conditions_by_rule_tag_and_any() -> None:
             "policy.yaml:4: [a] action 'tag' needs",
         ),
         (
+            "rules:\n  - id: a\n    when: [{size_over: 1}]\n    action: tag\n"
+            "    tag: {add_recipients: [not-an-address]}\n",
+            "policy.yaml:5: [a] tag: add_recipients: 'not-an-address' is not an address",
+        ),
+        (
             "rules:\n  - id: a\n    when: [{yara: {rule: Nope}}]\n    action: reject\n",
             "policy.yaml:3: [a] yara: no YARA rule named 'Nope'",
         ),

@@ -16,6 +16,10 @@ rules:
     when: [{subject: {regex: '(?i)tag-me'}}]
     action: tag
     tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
+  - id: copy-word
+    when: [{subject: {regex: '(?i)copy-me'}}]
+    action: tag
+    tag: {add_recipients: [archive@example.org]}
   - id: busy-word
     when: [{subject: {regex: '(?i)tempfail-me'}}]
     action: tempfail
