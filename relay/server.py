@@ -180,7 +180,8 @@ def normalise(content: bytes, max_line_length: int, max_header_size: int) -> byt
         content = b"\r\n".join(lines) + b"\r\n" if lines else b""
     if lines and max(map(len, lines)) > max_line_length - 2:
         raise DataRefused(
-            f"500 5.5.2 Message has a line longer than {max_line_length} bytes (RFC 5321 4.5.3.1.6)"
+            f"554 5.6.0 Message has a line longer than {max_line_length} bytes "
+            "(RFC 5321 4.5.3.1.6); send it quoted-printable or base64 encoded"
         )
     header_end = content.find(b"\r\n\r\n")
     header_size = header_end if header_end >= 0 else len(content)
@@ -296,6 +297,11 @@ class RelayHandler:
         self.relay.next_hop_answered = True
         if envelope.smtp_utf8 and not nexthop.supports("smtputf8") and not sender.isascii():
             return Reply(553, "5.6.7 The next hop does not support SMTPUTF8 for this sender")
+        if "BODY=8BITMIME" in (o.upper() for o in envelope.mail_options) and not nexthop.supports(
+            "8bitmime"
+        ):
+            # RFC 6152: 8-bit mail is not passed to a server that did not offer 8BITMIME.
+            return Reply(554, "5.6.3 The next hop does not accept 8-bit mail (8BITMIME)")
         options = _mail_options(envelope, nexthop)
         try:
             return await nexthop.mail(sender, options)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from support.relay_harness import message
-from support.smtp_sink import free_port
+from support.smtp_sink import SmtpSink, free_port
 
 from mailgate.filter.pool import ScanPool
 
@@ -213,7 +213,7 @@ def test_line_and_header_limits(make_relay, sink):
     relay = make_relay({**next_hop(sink.port), "max_line_length": 1000, "max_header_size": 2000})
     with relay.client() as client:
         code, text = send(client, message(body="z" * 1200 + "\r\n"))
-        assert (code, text[:5]) == (500, b"5.5.2")
+        assert (code, text[:5]) == (554, b"5.6.0")
         big_header = "".join(f"X-Filler-{n}: {'h' * 900}\r\n" for n in range(3))
         code, text = send(client, message(extra=big_header))
         assert (code, text[:5]) == (552, b"5.3.4")
@@ -288,6 +288,19 @@ def test_smtputf8_addresses_pass_through(make_relay, sink):
     assert got.rcpt_tos == ("jürgen@example.org",)
     assert "SMTPUTF8" in got.options
     assert got.content.endswith(raw)
+
+
+def test_8bit_mail_is_refused_when_the_next_hop_lacks_8bitmime(make_relay, bg):
+    seven_bit = SmtpSink(bg, extensions_off=("8BITMIME",)).start()
+    try:
+        relay = make_relay(next_hop(seven_bit.port))
+        with relay.client() as client:
+            client.ehlo()
+            code, text = client.mail("alice@example.com", ["BODY=8BITMIME"])
+            assert code == 554 and text.startswith(b"5.6.3")
+            assert client.mail("alice@example.com")[0] == 250  # 7-bit mail still goes
+    finally:
+        seven_bit.stop()
 
 
 def test_non_ascii_address_without_smtputf8_is_refused(make_relay, sink):

@@ -68,7 +68,7 @@ def test_normalise_leaves_only_crlf_line_ends(content):
 
 
 def test_normalise_limits():
-    with pytest.raises(DataRefused, match=r"^500 5\.5\.2"):
+    with pytest.raises(DataRefused, match=r"^554 5\.6\.0"):
         normalise(b"a" * 1000 + b"\r\n", max_line_length=1000, max_header_size=10_000)
     assert normalise(b"a" * 998 + b"\r\n", max_line_length=1000, max_header_size=10_000)
     with pytest.raises(DataRefused, match=r"^552 5\.3\.4"):
