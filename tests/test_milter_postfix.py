@@ -208,6 +208,27 @@ def test_quarantined_message_is_held_and_release_delivers_it(stack: Stack, token
 # ------------------------------------------------------------------------- mailgate down
 
 
+def test_concurrent_sessions_all_get_their_verdict(stack: Stack, token: str) -> None:
+    """20 sessions at once, each message with an id and a subject that the door reads and
+    masks from libmilter's threads: every one judged and delivered, none answered by
+    milter_default_action, and the milter still serving afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = stack.postfix.ports["tempfail"]
+    stack.milter.stop()  # a fresh milter: the burst is its first traffic
+    stack.milter.start()
+    subjects = [f"load {n} card 4111 1111 1111 1111" for n in range(60)]
+    with ThreadPoolExecutor(max_workers=20) as clients:
+        replies = list(
+            clients.map(lambda s: send(port, compose(s, f"{token}-{s.split()[1]}")), subjects)
+        )
+    assert [code for code, _ in replies] == [250] * len(subjects)
+    assert stack.milter.process is not None and stack.milter.process.poll() is None
+    for subject in subjects:  # each judged by mailgate and delivered
+        stack.sink.wait_for("Message-ID", f"{token}-{subject.split()[1]}@", WAIT)
+    assert send(port, compose("please reject-me", token))[0] == 550  # still serving
+
+
 def test_with_mailgate_stopped_milter_default_action_applies(stack: Stack, token: str) -> None:
     status = stack.milter.stop()
     try:
