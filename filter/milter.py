@@ -234,19 +234,20 @@ class MailgateMilter(Milter.Base):
     @Milter.symlist("i", "j", "{auth_authen}", "{tls_version}", "{client_addr}")
     def eom(self) -> int:
         try:
+            envelope = self.envelope()
             try:
-                rc, verdict, outcome = self._end_of_message()
+                rc, verdict, outcome = self._end_of_message(envelope)
             except Exception as exc:
                 log.exception("%s: milter error", self.label)
                 rc, verdict, outcome = self._engine_failed(f"milter error: {exc!r}")
             message_id = _unfold(self.header_value("message-id") or "").strip()
             size = self._spool.tell() if self._spool is not None else 0
-            self.door.report(self.envelope(), message_id, size, verdict, outcome)
+            self.door.report(envelope, message_id, size, verdict, outcome)
             return rc
         finally:
             self._reset_message()
 
-    def _end_of_message(self) -> Decision:
+    def _end_of_message(self, envelope: Envelope) -> Decision:
         if self.spool_error is not None:
             log.error("%s: tempfail: %s", self.label, self.spool_error)
             verdict = Verdict(Action.TEMPFAIL, reason=self.spool_error)
@@ -254,7 +255,6 @@ class MailgateMilter(Milter.Base):
                 "4.3.0", "Local error while receiving, try again later", verdict
             )
         raw = self.raw_message()
-        envelope = self.envelope()
         released = self._released(raw, envelope)
         if released is not None:
             verdict = Verdict(Action.ACCEPT, reason="released from quarantine")
@@ -263,14 +263,15 @@ class MailgateMilter(Milter.Base):
             verdict = self.door.judge(raw, envelope)
         except EngineFailure as exc:
             return self._engine_failed(str(exc))
-        log.info(
-            "%s: %s rules=%s monitor=%s pack=%s",
-            self.label,
-            verdict.action,
-            ",".join(verdict.rules) or "-",
-            ",".join(verdict.monitor) or "-",
-            verdict.pack_version,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the audit record is the per-message line
+            log.debug(
+                "%s: %s rules=%s monitor=%s pack=%s",
+                self.label,
+                verdict.action,
+                ",".join(verdict.rules) or "-",
+                ",".join(verdict.monitor) or "-",
+                verdict.pack_version,
+            )
         return self._execute(verdict, raw, envelope)
 
     def _execute(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> Decision:

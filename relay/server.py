@@ -441,7 +441,7 @@ class RelayHandler:
             self.relay.reporter.report_verdict(
                 "relay", env, message_id_of(raw), len(raw), verdict, outcome
             )
-        log.info(
+        log.debug(  # the audit record is the per-message line
             "%s: from=<%s> rcpt=%d action=%s rules=%s -> %s",
             env.queue_id,
             env.mail_from,
