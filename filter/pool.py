@@ -266,9 +266,10 @@ class ScanPool:
         return False
 
     async def _acquire(self) -> _Worker:
-        while not self._current(worker := await self._idle.take()):
-            pass
-        return worker
+        while True:  # stale or dead workers are retired by _current and skipped
+            worker = await self._idle.take()
+            if self._current(worker):
+                return worker
 
     def _release(self, worker: _Worker) -> None:
         if self._closed or worker.generation != self._generation:

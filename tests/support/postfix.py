@@ -60,7 +60,7 @@ def free_port() -> int:
 
 
 class PostfixError(RuntimeError):
-    pass
+    """The private Postfix instance could not be set up, started or stopped."""
 
 
 @dataclass
