@@ -389,8 +389,8 @@ class RelayHandler:
         released = await relay.released_copy(raw, env)
         outcome: dict[str, Any] = {}
         if released is not None:
-            # Released from the quarantine (a valid mark for a message the store says was
-            # released): judged already, so it goes on, without the mark.
+            # Mailgate's own release of a held message, in flight (see released_id): judged
+            # already, so it goes on, without the mark.
             raw = released
             verdict = Verdict(Action.ACCEPT, reason="released from quarantine")
             outcome["released"] = True
