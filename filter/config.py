@@ -209,6 +209,9 @@ class RelayConfig(_Section):
     max_line_length: int = Field(default=2048, ge=1000)  # bytes per line incl. CRLF
     max_header_size: Size = 100 << 10  # all headers together (Postfix's header_size_limit)
     fail_open: bool = False  # engine cannot answer: relay unscanned instead of 451
+    # SMTP front-end processes sharing `listen`, each with its own engine.workers; more than
+    # one puts SMTP handling on every core (audit and metrics are gathered by the parent).
+    processes: int = Field(default=1, ge=1, le=64)
 
     @field_validator("hostname", mode="before")
     @classmethod

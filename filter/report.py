@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog, audit_record
 from .config import Config
@@ -19,6 +20,9 @@ from .metrics import Metrics
 from .quarantine import QuarantineStore
 from .rawheaders import first_header
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    from .reload import ReloadResult
 
 log = logging.getLogger("mailgate.report")
 
@@ -80,6 +84,15 @@ class Reporter:
             return {}
         return record
 
+    def next_hop_error(self, kind: str) -> None:
+        self.metrics.next_hop_errors.labels(kind).inc()
+
+    def set_pack(self, version: str) -> None:
+        self.metrics.set_pack(version)
+
+    def observe_reload(self, result: ReloadResult) -> None:
+        self.metrics.observe_reload(result)
+
     def _rule_actions(self, version: str) -> dict[str, str]:
         """Rule id -> action of the pack that judged the message, if it is the one serving
         now (after a reload, a message judged by the old pack may report a moment later)."""
@@ -93,6 +106,72 @@ class Reporter:
             actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
             self._actions = (version, actions)
             return actions
+
+
+class ForwardingReporter(Reporter):
+    """A relay front-end process's reporter: the audit record is made here (this process
+    knows the pack that judged the message), then the record and every metrics event go to
+    the parent process, which writes the one audit log and serves the one /metrics."""
+
+    def __init__(self, conn: Connection, engine: Callable[[], Engine | None]) -> None:
+        super().__init__(None, Metrics(), engine)
+        self.conn = conn
+        self._send_lock = threading.Lock()
+
+    def _send(self, event: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self.conn.send(event)
+        except (OSError, ValueError):
+            log.exception("could not pass %s to the parent process", event[0])
+
+    def report_verdict(
+        self,
+        door: str,
+        envelope: Envelope,
+        message_id: str,
+        size: int,
+        verdict: Verdict,
+        outcome: dict[str, Any],
+    ) -> dict[str, Any]:
+        try:
+            record = audit_record(
+                door, envelope, message_id, size, verdict, outcome,
+                self._rule_actions(verdict.pack_version),
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not report the verdict for queue id %s", envelope.queue_id)
+            return {}
+        self._send(("message", door, verdict, record))
+        return record
+
+    def next_hop_error(self, kind: str) -> None:
+        self._send(("next_hop_error", kind))
+
+    def set_pack(self, version: str) -> None:
+        self._send(("pack", version))
+
+    def observe_reload(self, result: ReloadResult) -> None:
+        self._send(("reload", result))
+
+    def ready(self) -> None:
+        self._send(("ready",))
+
+
+def apply_forwarded(reporter: Reporter, event: tuple[Any, ...]) -> None:
+    """The parent's side of ForwardingReporter: one event from a front-end process."""
+    kind = event[0]
+    if kind == "message":
+        _, door, verdict, record = event
+        if reporter.audit is not None:
+            reporter.audit.write(record)
+        reporter.metrics.observe(door, verdict)
+    elif kind == "next_hop_error":
+        reporter.next_hop_error(event[1])
+    elif kind == "pack":
+        reporter.set_pack(event[1])
+    elif kind == "reload":
+        reporter.observe_reload(event[1])
 
 
 def message_id_of(raw: bytes) -> str:

@@ -12,16 +12,20 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sqlite3
 import sys
+from multiprocessing.connection import Connection
 
 from ..filter.config import Config, ConfigError, add_config_argument, load_config
 from ..filter.pool import ScanPool
 from ..filter.quarantine import LocalQuarantine, QuarantineError
 from ..filter.release_mark import ReleaseSecretError
 from ..filter.reload import PackReloader
+from ..filter.report import ForwardingReporter
 from ..filter.rules import PackError
 from .check import check_next_hop
+from .frontends import supervise
 from .server import Relay
 
 log = logging.getLogger("mailgate.relay")
@@ -43,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+async def _tell_when_ready(relay: Relay, reporter: ForwardingReporter) -> None:
+    while not relay.ready():
+        await asyncio.sleep(0.2)
+    reporter.ready()
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -54,19 +64,27 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # aiosmtpd logs every command at INFO: too much for a busy relay, and not free.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    if config.relay.processes > 1:
+        return supervise(config, lambda *front_end: asyncio.run(serve(*front_end)))
     return asyncio.run(serve(config))
 
 
-async def serve(config: Config) -> int:
+async def serve(
+    config: Config, sock: socket.socket | None = None, parent: Connection | None = None
+) -> int:
+    """One relay process. With `parent`, a front end of several (relay.processes): it serves
+    `sock`, and its audit records and metrics go to the parent process (frontends.py)."""
     pool = ScanPool.from_config(config)
     try:
         await pool.start()
     except PackError as exc:
         print(f"mailgate relay: rule pack {config.rules}:\n{exc}", file=sys.stderr)
         return 2
+    forwarding = ForwardingReporter(parent, lambda: pool.engine) if parent else None
     try:
-        relay = Relay.from_config(config, pool, LocalQuarantine(config.quarantine.path))
-        await relay.start()
+        store = LocalQuarantine(config.quarantine.path)
+        relay = Relay.from_config(config, pool, store, reporter=forwarding)
+        await relay.start(sock=sock, serve_metrics=forwarding is None)
     except (OSError, sqlite3.Error, QuarantineError, ReleaseSecretError) as exc:
         # Binding relay.listen or metrics.listen, opening audit.path or the quarantine (its
         # index, its release secret): exc names which.
@@ -74,10 +92,12 @@ async def serve(config: Config) -> int:
         await pool.close()
         return 2
     assert relay.reporter is not None
-    metrics = relay.reporter.metrics
-    metrics.set_pack(pool.pack_version)
-    reloader = PackReloader(pool, config.rules, on_result=metrics.observe_reload)
+    reporter = relay.reporter
+    reporter.set_pack(pool.pack_version)
+    reloader = PackReloader(pool, config.rules, on_result=reporter.observe_reload)
     await reloader.start()
+    if forwarding is not None:
+        ready = asyncio.ensure_future(_tell_when_ready(relay, forwarding))
     host, port = relay.address
     target = config.relay.next_hop
     if target.host:
@@ -98,6 +118,8 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
     log.info("stopping")
+    if forwarding is not None:
+        ready.cancel()
     await reloader.stop()
     await relay.stop()
     await pool.close()

@@ -497,13 +497,20 @@ class Relay:
         self.metrics_server: MetricsServer | None = None
 
     @classmethod
-    def from_config(cls, config: Config, scanner: Scanner, store: QuarantineStore) -> Relay:
-        """The relay the configuration describes, reporting each message to the audit log
-        (audit.path, else stdout) and to its metrics."""
+    def from_config(
+        cls,
+        config: Config,
+        scanner: Scanner,
+        store: QuarantineStore,
+        reporter: Reporter | None = None,
+    ) -> Relay:
+        """The relay the configuration describes, reporting each message to `reporter`, by
+        default the audit log (audit.path, else stdout) and this process's metrics."""
         secret = load_or_create_secret(config.quarantine.path)
-        reporter = Reporter.from_config(
-            config, store, engine=lambda: getattr(scanner, "engine", None)
-        )
+        if reporter is None:
+            reporter = Reporter.from_config(
+                config, store, engine=lambda: getattr(scanner, "engine", None)
+            )
         target = config.relay.next_hop
         if target.host:
             pool = NextHopPool(target, config.relay.hostname)
@@ -519,7 +526,7 @@ class Relay:
 
     def next_hop_failed(self, failed: NextHopError) -> None:
         if self.reporter is not None:
-            self.reporter.metrics.next_hop_errors.labels(next_hop_error_kind(failed)).inc()
+            self.reporter.next_hop_error(next_hop_error_kind(failed))
 
     # --- policy ----------------------------------------------------------------------------
 
@@ -647,9 +654,10 @@ class Relay:
         )
         return protocol
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen for clients; serve /metrics and the health checks when metrics.listen is
-        set; probe the next hop until it answers once. OSError when a port cannot be bound."""
+    async def start(self, sock: socket.socket | None = None, serve_metrics: bool = True) -> None:
+        """Listen for clients (on `sock` when given); serve /metrics and the health checks when
+        metrics.listen is set and `serve_metrics`; probe the next hop until it answers once.
+        OSError when a port cannot be bound."""
         loop = asyncio.get_running_loop()
         if sock is not None:
             self._server = await loop.create_server(self._protocol, sock=sock)
@@ -658,7 +666,7 @@ class Relay:
             self._server = await loop.create_server(
                 self._protocol, host=listen.host, port=listen.port, reuse_address=True
             )
-        if self.reporter is not None and self.config.metrics.listen is not None:
+        if serve_metrics and self.reporter is not None and self.config.metrics.listen is not None:
             self.metrics_server = MetricsServer(
                 self.config.metrics.listen, self.ready, self.reporter.metrics
             )
