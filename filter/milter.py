@@ -231,7 +231,10 @@ class MailgateMilter(Milter.Base):
 
     # ------------------------------------------------------------ end of message
 
-    @Milter.symlist("i", "j", "{auth_authen}", "{tls_version}", "{client_addr}")
+    # The macros read here ({i}, {j}, {auth_authen}, {tls_version}) come with Postfix's
+    # defaults (libmilter keeps each stage's macros until end of message) and with
+    # deploy/postfix/main.cf.milter. Not asking for them with a symbol list: that cost a
+    # quarter of the milter's CPU per message in bench/milter.py.
     def eom(self) -> int:
         try:
             envelope = self.envelope()

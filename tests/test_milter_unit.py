@@ -162,13 +162,7 @@ def test_negotiates_only_the_steps_it_uses(door: MilterDoor) -> None:
     )
     assert protocol & no_reply == no_reply
     assert protocol & Milter.P_HDR_LEADSPC
-    assert ctx._symlist[Milter.M_EOM] == {
-        b"i",
-        b"j",
-        b"{auth_authen}",
-        b"{tls_version}",
-        b"{client_addr}",
-    }
+    assert not any(ctx._symlist)  # macros come as the MTA sends them: no symbol lists
     ctx._close()
 
 
