@@ -76,13 +76,17 @@ class Reporter:
                 outcome,
                 self._rule_actions(verdict.pack_version),
             )
-            if self.audit is not None:
-                self.audit.write(record)
-            self.metrics.observe(door, verdict)
+            self.deliver(door, verdict, record)
         except Exception:
             log.exception("could not report the verdict for queue id %s", envelope.queue_id)
             return {}
         return record
+
+    def deliver(self, door: str, verdict: Verdict, record: dict[str, Any]) -> None:
+        """Write the record to the audit log and count the verdict."""
+        if self.audit is not None:
+            self.audit.write(record)
+        self.metrics.observe(door, verdict)
 
     def next_hop_error(self, kind: str) -> None:
         self.metrics.next_hop_errors.labels(kind).inc()
@@ -125,25 +129,8 @@ class ForwardingReporter(Reporter):
         except (OSError, ValueError):
             log.exception("could not pass %s to the parent process", event[0])
 
-    def report_verdict(
-        self,
-        door: str,
-        envelope: Envelope,
-        message_id: str,
-        size: int,
-        verdict: Verdict,
-        outcome: dict[str, Any],
-    ) -> dict[str, Any]:
-        try:
-            record = audit_record(
-                door, envelope, message_id, size, verdict, outcome,
-                self._rule_actions(verdict.pack_version),
-            )  # fmt: skip
-        except Exception:
-            log.exception("could not report the verdict for queue id %s", envelope.queue_id)
-            return {}
+    def deliver(self, door: str, verdict: Verdict, record: dict[str, Any]) -> None:
         self._send(("message", door, verdict, record))
-        return record
 
     def next_hop_error(self, kind: str) -> None:
         self._send(("next_hop_error", kind))
@@ -163,9 +150,7 @@ def apply_forwarded(reporter: Reporter, event: tuple[Any, ...]) -> None:
     kind = event[0]
     if kind == "message":
         _, door, verdict, record = event
-        if reporter.audit is not None:
-            reporter.audit.write(record)
-        reporter.metrics.observe(door, verdict)
+        reporter.deliver(door, verdict, record)
     elif kind == "next_hop_error":
         reporter.next_hop_error(event[1])
     elif kind == "pack":
