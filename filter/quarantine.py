@@ -37,7 +37,7 @@ from .rawheaders import decoded, first_header
 from .verdict import Verdict
 
 STATES = ("held", "released", "deleted")
-_ID_RE = re.compile(r"^\d{17}-[a-z2-7]{16}$")
+_ID_RE = re.compile(r"^\d{8}T\d{9}Z-[a-z2-7]{16}$")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -175,9 +175,11 @@ class QuarantineStore(Protocol):
 
 
 def new_id(now: datetime | None = None) -> str:
-    """Sortable and unguessable: UTC time to the millisecond, then 80 random bits."""
+    """Sortable and unguessable: UTC time to the millisecond, then 80 random bits.
+    The T and Z split the digits: a 17-digit run would pass Luhn one time in ten and read
+    as a card number to any DLP scanner of our logs (ours included)."""
     now = now or datetime.now(UTC)
-    stamp = now.strftime("%Y%m%d%H%M%S") + f"{now.microsecond // 1000:03d}"
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
     token = base64.b32encode(secrets.token_bytes(10)).decode().lower()
     return f"{stamp}-{token}"
 

@@ -158,7 +158,7 @@ def test_delete(tmp_path: Path) -> None:
 def test_unknown_and_hostile_ids(tmp_path: Path) -> None:
     store = LocalQuarantine(tmp_path / "q")
     (tmp_path / "secret.eml").write_bytes(b"not yours")
-    for bad in ("../secret", "20240101000000000-aaaaaaaaaaaaaaaa", "", "x" * 40):
+    for bad in ("../secret", "20240101T000000000Z-aaaaaaaaaaaaaaaa", "", "x" * 40):
         with pytest.raises(UnknownMessage):
             store.raw(bad)
         with pytest.raises(UnknownMessage):
@@ -174,7 +174,7 @@ def test_purge(tmp_path: Path) -> None:
         old_time = (datetime.now(UTC) - timedelta(days=40)).isoformat(timespec="microseconds")
         db.execute("UPDATE messages SET time = ? WHERE id = ?", (old_time, old))
     # A file a crashed put left without an index row, last touched long ago.
-    orphan = tmp_path / "messages" / "20200101000000000-aaaaaaaaaaaaaaaa.eml"
+    orphan = tmp_path / "messages" / "20200101T000000000Z-aaaaaaaaaaaaaaaa.eml"
     orphan.write_bytes(RAW)
     os.utime(orphan, (0, 0))
     assert store.purge(timedelta(days=30), "admin") == 1
@@ -328,7 +328,7 @@ def test_cli_list_show_delete_purge(configured: tuple[Path, LocalQuarantine]) ->
 
 def test_cli_errors(configured: tuple[Path, LocalQuarantine], tmp_path: Path) -> None:
     config, _ = configured
-    missing = mailgate(config, "show", "20240101000000000-aaaaaaaaaaaaaaaa")
+    missing = mailgate(config, "show", "20240101T000000000Z-aaaaaaaaaaaaaaaa")
     assert missing.returncode == 2 and "no quarantined message" in missing.stderr
     release = mailgate(config, "release", "../../etc/passwd")
     assert release.returncode == 2 and "no quarantined message" in release.stderr

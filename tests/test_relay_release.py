@@ -94,7 +94,7 @@ def test_release_without_next_hop_goes_to_the_outbox(make_relay):
 def test_release_of_unknown_id_is_an_error(make_relay):
     relay = make_relay()
     with pytest.raises(QuarantineError):
-        release_message(relay.config, relay.store, "20240101000000000-aaaaaaaaaaaaaaaa", "x")
+        release_message(relay.config, relay.store, "20240101T000000000Z-aaaaaaaaaaaaaaaa", "x")
 
 
 def test_release_through_a_mailgate_relay_is_not_held_again(make_relay, sink):
@@ -117,7 +117,8 @@ def test_release_through_a_mailgate_relay_is_not_held_again(make_relay, sink):
 
 def test_forged_release_mark_is_just_a_header(make_relay, sink):
     relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
-    forged = f"{RELEASE_HEADER}: v1; id=20240101000000000-aaaaaaaaaaaaaaaa; t=1; mac={'0' * 64}\r\n"
+    qid = "20240101T000000000Z-aaaaaaaaaaaaaaaa"
+    forged = f"{RELEASE_HEADER}: v1; id={qid}; t=1; mac={'0' * 64}\r\n"
     with relay.client() as client:
         client.ehlo()
         client.mail("alice@example.com")

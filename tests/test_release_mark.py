@@ -21,7 +21,7 @@ from mailgate.filter.release_mark import (
     verify_mark,
 )
 
-QID = "20240601120000123-abcdefghijklmnop"
+QID = "20240601T120000123Z-abcdefghijklmnop"
 RAW = (
     b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: held\r\n\r\n"
     b"line one\r\nline two\r\n"
@@ -59,7 +59,7 @@ def test_refuses_other_content_and_forgeries(secret: bytes, tmp_path: Path) -> N
     other_secret = load_or_create_secret(tmp_path / "other")
     assert other_secret != secret
     assert not verify_mark(other_secret, mark, RAW)
-    other_id = mark.replace(QID, "20240601120000123-zzzzzzzzzzzzzzzz")
+    other_id = mark.replace(QID, "20240601T120000123Z-zzzzzzzzzzzzzzzz")
     assert not verify_mark(secret, other_id, RAW)
     later = mark.replace(f"t={mark.split('t=')[1].split(';')[0]}", f"t={int(time.time()) + 1}")
     assert not verify_mark(secret, later, RAW)
