@@ -16,13 +16,11 @@ records entirely once they are older than the retention.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
 import os
 import re
-import secrets
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from .durable import fsync_dir, write_durably
+from .durable import fsync_dir, new_id, write_durably
 from .envelope import Envelope
 from .masking import mask_sensitive
 from .rawheaders import decoded, first_header
@@ -172,16 +170,6 @@ class QuarantineStore(Protocol):
     def count(self) -> int:
         """Messages currently held."""
         ...
-
-
-def new_id(now: datetime | None = None) -> str:
-    """Sortable and unguessable: UTC time to the millisecond, then 80 random bits.
-    The T and Z split the digits: a 17-digit run would pass Luhn one time in ten and read
-    as a card number to any DLP scanner of our logs (ours included)."""
-    now = now or datetime.now(UTC)
-    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
-    token = base64.b32encode(secrets.token_bytes(10)).decode().lower()
-    return f"{stamp}-{token}"
 
 
 def is_valid_id(qid: str) -> bool:

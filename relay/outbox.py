@@ -11,11 +11,9 @@ as a delivery agent writes them, since a file has no envelope of its own.
 
 from __future__ import annotations
 
-import secrets
-import time
 from pathlib import Path
 
-from ..filter.durable import write_durably
+from ..filter.durable import new_id, write_durably
 
 
 class Outbox:
@@ -28,7 +26,7 @@ class Outbox:
 
     def deliver(self, raw: bytes, sender: str, recipients: tuple[str, ...] | list[str]) -> str:
         """Store the message durably; returns its id (the file is `<id>.eml`)."""
-        delivery_id = f"{time.time_ns()}-{secrets.token_hex(4)}"
+        delivery_id = new_id()
         envelope = f"Return-Path: <{sender}>\r\n".encode()
         envelope += b"".join(f"X-Envelope-To: <{r}>\r\n".encode() for r in recipients)
         write_durably(self.path / f"{delivery_id}.eml", self.tmp, [envelope, raw])

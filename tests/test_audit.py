@@ -59,10 +59,10 @@ def unmasked_cards(text: str) -> list[str]:
     return found
 
 
-def test_quarantine_ids_never_read_as_card_numbers() -> None:
-    """Ids go into the audit log, the SMTP reply and the index. Run together, their time
-    digits were a 17-digit number that passed Luhn one time in ten: a false leak to any
-    DLP scanner of our logs. A day's worth of milliseconds, one a minute, stays clean."""
+def test_stored_ids_never_read_as_card_numbers() -> None:
+    """Quarantine and outbox ids go into the audit log, the SMTP reply and the index. Their
+    time digits, run together, made a 17-digit number that passed Luhn one time in ten: a
+    false leak to any DLP scanner of our logs. A day, three stamps a minute, stays clean."""
     start = datetime(2026, 11, 27, tzinfo=UTC)
     leaks = [
         qid
