@@ -1,4 +1,6 @@
-"""Archive listing and bounded extraction: zip (with ZipCrypto/AES flags), rar, 7z.
+"""Archive listing and bounded extraction: zip (with ZipCrypto/AES flags), rar, 7z, tar, and
+the single-file compressors gzip, bzip2 and xz (whose one member is then looked into again,
+so a .tar.gz is a tar inside a gzip).
 
 Nothing here inflates more than the message budget allows: declared sizes and the
 compression ratio are checked before a member is read, and reads are capped while streaming,
@@ -7,13 +9,18 @@ so a bomb costs at most the budget.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import lzma
 import struct
+import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import IO
 
 import py7zr
 import py7zr.exceptions
@@ -25,6 +32,21 @@ from .scanbudget import ScanBudget
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 RAR_SIGNATURES = (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01\x00")
 SEVENZIP_SIGNATURE = b"7z\xbc\xaf\x27\x1c"
+GZIP_SIGNATURE = b"\x1f\x8b\x08"  # magic plus deflate, the only method gzip defines
+XZ_SIGNATURE = b"\xfd7zXZ\x00"
+BZIP2_BLOCK_MAGIC = b"\x31\x41\x59\x26\x53\x59"  # after "BZh" and the block size digit
+TAR_MAGIC_OFFSET = 257  # "ustar" in POSIX and GNU headers; v7 tars have no magic
+# The member name a compressor's file name implies, as gunzip and friends derive it.
+_COMPRESSED_SUFFIXES = {
+    ".tgz": ".tar",
+    ".taz": ".tar",
+    ".tbz": ".tar",
+    ".tbz2": ".tar",
+    ".txz": ".tar",
+    ".gz": "",
+    ".bz2": "",
+    ".xz": "",
+}
 # Below this size a high compression ratio is harmless (a page of blanks compresses 1000:1).
 RATIO_FLOOR = 1 << 20
 _AES_EXTRA_ID = 0x9901
@@ -37,6 +59,7 @@ _ARCHIVE_ERRORS = (
     lzma.LZMAError,
     EOFError,
     OSError,
+    tarfile.TarError,
     ValueError,
     KeyError,
     IndexError,
@@ -71,15 +94,24 @@ class Listing:
 
 
 def archive_kind(data: bytes) -> str | None:
-    """'zip', 'rar' or '7z' from the leading bytes, else None. A zip is also recognised by
-    its end-of-central-directory record, which finds self-extractors and polyglots."""
-    head = data[:8]
+    """'zip', 'rar', '7z', 'tar', 'gzip', 'bzip2' or 'xz' from the content, else None. A zip
+    is also recognised by its end-of-central-directory record, which finds self-extractors
+    and polyglots."""
+    head = data[:10]
     if head.startswith(ZIP_SIGNATURES):
         return "zip"
     if head.startswith(RAR_SIGNATURES):
         return "rar"
     if head.startswith(SEVENZIP_SIGNATURE):
         return "7z"
+    if head.startswith(GZIP_SIGNATURE):
+        return "gzip"
+    if head.startswith(XZ_SIGNATURE):
+        return "xz"
+    if head.startswith(b"BZh") and head[3:4].isdigit() and head[4:10] == BZIP2_BLOCK_MAGIC:
+        return "bzip2"
+    if data[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return "tar"
     if len(data) > 22 and b"PK\x05\x06" in data[-(1 << 16) - 22 :]:
         return "zip"
     return None
@@ -117,11 +149,20 @@ def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: ScanBudg
         return member
     # zipfile never yields more than the declared size (a lie fails the CRC at the end),
     # and the declared size has passed the checks above.
-    cap = info.file_size
+    member.payload = _read_at_most(lambda: zf.open(info), info.file_size, member)
+    budget.charge_bytes(len(member.payload))
+    return member
+
+
+def _read_at_most(
+    opener: Callable[[], AbstractContextManager[IO[bytes]]], cap: int, member: Member
+) -> bytes:
+    """Up to cap + 1 bytes from the stream, in chunks (the extra byte tells an overrun).
+    Damage marks the member malformed and keeps what was read before it."""
     chunks: list[bytes] = []
     got = 0
     try:
-        with zf.open(info) as stream:
+        with opener() as stream:
             while got <= cap:
                 chunk = stream.read(min(_CHUNK, cap + 1 - got))
                 if not chunk:
@@ -130,9 +171,7 @@ def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: ScanBudg
                 got += len(chunk)
     except _ARCHIVE_ERRORS:
         member.unscannable.add("malformed")
-    budget.charge_bytes(got)
-    member.payload = b"".join(chunks)
-    return member
+    return b"".join(chunks)
 
 
 def iter_zip_infos(zf: zipfile.ZipFile) -> Iterator[zipfile.ZipInfo]:
@@ -226,3 +265,65 @@ def list_7z(data: bytes, budget: ScanBudget, max_members: int) -> Listing:
     except _ARCHIVE_ERRORS:
         listing.unscannable.add("malformed")
     return listing
+
+
+def list_tar(data: bytes, budget: ScanBudget, max_members: int) -> Listing:
+    """Regular files, read when their declared size fits the budget. A tar is not compressed,
+    but a GNU sparse member can declare any size over a few bytes, hence the check."""
+    listing = Listing()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            for info in archive:
+                if not info.isfile():
+                    continue
+                if len(listing.members) >= max_members:
+                    listing.unscannable.add("over_budget")
+                    break
+                member = Member(info.name)
+                stream = archive.extractfile(info) if info.size <= budget.bytes_left else None
+                if stream is None:
+                    member.unscannable.add("over_budget")
+                else:
+                    member.payload = stream.read(info.size)
+                    budget.charge_bytes(len(member.payload))
+                listing.members.append(member)
+    except _ARCHIVE_ERRORS:
+        listing.unscannable.add("malformed")
+    return listing
+
+
+def compressed_member_name(data: bytes, kind: str, outer_name: str | None) -> str:
+    """gzip's stored original name when it has one, else the outer name less its suffix."""
+    if kind == "gzip" and len(data) > 10 and data[3] & 0x08:  # FNAME
+        start = 10
+        if data[3] & 0x04:  # FEXTRA comes first: two length bytes, then that many
+            start += 2 + int.from_bytes(data[10:12], "little")
+        end = data.find(b"\0", start, start + 1024)
+        if end > start:
+            return data[start:end].decode("latin-1").replace("\\", "/").rsplit("/", 1)[-1]
+    name = outer_name or kind
+    for suffix, replacement in _COMPRESSED_SUFFIXES.items():
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)] + replacement
+    return name
+
+
+_DECOMPRESSING_READERS: dict[str, Callable[[io.BytesIO], IO[bytes]]] = {
+    "gzip": lambda source: gzip.GzipFile(fileobj=source, mode="rb"),
+    "bzip2": bz2.BZ2File,
+    "xz": lzma.LZMAFile,
+}
+
+
+def unpack_compressed(data: bytes, kind: str, name: str, budget: ScanBudget) -> Listing:
+    """The one file inside a gzip, bzip2 or xz stream (concatenated streams read as one),
+    inflated in chunks: no more than the budget, nor the ratio guard's share beyond
+    RATIO_FLOOR. What was inflated before a limit or damage is still returned for scanning."""
+    cap = min(budget.bytes_left, max(RATIO_FLOOR, budget.limits.max_archive_ratio * len(data)))
+    member = Member(name)
+    payload = _read_at_most(lambda: _DECOMPRESSING_READERS[kind](io.BytesIO(data)), cap, member)
+    if len(payload) > cap:
+        member.unscannable.add("over_budget")
+    member.payload = payload[:cap]
+    budget.charge_bytes(len(member.payload))
+    return Listing(members=[member])

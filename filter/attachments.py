@@ -161,8 +161,13 @@ class AttachmentInspector:
             return []
         elif kind == "rar":
             listing = archives.list_rar(part.payload, self.budget, max_members)
-        else:
+        elif kind == "7z":
             listing = archives.list_7z(part.payload, self.budget, max_members)
+        elif kind == "tar":
+            listing = archives.list_tar(part.payload, self.budget, max_members)
+        else:
+            name = archives.compressed_member_name(part.payload, kind, part.filename)
+            listing = archives.unpack_compressed(part.payload, kind, name, self.budget)
         part.unscannable |= listing.unscannable
         if listing.encrypted:
             part.encrypted = True

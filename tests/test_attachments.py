@@ -1,6 +1,10 @@
-"""Attachment facts: detected types, archives (zip, rar, 7z), bombs, encryption, Office."""
+"""Attachment facts: detected types, archives (zip, rar, 7z, tar, gzip, bzip2, xz), bombs,
+encryption, Office."""
 
 from __future__ import annotations
+
+import random
+from collections.abc import Callable
 
 import pytest
 from support.samples import (
@@ -8,9 +12,11 @@ from support.samples import (
     VISA_TEST_CARD,
     aes_zip,
     attachment_part,
+    bzip2_bytes,
     docx_bytes,
     elf_executable,
     encrypted_ooxml,
+    gzip_bytes,
     lying_size_zip,
     mime_message,
     nested_zip,
@@ -21,9 +27,11 @@ from support.samples import (
     rar4_bytes,
     rar4_header_encrypted,
     sevenzip_bytes,
+    tar_bytes,
     text_part,
     xls_bytes,
     xlsx_bytes,
+    xz_bytes,
     zip_bomb,
     zip_bytes,
     zipcrypto_zip,
@@ -163,6 +171,95 @@ def test_archive_members_count_against_max_parts() -> None:
     msg = parse_attachment(archive, "many.zip", ScanLimits(max_parts=20))
     assert len(msg.parts) == 20
     assert "over_budget" in msg.unscannable
+
+
+# --------------------------------------------------------------------------- tar and compressors
+
+CARD_CSV = b"name,card\nJ. Doe," + VISA_TEST_CARD.encode() + b"\n"
+
+
+@pytest.mark.parametrize("compress", [gzip_bytes, bzip2_bytes, xz_bytes])
+def test_compressed_file_is_inflated_and_named_after_its_outer_name(
+    compress: Callable[[bytes], bytes],
+) -> None:
+    msg = parse_attachment(compress(CARD_CSV), "customers.csv.gz")
+    inner = by_path(msg)["2/customers.csv.gz/customers.csv"]
+    assert inner.member_of == "2"
+    assert inner.extensions == ("csv",)
+    assert inner.text == CARD_CSV.decode()
+    assert msg.unscannable == set()
+
+
+def test_gzip_stored_name_wins_over_the_outer_name() -> None:
+    msg = parse_attachment(gzip_bytes(pe_executable(), stored_name="C:\\tmp\\run.exe"), "x.gz")
+    inner = by_path(msg)["2/x.gz/run.exe"]
+    assert inner.extensions == ("exe",)
+    assert inner.detected_type == "application/vnd.microsoft.portable-executable"
+
+
+def test_concatenated_gzip_streams_read_as_one_file() -> None:
+    msg = parse_attachment(gzip_bytes(b"first half, ") + gzip_bytes(b"second half"), "a.txt.gz")
+    assert by_path(msg)["2/a.txt.gz/a.txt"].text == "first half, second half"
+
+
+def test_tar_gz_members_become_parts() -> None:
+    archive = gzip_bytes(tar_bytes({"backup/run.exe": pe_executable(), "notes.csv": CARD_CSV}))
+    parts = by_path(parse_attachment(archive, "backup.tgz"))
+    tar = parts["2/backup.tgz/backup.tar"]
+    assert tar.detected_type == "application/x-tar"
+    run = parts["2/backup.tgz/backup.tar/backup/run.exe"]
+    assert run.detected_type == "application/vnd.microsoft.portable-executable"
+    assert run.depth == 2
+    assert parts["2/backup.tgz/backup.tar/notes.csv"].text == CARD_CSV.decode()
+
+
+def test_gzip_bomb_inflates_no_further_than_the_ratio_guard() -> None:
+    """20 MB of zeros gzip to ~20 KB; the guard allows 100x the compressed size beyond 1 MB,
+    so about 2 MB are inflated, marked over budget, and the rest is never produced."""
+    bomb = gzip_bytes(bytes(20 << 20))
+    msg = parse_attachment(bomb, "zeros.bin.gz")
+    inner = by_path(msg)["2/zeros.bin.gz/zeros.bin"]
+    assert 0 < inner.size <= max(1 << 20, 100 * len(bomb))
+    assert "over_budget" in inner.unscannable
+
+
+def test_compressed_file_over_the_total_budget_is_cut() -> None:
+    data = random.Random(7).randbytes(1 << 20)  # does not compress
+    msg = parse_attachment(gzip_bytes(data), "a.bin.gz", ScanLimits(max_decoded_total=1_200_000))
+    inner = by_path(msg)["2/a.bin.gz/a.bin"]
+    assert inner.size < len(data)
+    assert "over_budget" in inner.unscannable
+
+
+def test_truncated_gzip_is_malformed_but_what_inflated_is_still_scanned() -> None:
+    data = b"".join(b"line %d of the customer list\n" % i for i in range(20_000)) + CARD_CSV
+    cut = gzip_bytes(CARD_CSV + data)[:-2000]
+    msg = parse_attachment(cut, "list.csv.gz")
+    inner = by_path(msg)["2/list.csv.gz/list.csv"]
+    assert "malformed" in msg.unscannable
+    assert inner.text is not None and VISA_TEST_CARD in inner.text
+
+
+def test_tar_member_over_the_budget_is_listed_unread() -> None:
+    archive = tar_bytes({"small.txt": b"hello", "big.bin": bytes(300_000)})
+    msg = parse_attachment(archive, "x.tar", ScanLimits(max_decoded_total=350_000))
+    parts = by_path(msg)
+    assert parts["2/x.tar/small.txt"].text == "hello"
+    big = parts["2/x.tar/big.bin"]
+    assert big.payload == b""
+    assert "over_budget" in big.unscannable
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [
+        (b"\x1f\x8b\x08\x00" + b"\xff" * 300, "x.gz"),
+        (b"\xfd7zXZ\x00" + bytes(300), "x.xz"),
+        (tar_bytes({"a.txt": b"hello" * 200})[:700], "x.tar"),
+    ],
+)
+def test_damaged_compressed_files_and_tars_are_malformed(payload: bytes, name: str) -> None:
+    assert "malformed" in parse_attachment(payload, name).unscannable
 
 
 # --------------------------------------------------------------------------- rar and 7z

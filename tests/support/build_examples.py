@@ -57,6 +57,14 @@ def examples() -> dict[str, bytes]:
                 "text/csv",
             ),
         ),
+        "card-csv-gz-attachment.eml": s.mime_message(
+            s.text_part("Customer list attached, compressed.\n"),
+            s.attachment_part(
+                s.gzip_bytes(b"name,card,expiry\r\nJ. Doe,4111111111111111,12/28\r\n"),
+                "customers.csv.gz",
+                "application/gzip",
+            ),
+        ),
         "card-docx-attachment.eml": s.mime_message(
             s.text_part("Signed form attached.\n"),
             s.attachment_part(
@@ -160,6 +168,14 @@ def examples() -> dict[str, bytes]:
             s.text_part("Tools attached.\n"),
             s.attachment_part(
                 s.zip_bytes({"tools/cleanup.scr": b"not really"}), "tools.zip", "application/zip"
+            ),
+        ),
+        "exe-in-tar-gz.eml": s.mime_message(
+            s.text_part("Backup attached.\n"),
+            s.attachment_part(
+                s.gzip_bytes(s.tar_bytes({"backup/restore.exe": s.pe_executable()})),
+                "backup.tar.gz",
+                "application/gzip",
             ),
         ),
         "pe-renamed.eml": s.mime_message(

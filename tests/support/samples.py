@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bz2
+import gzip
 import io
+import lzma
 import os
 import struct
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -177,6 +181,33 @@ def nested_messages(depth: int, body: str = "innermost") -> bytes:
 
 
 # --------------------------------------------------------------------------- zip archives
+
+
+def tar_bytes(members: Mapping[str, bytes]) -> bytes:
+    """A POSIX (ustar) tar of regular files."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def gzip_bytes(data: bytes, stored_name: str | None = None) -> bytes:
+    """gzip of `data`; with `stored_name`, the header keeps that original name (FNAME)."""
+    out = io.BytesIO()
+    with gzip.GzipFile(filename=stored_name or "", fileobj=out, mode="wb", mtime=0) as stream:
+        stream.write(data)
+    return out.getvalue()
+
+
+def bzip2_bytes(data: bytes) -> bytes:
+    return bz2.compress(data)
+
+
+def xz_bytes(data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_XZ)
 
 
 def zip_bytes(members: Mapping[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
