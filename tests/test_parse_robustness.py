@@ -8,11 +8,19 @@ from hypothesis import strategies as st
 from support.samples import (
     VISA_TEST_CARD,
     attachment_part,
+    bzip2_bytes,
     crlf,
+    docx_bytes,
+    gzip_bytes,
     headers_block,
     mime_message,
     nested_messages,
+    ole_doc_with_vba,
+    rar4_bytes,
+    sevenzip_bytes,
+    tar_bytes,
     text_part,
+    xz_bytes,
     zip_bytes,
 )
 
@@ -173,3 +181,33 @@ def test_single_part_fast_path_never_drops_body_text(raw: bytes, tail: str) -> N
     texts = "".join(p.text or "" for p in Message.parse(raw).parts)
     assert "4111 1111 1111 1111" in texts
     assert tail in texts
+
+
+# Well-formed containers of every kind mailgate opens, to be damaged byte by byte below.
+_CONTAINERS: dict[str, bytes] = {
+    "a.zip": zip_bytes({"a.txt": b"card " * 50, "b/c.csv": b"1,2\n" * 50}),
+    "a.tar.gz": gzip_bytes(tar_bytes({"a.txt": b"hello " * 100, "b.exe": b"MZ" * 100})),
+    "a.txt.bz2": bzip2_bytes(b"hello " * 300),
+    "a.txt.xz": xz_bytes(b"hello " * 300),
+    "a.7z": sevenzip_bytes({"a.txt": b"hello " * 100}),
+    "a.rar": rar4_bytes({"a.txt": b"hello " * 100}),
+    "a.docx": docx_bytes([["hello"] * 20]),
+    "a.doc": ole_doc_with_vba(),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(_CONTAINERS)),
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=8),
+    st.floats(0.05, 1),
+)
+def test_damaged_containers(name: str, flips: list[tuple[float, int]], keep: float) -> None:
+    """Flipped bytes and truncation anywhere in any container: parsed, bounded, never raised."""
+    data = bytearray(_CONTAINERS[name])
+    for where, value in flips:
+        data[int(where * len(data))] = value
+    raw = mime_message(
+        text_part("see attached"), attachment_part(bytes(data[: int(keep * len(data)) or 1]), name)
+    )
+    check(Message.parse(raw), raw)
