@@ -12,6 +12,7 @@ import argparse
 import base64
 import io
 import random
+import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from pathlib import Path
 
 from mailgate.filter.engine import Engine
 from mailgate.filter.envelope import Envelope
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.pdfs import pdf_with_blob  # the tests' PDF builder
 
 WORDS = (
     "the quarterly report shows revenue growth in all regions please review the attached "
@@ -40,7 +44,7 @@ def prose(rng: random.Random, size: int) -> str:
 
 
 def make_message(rng: random.Random, size: int, kind: str) -> bytes:
-    """kind: plain | html | attachment (a zip with a csv and a pdf-like blob)."""
+    """kind: plain | html | attachment (a zip with a csv and a one-page PDF holding a blob)."""
     headers = (
         "From: Alice <alice@corp.example>\r\nTo: Bob <bob@partner.example>\r\n"
         f"Subject: Report {rng.randint(1, 9999)}\r\nMessage-ID: <{rng.random()}@corp.example>\r\n"
@@ -65,7 +69,7 @@ def make_message(rng: random.Random, size: int, kind: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("figures.csv", prose(rng, size // 3).replace(" ", ","))
-        z.writestr("scan.pdf", b"%PDF-1.4\n" + rng.randbytes(size // 3))
+        z.writestr("scan.pdf", pdf_with_blob("Scanned figures", rng.randbytes(size // 3)))
     attachment = base64.encodebytes(buf.getvalue()).decode().replace("\n", "\r\n")
     return (
         headers + 'Content-Type: multipart/mixed; boundary="m1"\r\n\r\n'

@@ -1,4 +1,5 @@
-"""Attachment facts: detected type, archive members, Office macros, encryption, text views.
+"""Attachment facts: detected type, archive members, Office macros, encryption, text views
+(also of PDFs).
 
 `inspect_attachment` fills in a Part's facts and returns the Parts for what is inside it
 (archive members, recursively to `max_archive_depth`), in document order.
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 import magic
 
-from . import archives, office
+from . import archives, office, pdf
 from .headers import extensions_of
 from .message import Part
 from .scanbudget import ScanBudget
@@ -87,6 +88,15 @@ def is_text_like(part: Part) -> bool:
     return bool(part.detected_type and part.detected_type.startswith("text/"))
 
 
+def _is_pdf(part: Part) -> bool:
+    """A PDF by its content, or one that says it is a PDF and has the header where readers
+    look for it (libmagic only looks at the first bytes)."""
+    if part.payload.startswith(pdf.PDF_SIGNATURE) or part.detected_type == "application/pdf":
+        return True
+    says_pdf = part.content_type == "application/pdf" or "pdf" in part.extensions[-1:]
+    return says_pdf and pdf.is_pdf(part.payload)
+
+
 def is_html(part: Part) -> bool:
     return (
         part.content_type == "text/html"
@@ -119,13 +129,25 @@ class AttachmentInspector:
                 part.unscannable.add("encrypted")
             return []
         kind = archives.archive_kind(payload)
+        if _is_pdf(part):
+            # Not exclusive: a PDF that is also a zip (a polyglot) is read both ways.
+            self._pdf(part)
         if kind is not None:
             return self._archive(part, kind, archive_depth)
+        if part.text is not None:
+            return []
         if is_text_like(part) and (
             part.detected_type is None or part.detected_type.startswith("text/")
         ):
             self.set_text(part, render_text(payload, charset, html=is_html(part)))
         return []
+
+    def _pdf(self, part: Part) -> None:
+        facts = pdf.pdf_facts(part.payload, self.budget)
+        part.unscannable |= facts.unscannable
+        part.encrypted = part.encrypted or facts.encrypted
+        if facts.text is not None:
+            self.set_text(part, facts.text)
 
     def set_text(self, part: Part, text: str) -> None:
         text, cut = self.budget.fit_text(text)

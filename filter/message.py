@@ -39,7 +39,7 @@ Part fields:
                           None when the part has no text view
     detected_type: str | None  MIME type from the content (libmagic)
     size: int             len(payload)
-    encrypted: bool       an encrypted archive (zip incl. AES, rar, 7z) or encrypted Office doc
+    encrypted: bool       an encrypted archive (zip incl. AES, rar, 7z), Office document or PDF
     macros: bool          Office macros (OOXML vbaProject.bin, OLE VBA, Excel 4 macro sheets)
     member_of: str | None path of the archive this part came out of
     depth: int            nesting depth (message/rfc822 and archives)

@@ -110,7 +110,8 @@ def _page_text(doc: pdfium.PdfDocument, index: int) -> str:
         try:
             # Bounded over the whole plane rather than get_text_range: the same text (joined
             # along lines, CRLF between lines) but full Unicode, and no Python recursion per
-            # leading unmapped glyph (get_text_range fails on a page starting with ~1000).
+            # glyph left out of the text at the page's start (get_text_range raises
+            # ctypes.ArgumentError from a RecursionError after ~1000 of them).
             text = textpage.get_text_bounded(-_PLANE, -_PLANE, _PLANE, _PLANE)
         finally:
             textpage.close()

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+from support.pdfs import make_encrypted_pdf, make_pdf, show
 from support.samples import (
     EICAR,
     VISA_TEST_CARD,
@@ -260,6 +261,40 @@ def test_tar_member_over_the_budget_is_listed_unread() -> None:
 )
 def test_damaged_compressed_files_and_tars_are_malformed(payload: bytes, name: str) -> None:
     assert "malformed" in parse_attachment(payload, name).unscannable
+
+
+# --------------------------------------------------------------------------- PDF
+
+
+def test_pdf_text_is_read_also_inside_archives() -> None:
+    statement = make_pdf([show("Statement"), show("Card " + VISA_TEST_CARD)])
+    parts = by_path(parse_attachment(zip_bytes({"docs/statement.pdf": statement}), "a.zip"))
+    member = parts["2/a.zip/docs/statement.pdf"]
+    assert member.detected_type == "application/pdf"
+    assert member.text is not None and VISA_TEST_CARD in member.text
+
+
+def test_pdf_behind_junk_is_read_when_it_says_it_is_a_pdf() -> None:
+    """libmagic only looks at the first bytes; readers find the header up to 1 KB in."""
+    shifted = b"\x00" * 600 + make_pdf([show("Card " + VISA_TEST_CARD)])
+    named = by_path(parse_attachment(shifted, "statement.pdf"))["2"]
+    assert named.text is not None and VISA_TEST_CARD in named.text
+    unnamed = by_path(parse_attachment(shifted, "blob.bin"))["2"]
+    assert unnamed.text is None and not unnamed.unscannable
+
+
+def test_encrypted_and_damaged_pdfs_are_unscannable() -> None:
+    locked = by_path(parse_attachment(make_encrypted_pdf([show("x")]), "a.pdf"))["2"]
+    assert locked.encrypted and "encrypted" in locked.unscannable
+    broken = parse_attachment(b"%PDF-1.4\n" + bytes(range(256)) * 8, "b.pdf")
+    assert "malformed" in broken.unscannable
+
+
+def test_pdf_that_is_also_a_zip_is_read_both_ways() -> None:
+    polyglot = make_pdf([show("Card " + VISA_TEST_CARD)]) + zip_bytes({"run.exe": pe_executable()})
+    parts = by_path(parse_attachment(polyglot, "both.pdf"))
+    assert VISA_TEST_CARD in (parts["2"].text or "")
+    assert parts["2/both.pdf/run.exe"].detected_type.endswith("portable-executable")
 
 
 # --------------------------------------------------------------------------- rar and 7z

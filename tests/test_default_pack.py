@@ -25,6 +25,8 @@ EXPECTED = {
     "card-base64.eml": "quarantine",
     "card-csv-attachment.eml": "quarantine",
     "card-csv-gz-attachment.eml": "quarantine",
+    "card-pdf-attachment.eml": "quarantine",
+    "encrypted-pdf.eml": "quarantine",
     "card-docx-attachment.eml": "quarantine",
     "card-attached-message.eml": "quarantine",
     "card-html-attachment.eml": "quarantine",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.pdfs import make_pdf, show
 from support.samples import (
     VISA_TEST_CARD,
     MimePart,
@@ -137,11 +138,13 @@ def test_parse_params_keeps_quoted_semicolons() -> None:
 
 def test_paths_depths_and_attachment_flags_follow_the_structure() -> None:
     inner = mime_message(
-        text_part("inner body"), attachment_part(b"%PDF-1.4\n", "in.pdf"), boundary="inner-msg"
+        text_part("inner body"),
+        attachment_part(make_pdf([show("in")]), "in.pdf"),
+        boundary="inner-msg",
     )
     raw = mime_message(
         multipart_entity([text_part("plain body"), text_part("<p>html body</p>", "html")]),
-        attachment_part(b"%PDF-1.4\n", "report.pdf", "application/pdf"),
+        attachment_part(make_pdf([show("report")]), "report.pdf", "application/pdf"),
         message_part(inner),
         MimePart([("Content-Type", "image/png")], b"iVBORw0KGgo=\r\n"),
     )

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import samples as s
+from .pdfs import make_encrypted_pdf, make_pdf, show
 
 CARD_VISA = "4111 1111 1111 1111"
 CARD_MC = "5555-5555-5555-4444"
@@ -29,7 +30,7 @@ Alice
 
 
 def examples() -> dict[str, bytes]:
-    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    pdf = make_pdf([show("Autumn brochure: new routes and fares from 3 December.")])
     png = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000") + b"\0" * 40
     card_text = f"Please charge the deposit to my card {CARD_VISA}, expiry 12/28.\n"
     inner_with_card = s.text_message(card_text, subject="Booking details")
@@ -63,6 +64,14 @@ def examples() -> dict[str, bytes]:
                 s.gzip_bytes(b"name,card,expiry\r\nJ. Doe,4111111111111111,12/28\r\n"),
                 "customers.csv.gz",
                 "application/gzip",
+            ),
+        ),
+        "card-pdf-attachment.eml": s.mime_message(
+            s.text_part("Statement attached.\n"),
+            s.attachment_part(
+                make_pdf([show("Monthly statement"), show(f"Card on file: {CARD_VISA}")]),
+                "statement.pdf",
+                "application/pdf",
             ),
         ),
         "card-docx-attachment.eml": s.mime_message(
@@ -200,6 +209,12 @@ def examples() -> dict[str, bytes]:
             s.text_part("Salaries, password by phone.\n"),
             s.attachment_part(
                 s.aes_zip({"salaries.xlsx": b"x" * 500}), "salaries.zip", "application/zip"
+            ),
+        ),
+        "encrypted-pdf.eml": s.mime_message(
+            s.text_part("Contract attached, password by phone.\n"),
+            s.attachment_part(
+                make_encrypted_pdf([show("Contract")]), "contract.pdf", "application/pdf"
             ),
         ),
         "mz-text-file.eml": s.mime_message(
