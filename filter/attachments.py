@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import magic
 
-from . import archives, office, pdf
+from . import archives, office, outlook, pdf
 from .headers import extensions_of
 from .message import Part
 from .scanbudget import ScanBudget
@@ -127,6 +127,8 @@ class AttachmentInspector:
             part.unscannable |= facts.unscannable
             if facts.encrypted:
                 part.unscannable.add("encrypted")
+            if facts.outlook_message:
+                return self._outlook_message(part, archive_depth)
             return []
         kind = archives.archive_kind(payload)
         if _is_pdf(part):
@@ -141,6 +143,24 @@ class AttachmentInspector:
         ):
             self.set_text(part, render_text(payload, charset, html=is_html(part)))
         return []
+
+    def _outlook_message(self, part: Part, archive_depth: int) -> list[Part]:
+        """A saved Outlook item: its text like a message's, its attachments like an
+        archive's members (one archive level)."""
+        max_members = max(0, self.budget.limits.max_parts - self.budget.part_count)
+        facts = outlook.msg_facts(part.payload, self.budget, max_members)
+        part.unscannable |= facts.unscannable
+        if facts.encrypted:
+            part.encrypted = True
+            part.unscannable.add("encrypted")
+        if facts.text is not None:
+            self.set_text(part, facts.text)
+        if not facts.attachments:
+            return []
+        if archive_depth >= self.budget.limits.max_archive_depth:
+            part.unscannable.add("too_deep")
+            return []
+        return self._members(part, archives.Listing(members=facts.attachments), archive_depth)
 
     def _pdf(self, part: Part) -> None:
         facts = pdf.pdf_facts(part.payload, self.budget)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import olefile
 
+from . import outlook
 from .archives import read_zip_member
 from .scanbudget import ScanBudget
 
@@ -46,6 +47,7 @@ class OfficeFacts:
     macros: bool = False
     encrypted: bool = False
     text: str | None = None
+    outlook_message: bool = False  # an OLE file that is a saved Outlook item (.msg)
     unscannable: set[str] = field(default_factory=set)
 
 
@@ -110,6 +112,7 @@ def ole_facts(data: bytes) -> OfficeFacts:
     try:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
             entries = ole.listdir(streams=True, storages=True)
+            facts.outlook_message = outlook.is_msg(ole)
             for path in entries:
                 lowered = [p.lower() for p in path]
                 if _VBA_STORAGES.intersection(lowered):

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+from support.msgs import simple_msg
 from support.pdfs import make_encrypted_pdf, make_pdf, show
 from support.samples import (
     EICAR,
@@ -295,6 +296,36 @@ def test_pdf_that_is_also_a_zip_is_read_both_ways() -> None:
     parts = by_path(parse_attachment(polyglot, "both.pdf"))
     assert VISA_TEST_CARD in (parts["2"].text or "")
     assert parts["2/both.pdf/run.exe"].detected_type.endswith("portable-executable")
+
+
+# --------------------------------------------------------------------------- Outlook .msg
+
+
+def test_outlook_message_text_and_attachments_become_parts() -> None:
+    saved = simple_msg(
+        "Customer list",
+        "Card on file: " + VISA_TEST_CARD,
+        {"setup.exe": pe_executable(), "notes.csv": b"a,b\n1,2\n"},
+    )
+    parts = by_path(parse_attachment(saved, "forwarded.msg"))
+    outer = parts["2"]
+    assert outer.detected_type == "application/vnd.ms-outlook"
+    assert outer.text is not None and VISA_TEST_CARD in outer.text
+    assert "Subject: Customer list" in outer.text
+    exe = parts["2/forwarded.msg/setup.exe"]
+    assert exe.detected_type == "application/vnd.microsoft.portable-executable"
+    assert exe.member_of == "2"
+    assert parts["2/forwarded.msg/notes.csv"].text == "a,b\n1,2\n"
+
+
+def test_outlook_message_deep_in_archives_is_read_but_its_files_are_too_deep() -> None:
+    saved = simple_msg("Deep", "Card " + VISA_TEST_CARD, {"a.txt": b"x"})
+    archive = nested_zip(["one.zip", "two.zip", "three.zip"], "deep.msg", saved)
+    msg = parse_attachment(archive, "one.zip")
+    deep = [p for p in msg.parts if p.filename == "deep.msg"]
+    assert deep and VISA_TEST_CARD in (deep[0].text or "")
+    assert "too_deep" in deep[0].unscannable
+    assert not any(p.filename == "a.txt" for p in msg.parts)
 
 
 # --------------------------------------------------------------------------- rar and 7z

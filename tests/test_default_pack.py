@@ -26,6 +26,8 @@ EXPECTED = {
     "card-csv-attachment.eml": "quarantine",
     "card-csv-gz-attachment.eml": "quarantine",
     "card-pdf-attachment.eml": "quarantine",
+    "card-outlook-msg.eml": "quarantine",
+    "exe-in-outlook-msg.eml": "reject",
     "encrypted-pdf.eml": "quarantine",
     "card-docx-attachment.eml": "quarantine",
     "card-attached-message.eml": "quarantine",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.msgs import simple_msg
 from support.pdfs import make_pdf, show
 from support.samples import (
     VISA_TEST_CARD,
@@ -194,6 +195,7 @@ _CONTAINERS: dict[str, bytes] = {
     "a.rar": rar4_bytes({"a.txt": b"hello " * 100}),
     "a.docx": docx_bytes([["hello"] * 20]),
     "a.doc": ole_doc_with_vba(),
+    "a.msg": simple_msg("hello", "world " * 50, {"a.txt": b"hello " * 50, "b.exe": b"MZ" * 50}),
     "a.pdf": make_pdf([show("hello " * 20), show("world")], compress=True),
 }
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import samples as s
+from .msgs import simple_msg
 from .pdfs import make_encrypted_pdf, make_pdf, show
 
 CARD_VISA = "4111 1111 1111 1111"
@@ -72,6 +73,12 @@ def examples() -> dict[str, bytes]:
                 make_pdf([show("Monthly statement"), show(f"Card on file: {CARD_VISA}")]),
                 "statement.pdf",
                 "application/pdf",
+            ),
+        ),
+        "card-outlook-msg.eml": s.mime_message(
+            s.text_part("Forwarding the customer's mail as an attachment.\n"),
+            s.attachment_part(
+                simple_msg("Booking", card_text), "Booking.msg", "application/vnd.ms-outlook"
             ),
         ),
         "card-docx-attachment.eml": s.mime_message(
@@ -185,6 +192,14 @@ def examples() -> dict[str, bytes]:
                 s.gzip_bytes(s.tar_bytes({"backup/restore.exe": s.pe_executable()})),
                 "backup.tar.gz",
                 "application/gzip",
+            ),
+        ),
+        "exe-in-outlook-msg.eml": s.mime_message(
+            s.text_part("See the saved mail.\n"),
+            s.attachment_part(
+                simple_msg("Tool", "Run this.", {"tool.exe": s.pe_executable()}),
+                "Tool.msg",
+                "application/vnd.ms-outlook",
             ),
         ),
         "pe-renamed.eml": s.mime_message(

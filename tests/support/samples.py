@@ -211,11 +211,14 @@ def xz_bytes(data: bytes) -> bytes:
 
 
 def zip_bytes(members: Mapping[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    """A plain zip of `members` (name -> content)."""
+    """A plain zip of `members` (name -> content), byte for byte the same every time (a fixed
+    timestamp), so rebuilt golden examples do not change."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression) as zf:
         for name, data in members.items():
-            zf.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            info.external_attr = (0o40755 if name.endswith("/") else 0o100644) << 16
+            zf.writestr(info, data, compress_type=compression)
     return buf.getvalue()
 
 
