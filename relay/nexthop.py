@@ -53,6 +53,21 @@ class NextHopError(Exception):
         self.reply = reply
 
 
+def data_payload(message: bytes) -> bytes:
+    """What follows DATA: every line end CRLF, a dot doubled at the start of each line (RFC
+    5321 4.5.2), and the end-of-data line. The counts are a cheap check for text that is
+    CRLF throughout already, as both doors' messages are."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = b"\r\n".join(message.splitlines()) + b"\r\n"
+    elif not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
 def _from_response(response: SMTPResponse) -> Reply:
     # Only final 2xx/4xx/5xx answers are passed to the client; anything else from the next
     # hop is a protocol fault and the sender should retry.
@@ -99,19 +114,27 @@ class NextHopSession:
         return await self.command(b"RCPT", f"TO:<{recipient}>".encode())
 
     async def data(self, message: bytes) -> Reply:
-        """Send the message (CRLF line ends; dots are stuffed here) and return the final reply."""
+        """Send the message and return the final reply.
+
+        Not aiosmtplib's data(): its two whole-message regexes (line ends, dots) cost a
+        quarter of the relay's own CPU at 100 KB, for messages that both doors hand over with
+        CRLF line ends already. The protocol calls below are the ones data() makes; the
+        session is ours alone (lockstep), so its command lock is not needed."""
         self.clean = False
         try:
-            response = await self.smtp.data(message, timeout=self.timeout)
-        except aiosmtplib.SMTPDataError as exc:
-            # Refused at DATA or after the message: either way RSET before reuse.
-            return _from_response(SMTPResponse(exc.code, exc.message))
+            start = await self.smtp.execute_command(b"DATA", timeout=self.timeout)
+            if start.code != 354:
+                return _from_response(start)  # refused at DATA: RSET before reuse
+            protocol = self.smtp.protocol
+            assert protocol is not None  # execute_command raised if it were gone
+            protocol.write(data_payload(message))
+            response = await protocol.read_response(timeout=self.timeout)
         except BaseException as exc:
             self.usable = False
             if isinstance(exc, aiosmtplib.SMTPException | OSError):
                 raise NextHopError(_failure(exc, self.label)) from exc
             raise
-        self.clean = True
+        self.clean = response.code == 250  # refused after the message: RSET before reuse
         return _from_response(response)
 
     async def rset(self) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import inspect
 import ipaddress
 import logging
 import re
@@ -75,6 +77,12 @@ class RelaySMTP(SMTP):
         self.busy = False  # a DATA transaction is being judged or delivered
         self._counted = False
         super().__init__(relay.handler, **kwargs)
+
+    def __dir__(self) -> list[str]:
+        """Only the command and AUTH methods. aiosmtpd's constructor finds those by walking
+        dir() of the new instance, reading every attribute, on each connection: 80% of the
+        cost of a connection's setup (~100 us of a 10 KB message's ~1.3 ms here)."""
+        return _protocol_method_names(type(self))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
@@ -173,6 +181,12 @@ class RelaySMTP(SMTP):
         return bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
 
 
+@functools.cache
+def _protocol_method_names(cls: type) -> list[str]:
+    """What aiosmtpd looks for by name: SMTP commands, AUTH mechanisms and handler hooks."""
+    return sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_")))
+
+
 def normalise(content: bytes, max_line_length: int, max_header_size: int) -> bytes:
     """Every line end CRLF (bare CR and LF included), with the line and header limits checked."""
     lines = content.splitlines()  # bytes split on CRLF, CR and LF alike
@@ -215,6 +229,10 @@ class RelayHandler:
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+
+    def __dir__(self) -> list[str]:
+        """Only the hooks, for aiosmtpd's per-connection lookup (see RelaySMTP.__dir__)."""
+        return _protocol_method_names(type(self))
 
     async def handle_EHLO(
         self,
@@ -451,6 +469,12 @@ class RelayHandler:
             reply.splitlines()[-1],
         )
         return reply
+
+
+# aiosmtpd inspects the EHLO hook's signature on every connection (it accepts two forms);
+# a function's __signature__ is what inspect.signature returns without working it out again.
+_EHLO_HOOK: Any = RelayHandler.handle_EHLO
+_EHLO_HOOK.__signature__ = inspect.signature(_EHLO_HOOK)
 
 
 def _mail_options(envelope: SMTPEnvelope, nexthop: NextHopSession) -> list[str]:

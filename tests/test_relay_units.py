@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import types
+
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate.filter.actions import refusal_for
 from mailgate.filter.verdict import Action, Verdict
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
-from mailgate.relay.server import DataRefused, normalise
+from mailgate.relay.nexthop import data_payload
+from mailgate.relay.server import DataRefused, RelayHandler, RelaySMTP, normalise
 
 
 @pytest.mark.parametrize(
@@ -84,3 +89,31 @@ def test_refusals_use_the_rules_code_or_the_defaults():
     assert str(refusal_for(custom)) == "552 5.3.4 Too big"
     wrong_class = Verdict(Action.TEMPFAIL, reason="later", smtp_code=550, smtp_status="5.7.1")
     assert str(refusal_for(wrong_class)) == "451 4.7.1 later"
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"\n", b"\r", b" ", b"\xff"])))
+def test_data_payload_is_what_aiosmtplib_would_send(pieces: list[bytes]) -> None:
+    """Our DATA payload against aiosmtplib's own (line ends normalised, dots stuffed by
+    regex), on text with and without CRLF throughout."""
+    message = b"".join(pieces)
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    assert data_payload(message) == expected
+
+
+def test_restricted_dir_keeps_every_command_and_hook() -> None:
+    """RelaySMTP and RelayHandler answer dir() with their protocol methods only (aiosmtpd's
+    per-connection lookup); aiosmtpd must still find every command and hook."""
+
+    async def build() -> RelaySMTP:
+        relay = types.SimpleNamespace()
+        relay.handler = RelayHandler(relay)  # type: ignore[arg-type]
+        return RelaySMTP(relay, hostname="mx.test")  # type: ignore[arg-type]
+
+    server = asyncio.run(build())
+    commands = {n.removeprefix("smtp_") for n in object.__dir__(server) if n.startswith("smtp_")}
+    assert set(server._smtp_methods) == commands
+    assert {"DATA", "EHLO", "MAIL", "RCPT", "STARTTLS"} <= commands
+    handler = server.event_handler
+    hooks = {n.removeprefix("handle_") for n in object.__dir__(handler) if n.startswith("handle_")}
+    assert set(server._handle_hooks) == hooks
+    assert {"EHLO", "MAIL", "RCPT", "DATA", "STARTTLS"} <= hooks
