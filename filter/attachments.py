@@ -68,6 +68,8 @@ def detect_type(payload: bytes) -> str | None:
     refined by cheap checks), which keeps a text file that starts with "MZ" text/plain."""
     if not payload:
         return None
+    if payload.startswith(pdf.PDF_SIGNATURE):
+        return "application/pdf"  # libmagic's own rule, without its 26 us of other tests
     sample = payload[:_TEXT_MAGIC_SAMPLE]
     try:
         if looks_like_text(sample):

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Callable
 from email import errors as email_errors
+from email import feedparser
 from email import message as email_message
 from email.feedparser import FeedParser
 from email.policy import compat32
+from typing import Any
 
 from .attachments import AttachmentInspector, is_html
 from .headers import decode_header, extensions_of, parse_params, raw_to_str, unfold
@@ -64,10 +67,53 @@ class _Entity(email_message.Message):
         return maintype
 
 
+# How the feed parser's boundary patterns begin: the escaped "--" of its separator.
+_BOUNDARY_PATTERNS = ("(?P<sep>" + re.escape("--"), "(?P<sep>--")
+
+
+class _LineBuffer(feedparser.BufferedSubFile):
+    """The feed parser's line buffer, with its false-EOF test run only where it can match.
+
+    Every line of every body passes through readline(), which runs each pushed matcher on
+    it. The parser pushes two kinds: a multipart boundary (its pattern begins with the
+    literal "--") and, in delivery-status bodies, the blank-line test. A line that starts
+    with neither "--" nor a line end can match neither, so it skips them. A matcher of any
+    other kind (a future parser's) turns the shortcut off, keeping the result exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known_matchers = True
+
+    def push_eof_matcher(self, pred: Callable[[str], object]) -> None:
+        pattern = getattr(getattr(pred, "__self__", None), "pattern", None)
+        if not (
+            isinstance(pattern, str)
+            and (pattern.startswith(_BOUNDARY_PATTERNS) or pattern == feedparser.NLCRE.pattern)
+        ):
+            self._known_matchers = False
+        super().push_eof_matcher(pred)
+
+    def readline(self) -> str | object:
+        if self._lines and self._known_matchers:
+            line: str = self._lines[0]
+            if line[:1] not in ("-", "\r", "\n"):
+                return self._lines.popleft()
+        return super().readline()
+
+
 class _BoundedFeedParser(FeedParser):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._input = _LineBuffer()
+
     def _new_message(self) -> None:
         super()._new_message()
         self._cur.nesting = len(self._msgstack)  # type: ignore[attr-defined]
+
+    @property
+    def current(self) -> email_message.Message:
+        """The entity being parsed: after feeding a header block, the one it belongs to."""
+        return self._cur  # type: ignore[no-any-return]
 
 
 def raw_header(entity: email_message.Message, name: str) -> str | None:
@@ -107,17 +153,24 @@ def _cut_long_header_lines(raw: bytes, limits: ScanLimits) -> tuple[bytes, bool]
 def parse_entity(data: bytes) -> email_message.Message:
     text = data.decode("ascii", "surrogateescape")
     end = _TEXT_HEADER_END.search(text)
-    if end is not None:
-        # Most mail is a single part: parse its headers only, and hand the body over whole
-        # instead of letting the feed parser split it into lines and join them again. The
-        # parsed Content-Type decides; anything multipart or message is parsed in full.
-        entity = _feed(text[: end.end()])
-        # A body the parser began earlier (a line that is not a header) takes the full path.
-        body_began_early = bool(entity.get_payload()) or entity.defects
-        if not body_began_early and entity.get_content_maintype() not in ("multipart", "message"):
-            entity.set_payload(text[end.end() :])
-            return entity
-    return _feed(text)
+    if end is None:
+        return _feed(text)
+    parser = _BoundedFeedParser(_factory=_Entity, policy=compat32)
+    # Most mail is a single part: parse its headers only, and hand the body over whole
+    # instead of letting the feed parser split it into lines and join them again. The
+    # parsed Content-Type decides; anything multipart or message is fed on to the same
+    # parser (it takes its input in pieces), so the headers are parsed once either way.
+    parser.feed(text[: end.end()])
+    entity = parser.current
+    # A line that is not a header began the body early (a defect): the full path.
+    if entity.defects or entity.get_content_maintype() in ("multipart", "message"):
+        parser.feed(text[end.end() :])
+        return parser.close()
+    entity = parser.close()
+    if entity.get_payload():  # the headers had ended earlier (a blank first line)
+        return _feed(text)
+    entity.set_payload(text[end.end() :])
+    return entity
 
 
 def _feed(text: str) -> email_message.Message:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from email import message as email_message
+from email.feedparser import FeedParser
+from email.policy import compat32
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,6 +32,7 @@ from support.samples import (
 )
 
 from mailgate.filter.message import UNSCANNABLE_REASONS, Message, ScanLimits
+from mailgate.filter.mime import _BoundedFeedParser, _Entity, _LineBuffer, parse_entity
 
 
 def check(msg: Message, raw: bytes) -> None:
@@ -147,6 +153,7 @@ _LINES = st.sampled_from(
     [
         b"Content-Type: multipart/mixed; boundary=q",
         b"Content-Type: message/rfc822",
+        b"Content-Type: message/delivery-status",
         b"Content-Type: text/html; charset=utf-8",
         b"Content-Transfer-Encoding: base64",
         b"Content-Transfer-Encoding: quoted-printable",
@@ -159,6 +166,10 @@ _LINES = st.sampled_from(
         b"=E9=",
         b"UEsDBBQAAAAIAA==",
         b"\xff\xfe\x00",
+        b" folded continuation",
+        b"From someone",
+        b"not a header line",
+        b"\r",
     ]
 )
 
@@ -183,6 +194,67 @@ def test_single_part_fast_path_never_drops_body_text(raw: bytes, tail: str) -> N
     texts = "".join(p.text or "" for p in Message.parse(raw).parts)
     assert "4111 1111 1111 1111" in texts
     assert tail in texts
+
+
+def _tree(entity: email_message.Message) -> object:
+    """Everything the walk reads from a parsed entity."""
+    payload = entity._payload
+    body = [_tree(e) for e in payload] if isinstance(payload, list) else payload
+    defects = sorted(type(d).__name__ for d in entity.defects)
+    return (entity._headers, body, entity.preamble, entity.epilogue, defects)
+
+
+# Body lines chosen to sit near every boundary and end-of-part test the parser makes.
+_BODY_LINES = st.sampled_from(
+    [b"text", b"-", b"--", b"-dash", b"--q", b"--q--", b"--q  ", b"--r", b"--r--", b"--qq", b""]
+)
+_LEAF_TYPES = st.sampled_from(
+    [b"text/plain", b"text/html", b"message/delivery-status", b"message/rfc822", b"x/y"]
+)
+
+
+@st.composite
+def _mime_lines(draw: st.DrawFn, depth: int = 0) -> list[bytes]:
+    """A MIME entity as lines: leaves, or multiparts (boundary q or r) nested up to 3 deep,
+    sometimes with a preamble, an epilogue or no closing boundary."""
+    if depth < 3 and draw(st.booleans()):
+        boundary = draw(st.sampled_from([b"q", b"r"]))
+        lines = [b"Content-Type: multipart/mixed; boundary=" + boundary, b""]
+        lines += draw(st.lists(_BODY_LINES, max_size=2))  # preamble
+        for _ in range(draw(st.integers(0, 3))):
+            lines += [b"--" + boundary, *draw(_mime_lines(depth + 1))]
+        if draw(st.booleans()):
+            lines += [b"--" + boundary + b"--", *draw(st.lists(_BODY_LINES, max_size=2))]
+        return lines
+    return [b"Content-Type: " + draw(_LEAF_TYPES), b"", *draw(st.lists(_BODY_LINES, max_size=6))]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(_LINES, max_size=40), _mime_lines()), st.sampled_from([b"\r\n", b"\n"]))
+def test_our_parse_is_the_stock_feed_parse(lines: list[bytes], newline: bytes) -> None:
+    """parse_entity feeds the header block first (and the rest only for multipart and
+    message entities) through a line buffer that skips impossible boundary tests; the tree
+    must be what the standard library's feed parser makes of the whole text at once."""
+    data = newline.join(lines)
+    stock = FeedParser(_factory=_Entity, policy=compat32)
+    stock.feed(data.decode("ascii", "surrogateescape"))
+    assert _tree(parse_entity(data)) == _tree(stock.close())
+
+
+def test_line_buffer_knows_the_parsers_end_of_part_tests() -> None:
+    """The shortcut stays on for what the standard parser pushes (boundaries of any text,
+    the delivery-status blank line); an unknown test turns it off."""
+    parser = _BoundedFeedParser(_factory=_Entity, policy=compat32)
+    parser.feed(
+        'Content-Type: multipart/report; boundary="a.b-c"\n\n--a.b-c\n'
+        "Content-Type: message/delivery-status\n\nReporting-MTA: x\n\nAction: failed\n"
+        "--a.b-c--\n"
+    )
+    parser.close()
+    buffer = parser._input
+    assert isinstance(buffer, _LineBuffer) and buffer._known_matchers
+    buffer.push_eof_matcher(re.compile("anything").match)
+    assert not buffer._known_matchers
 
 
 # Well-formed containers of every kind mailgate opens, to be damaged byte by byte below.
