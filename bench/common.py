@@ -217,7 +217,7 @@ def warm_up(
 
 def mime_message_file(folder: Path, size: int) -> Path:
     """A realistic message for `smtp-source -F`: multipart/mixed with text and a zip (csv and
-    a binary blob), from bench/engine.py. smtp-source adds CRLF to each line itself."""
+    an image), from bench/engine.py. smtp-source adds CRLF to each line itself."""
     raw = make_message(random.Random(size), size, "attachment")
     path = folder / f"mime-{size}.eml"
     path.write_bytes(raw.replace(b"\r\n", b"\n"))
