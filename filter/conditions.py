@@ -302,14 +302,31 @@ class AttachmentCondition(Condition):
             return False
         return not (self.size_over is not None and part.size <= self.size_over)
 
+    def _why(self, part: Any) -> str:
+        """What held (the evidence's place names the file), so that two conditions on one
+        file read as two reasons."""
+        reasons = []
+        if self.extensions:
+            reasons.append("extension " + ", ".join(sorted(self.extensions & set(part.extensions))))
+        if self.detected:
+            reasons.append(f"content {part.detected_type}")
+        if self.declared:
+            reasons.append(f"declared {part.content_type}")
+        if self.name is not None:
+            reasons.append("name")
+        if self.encrypted is not None:
+            reasons.append("encrypted" if part.encrypted else "not encrypted")
+        if self.macros is not None:
+            reasons.append("macros" if part.macros else "no macros")
+        if self.size_over is not None:
+            reasons.append(f"{part.size} bytes")
+        return "; ".join(reasons)
+
     def evaluate(self, ctx: ScanContext) -> Result:
         found = [p for p in ctx.message.attachments if self._holds(p)]
         if not found:
             return None
-        return [
-            Evidence("attachment", p.where, sample=p.filename or p.detected_type or "")
-            for p in found
-        ]
+        return [Evidence("attachment", p.where, sample=self._why(p)) for p in found]
 
 
 class SizeOverCondition(Condition):

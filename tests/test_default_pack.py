@@ -170,3 +170,11 @@ def test_lint_and_test_commands(tmp_path: Path) -> None:
     assert "[big]" in test.stdout and "small.eml: expected hit" in test.stdout
     assert "'size_over: 1MB' did not hold" in test.stdout
     assert "1 of 2 examples passed" in test.stdout
+
+
+def test_attachment_evidence_says_what_held(engine: Engine) -> None:
+    """An executable caught by name and by content gives two reasons, not one line twice."""
+    raw = (RULES / "examples" / "exe-attachment.eml").read_bytes()
+    verdict = engine.scan(raw, envelope_from_headers(raw))
+    samples = {h.sample for h in verdict.hits if h.rule == "executable-attachment"}
+    assert samples == {"extension exe", "content application/vnd.microsoft.portable-executable"}
