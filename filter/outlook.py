@@ -67,6 +67,7 @@ _SENDER_SMTP, _SENT_REPRESENTING_SMTP = 0x5D01, 0x5D02
 _ATTACH_OLE = 6  # PR_ATTACH_METHOD: the 0x3701 storage is an OLE object, not a message
 _NATIVE_PLAIN, _NATIVE_RTF, _NATIVE_HTML = 1, 2, 3
 _RECIPIENT_LABELS = {1: "To", 2: "Cc", 3: "Bcc"}
+_WORD = re.compile(r"\w+")
 
 # Windows code pages whose Python codec is not called cpNNN (ISO 8859 is 28590 + part).
 _CODEPAGES = {
@@ -444,19 +445,29 @@ class _Reader:
 
     def body(self, storage: _Path, longs: dict[int, int], charset: str) -> str:
         """The body Outlook shows (PR_NATIVE_BODY_INFO) when present, else the plain text,
-        HTML or RTF body, in that order."""
+        HTML or RTF body, in that order; then every other body with words the ones before
+        lack. A crafted item can pair a harmless plain body with an HTML one holding the
+        data, and which one a reader sees is up to the client; bodies that agree (Outlook
+        saves the same text in two or three forms) are read once, so nothing counts twice."""
         readers = {
             _NATIVE_PLAIN: lambda: self.string(storage, _BODY, charset),
             _NATIVE_HTML: lambda: self.html(storage, longs, charset),
             _NATIVE_RTF: lambda: self.rtf(storage),
         }
         native = longs.get(_NATIVE_BODY)
-        order = [native] if native in readers else []
-        for kind in [*order, _NATIVE_PLAIN, _NATIVE_HTML, _NATIVE_RTF]:
+        first = [native] if native in readers else []
+        bodies: list[str] = []
+        words: set[str] = set()
+        for kind in [*first, *(k for k in readers if k != native)]:
             text = readers[kind]()
-            if text is not None:
-                return text
-        return ""
+            if text is None:
+                continue
+            found = set(_WORD.findall(text.lower()))
+            if bodies and found <= words:
+                continue
+            bodies.append(text)
+            words |= found
+        return "\n\n".join(bodies)
 
     def html(self, storage: _Path, longs: dict[int, int], charset: str) -> str | None:
         raw = self.value(storage, _HTML, _PT_BINARY)

@@ -127,15 +127,28 @@ def test_html_only_body_is_rendered(binary: bool) -> None:
     assert facts.text == f"Subject: Payment\n\nIBAN {IBAN}\nGrüße"
 
 
-def test_native_body_info_picks_the_body_outlook_shows() -> None:
+def test_a_body_that_differs_is_read_too_the_shown_one_first() -> None:
+    """A harmless plain body beside an HTML body with the data: both are read, whichever
+    one Outlook would show (PR_NATIVE_BODY_INFO) first."""
     props: dict[int, int | str | bytes] = {
         BODY: "nothing to see",
         HTML_UNICODE: f"<p>card {VISA_TEST_CARD}</p>",
         NATIVE_BODY: 3,  # HTML
     }
-    assert facts_of(msg_file(Msg(props))).text == f"card {VISA_TEST_CARD}"
+    assert facts_of(msg_file(Msg(props))).text == f"card {VISA_TEST_CARD}\n\nnothing to see"
     del props[NATIVE_BODY]
-    assert facts_of(msg_file(Msg(props))).text == "nothing to see"
+    assert facts_of(msg_file(Msg(props))).text == f"nothing to see\n\ncard {VISA_TEST_CARD}"
+
+
+def test_bodies_that_agree_are_read_once() -> None:
+    """Outlook saves one text as plain, HTML and RTF: a card in it is one card, not three."""
+    props: dict[int, int | str | bytes] = {
+        BODY: f"Card {VISA_TEST_CARD}, thanks",
+        HTML_UNICODE: f"<p>Card <b>{VISA_TEST_CARD}</b>, thanks</p>",
+        NATIVE_BODY: 3,
+    }
+    text = facts_of(msg_file(Msg(props))).text
+    assert text is not None and text.count(VISA_TEST_CARD) == 1
 
 
 def test_rtf_only_body() -> None:
