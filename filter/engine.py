@@ -19,6 +19,7 @@ from .masking import mask_sensitive
 from .message import Message, Part, ScanLimits
 from .rawheaders import top_headers
 from .rules import DEFAULT_REPLY, Pack, PackSource, build_pack
+from .textview import as_read
 from .verdict import Action, Hit, Verdict
 
 log = logging.getLogger("mailgate.engine")
@@ -38,6 +39,7 @@ class ScanContext:
         self.content = content
         self._text_parts: list[tuple[int, Part]] | None = None
         self._by_index: dict[int, Part] = {}
+        self._read: dict[int, str] = {}  # each text as the detectors read it (as_read)
         self._body: dict[int, dict[int, list[Match]]] = {}
         self._dlp: dict[tuple[str, int], list[Match]] = {}
         self._yara: list[YaraMatch] | None = None
@@ -58,8 +60,11 @@ class ScanContext:
         return self._text_parts
 
     def _text(self, index: int) -> str:
-        self.text_parts()
-        return self._by_index[index].text or ""
+        text = self._read.get(index)
+        if text is None:
+            self.text_parts()
+            text = self._read[index] = as_read(self._by_index[index].text or "")
+        return text
 
     def body_matches(self, index: int) -> dict[int, list[Match]]:
         found = self._body.get(index)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from support.samples import text_message
 
 from mailgate.filter.detectors import Match
 from mailgate.filter.detectors.registry import DLP_DETECTORS
+from mailgate.filter.engine import Engine
+from mailgate.filter.envelope import Envelope
+from mailgate.filter.textview import as_read
 from mailgate.filter.validators import luhn
+
+RULES = Path(__file__).resolve().parent.parent / "rules"
 
 card = DLP_DETECTORS["credit_card"]
 iban = DLP_DETECTORS["iban"]
@@ -249,3 +257,43 @@ def test_not_ssn(text: str) -> None:
 def test_registry_names_match_detectors() -> None:
     assert set(DLP_DETECTORS) == {"credit_card", "iban", "us_ssn"}
     assert all(name == d.name for name, d in DLP_DETECTORS.items())
+
+
+# --------------------------------------------------------------------------- as a reader sees it
+
+
+def in_script(text: str, zero: int) -> str:
+    """`text` with its ASCII digits written in the script whose digit zero is `zero`."""
+    return "".join(chr(zero + int(c)) if c.isdigit() else c for c in text)
+
+
+FULLWIDTH, ARABIC_INDIC, MATH_BOLD = 0xFF10, 0x0660, 0x1D7CE
+
+
+@pytest.mark.parametrize(
+    ("written", "detector"),
+    [
+        (in_script("Card 4111 1111 1111 1111", FULLWIDTH), "credit_card"),
+        (in_script("Card 4111 1111 1111 1111", ARABIC_INDIC), "credit_card"),
+        (in_script("Card 4111 1111 1111 1111", MATH_BOLD), "credit_card"),
+        ("Card 4111\u00a01111\u00a01111\u00a01111", "credit_card"),  # no-break spaces
+        ("Card 4111\u202f1111\u202f1111\u202f1111", "credit_card"),  # narrow no-break spaces
+        ("Card 4111\u20131111\u20131111\u20131111", "credit_card"),  # en dashes
+        ("IBAN DE89\u00a03704\u00a00044\u00a00532\u00a00130\u00a000", "iban"),
+        ("SSN 536\u201190\u20114187", "us_ssn"),  # non-breaking hyphens
+    ],
+)
+def test_numbers_written_in_lookalike_characters_are_found(written: str, detector: str) -> None:
+    """Detectors read text through as_read, as the engine hands it to them: what a reader
+    sees as a card number is one, whatever code points spell it."""
+    assert not DLP_DETECTORS[detector].find(written)  # as written, the detector is blind
+    assert DLP_DETECTORS[detector].find(as_read(written))
+    assert len(as_read(written)) == len(written)  # one character for one: offsets hold
+
+
+def test_engine_reads_lookalike_digits_and_masks_them() -> None:
+    card = in_script("4111 1111 1111 1111", FULLWIDTH)
+    raw = text_message(f"Please charge {card}, exp 12/28.\n")
+    verdict = Engine.load(RULES).scan(raw, Envelope("a@corp.example", ("b@x.example",)))
+    assert verdict.rules == ["card-number"]
+    assert [h.sample for h in verdict.hits] == ["**** **** **** 1111"]
