@@ -58,11 +58,13 @@ class Scanner(Protocol):
 
 
 class DataRefused(Exception):
-    """The DATA was read to its end but cannot be taken; `reply` says why."""
+    """The DATA was read to its end but cannot be taken; `reply` says why, `size` is how many
+    bytes the client sent."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(self, reply: str, size: int = 0) -> None:
         super().__init__(reply)
         self.reply = reply
+        self.size = size
 
 
 class RelaySMTP(SMTP):
@@ -125,11 +127,15 @@ class RelaySMTP(SMTP):
         limits = self.relay.config.relay
         # One deadline for the whole transfer: a client dripping a byte a minute is cut off.
         self._reset_timeout(limits.data_timeout)
+        content = b""
         try:
             content = await self._read_data()
             raw = normalise(content, limits.max_line_length, limits.max_header_size)
         except DataRefused as refused:
             log.info("%s: DATA refused: %s", self.client_ip, refused.reply)
+            self.relay.handler.report_refused(
+                self, content, refused.size or len(content), refused.reply
+            )
             self.relay.handler.end_transaction(self)
             self._set_post_data_state()
             await self._reply_after_data(refused.reply)
@@ -169,7 +175,9 @@ class RelaySMTP(SMTP):
                     # puts the pipelined bytes back in their place.
                     reader.feed_data(bytes(buf[end + 5 :]))
                 if discarded or (limit and end > limit):
-                    raise DataRefused(f"552 5.3.4 Message too big: the limit is {limit} bytes")
+                    raise DataRefused(
+                        f"552 5.3.4 Message too big: the limit is {limit} bytes", discarded + end
+                    )
                 del buf[end + 2 :]
                 break
             if limit and len(buf) - 2 > limit:
@@ -385,25 +393,43 @@ class RelayHandler:
         server.busy = False
         self.end_transaction(server)
 
-    async def _process(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
-        relay = self.relay
-        raw = envelope.content
-        assert isinstance(raw, bytes)
-        message_id = secrets.token_hex(6).upper()
-        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
+    @staticmethod
+    def _envelope(
+        server: RelaySMTP, session: Session, envelope: SMTPEnvelope, queue_id: str
+    ) -> Envelope:
+        """The engine's Envelope for this transaction."""
         ssl_object = (session.ssl or {}).get("ssl_object")
-        env = Envelope(
-            mail_from=sender,
+        return Envelope(
+            mail_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
             rcpt_tos=tuple(envelope.rcpt_tos),
             client_address=str(server.client_ip) if server.client_ip else None,
             helo=session.host_name,
             tls_version=ssl_object.version() if ssl_object else None,
-            queue_id=message_id,
+            queue_id=queue_id,
             door="relay",
             extra={"tls_client_name": server.client_cert_names[0]}
             if server.client_cert_names
             else {},
         )
+
+    def report_refused(self, server: RelaySMTP, content: bytes, size: int, reply: str) -> None:
+        """Audit a message refused before the rules saw it (too big, a line too long): a
+        record like any other, action reject, no rules, the reply as its outcome."""
+        if self.relay.reporter is None or server.envelope is None:
+            return
+        env = self._envelope(server, server.session, server.envelope, _queue_id())
+        verdict = Verdict(Action.REJECT, reason=reply.split(" ", 2)[-1])
+        outcome = {"reply": reply, "refused_before_scan": True}
+        message_id = message_id_of(content) if content else ""
+        self.relay.reporter.report_verdict("relay", env, message_id, size, verdict, outcome)
+
+    async def _process(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        relay = self.relay
+        raw = envelope.content
+        assert isinstance(raw, bytes)
+        message_id = _queue_id()
+        env = self._envelope(server, session, envelope, message_id)
+        ssl_object = (session.ssl or {}).get("ssl_object")
         released = await relay.released_copy(raw, env)
         outcome: dict[str, Any] = {}
         if released is not None:
@@ -475,6 +501,10 @@ class RelayHandler:
 # a function's __signature__ is what inspect.signature returns without working it out again.
 _EHLO_HOOK: Any = RelayHandler.handle_EHLO
 _EHLO_HOOK.__signature__ = inspect.signature(_EHLO_HOOK)
+
+
+def _queue_id() -> str:
+    return secrets.token_hex(6).upper()
 
 
 def _mail_options(envelope: SMTPEnvelope, nexthop: NextHopSession) -> list[str]:

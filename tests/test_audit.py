@@ -263,6 +263,38 @@ def test_milter_audit_log_holds_no_unmasked_card_number(
         assert secret not in text
 
 
+def test_relay_audits_messages_refused_before_the_rules(tmp_path: Path) -> None:
+    """Too big, or a line too long: refused at DATA, before the engine; still one record
+    each, action reject, no rules, the reply as the outcome, and the size the client sent."""
+    bg = BackgroundLoop()
+    pool = start_pool(bg, RULES)
+    limits = {"max_message_size": 10_000, "max_line_length": 1000}
+    config = write_config(tmp_path, RULES, limits, audit={"path": "audit.jsonl"})
+    relay = RunningRelay(bg, config, pool)
+    head = "From: <alice@example.com>\r\nTo: <bob@example.org>\r\nSubject: refused\r\n"
+    try:
+        with relay.client() as client:
+            client.ehlo()
+            for body in ("y" * 76 + "\r\n") * 200, "z" * 1200 + "\r\n":
+                raw = f"{head}Message-ID: <m{len(body)}@example.com>\r\n\r\n{body}".encode()
+                client.mail("alice@example.com")  # no SIZE: the refusal comes at DATA
+                client.rcpt("bob@example.org")
+                assert client.data(raw)[0] in (552, 554)
+    finally:
+        relay.stop()
+        bg.run(pool.close())
+        bg.close()
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["rules"], r["outcome"]["reply"][:9]) for r in records] == [
+        ("reject", [], "552 5.3.4"),
+        ("reject", [], "554 5.6.0"),
+    ]
+    assert all(r["outcome"]["refused_before_scan"] for r in records)
+    assert records[0]["size"] > 10_000 and records[0]["message_id"] == ""
+    assert records[1]["message_id"] == "<m1202@example.com>"
+    assert records[1]["sender"] == "alice@example.com"
+
+
 def test_relay_audit_log_holds_no_unmasked_card_number(tmp_path: Path) -> None:
     bg = BackgroundLoop()
     pool = start_pool(bg, RULES)
