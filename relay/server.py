@@ -415,7 +415,7 @@ class RelayHandler:
     def report_refused(self, server: RelaySMTP, content: bytes, size: int, reply: str) -> None:
         """Audit a message refused before the rules saw it (too big, a line too long): a
         record like any other, action reject, no rules, the reply as its outcome."""
-        if self.relay.reporter is None or server.envelope is None:
+        if self.relay.reporter is None or server.envelope is None or server.session is None:
             return
         env = self._envelope(server, server.session, server.envelope, _queue_id())
         verdict = Verdict(Action.REJECT, reason=reply.split(" ", 2)[-1])
