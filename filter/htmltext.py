@@ -1,8 +1,12 @@
 """HTML to text for DLP, in linear time.
 
-Inline tags vanish without a trace so `4111<b>1111</b>` reads `41111111` as the reader sees
-it; block tags become line breaks; script, style, title and comments are dropped; named and
-numeric entities are decoded after the tags are gone (so `&lt;b&gt;` stays text).
+Two views in one text. First what a reader sees: inline tags vanish without a trace so
+`4111<b>1111</b>` reads `41111111`; block tags become line breaks; named and numeric entities
+are decoded after the tags are gone (so `&lt;b&gt;` stays text); what is never shown is left
+out (comments, script, style, title, template, and elements hidden by the `hidden` attribute
+or an inline `display:none`, `visibility:hidden` or `font-size:0`), so digits hidden between
+the groups of a card number cannot break it. Then, after a blank line, that hidden content:
+it leaves with the message all the same, so the detectors read it too.
 """
 
 from __future__ import annotations
@@ -10,10 +14,19 @@ from __future__ import annotations
 import html
 import re
 
-# Elements whose content is never shown as text; the closing tag is found with str.find so
-# an unterminated `<script` costs one scan, not one per occurrence.
-_HIDDEN_OPEN = re.compile(r"<(script|style|title|template)\b[^<>]*>|<!--", re.IGNORECASE)
-_HIDDEN_CLOSE = {
+# Where content that is never shown begins: a comment, an element that is never rendered,
+# or an element hidden by an attribute or inline style (not a void element: it holds nothing).
+# `[^<>]` keeps the search linear on `<<<<...`.
+_HIDDEN_OPEN = re.compile(
+    r"<!--|<(script|style|title|template)\b[^<>]*>"
+    r"|<(?!(?:area|base|br|col|embed|hr|img|input|link|meta|source|track|wbr)\b)([a-z][a-z0-9]*)"
+    r"\b(?=[^<>]*?(?:\shidden(?=[\s/>=])|style\s*=\s*[\"']?[^<>\"']*?"
+    r"(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0+(?:\.0+)?(?![\d.]))))"
+    r"[^<>]*>",
+    re.IGNORECASE,
+)
+_COMMENT_END = re.compile("-->")
+_CLOSE = {
     name: re.compile(f"</{name}\\b[^<>]*>", re.IGNORECASE)
     for name in ("script", "style", "title", "template")
 }
@@ -32,28 +45,42 @@ _BREAKS = re.compile(r"\n[\n ]*")
 INVISIBLE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff]")
 
 
-def _drop_hidden(text: str) -> str:
-    """Remove comments and script/style/title/template elements; an unterminated one runs
-    to the end of the text, as it does in a browser."""
-    pieces: list[str] = []
+def _closing_tag(text: str, name: str, start: int) -> re.Match[str] | None:
+    """The closing tag of the element opened just before `start`, counting nested elements
+    of the same name; None when it is never closed."""
+    tags = re.compile(f"<(/?){re.escape(name)}\\b[^<>]*>", re.IGNORECASE)
+    depth = 1
+    for tag in tags.finditer(text, start):
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            return tag
+    return None
+
+
+def _split_hidden(text: str) -> tuple[str, list[str]]:
+    """The shown text and the hidden pieces. An unterminated hidden element runs to the end
+    of the text, as it does in a browser."""
+    shown: list[str] = []
+    hidden: list[str] = []
     pos = 0
     while m := _HIDDEN_OPEN.search(text, pos):
-        pieces.append(text[pos : m.start()])
+        shown.append(text[pos : m.start()])
         if m.group(1):
-            close = _HIDDEN_CLOSE[m.group(1).lower()].search(text, m.end())
-            end = close.end() if close else -1
+            close = _CLOSE[m.group(1).lower()].search(text, m.end())
+        elif m.group(2):
+            close = _closing_tag(text, m.group(2), m.end())
         else:
-            end = text.find("-->", m.end())
-            end = end + 3 if end >= 0 else -1
-        if end < 0:
-            return "".join(pieces)
-        pos = end
-    pieces.append(text[pos:])
-    return "".join(pieces)
+            close = _COMMENT_END.search(text, m.end())
+        if close is None:
+            hidden.append(text[m.end() :])
+            return "".join(shown), hidden
+        hidden.append(text[m.end() : close.start()])
+        pos = close.end()
+    shown.append(text[pos:])
+    return "".join(shown), hidden
 
 
-def html_to_text(source: str) -> str:
-    text = _drop_hidden(source) if "<" in source else source
+def _render(text: str) -> str:
     # A browser renders any whitespace run, newlines included, as one space (str.split is
     # much faster here than a regex whose first item is a character class).
     text = " ".join(text.split())
@@ -65,3 +92,11 @@ def html_to_text(source: str) -> str:
     if "\xa0" in text:
         text = text.replace("\xa0", " ")
     return _BREAKS.sub("\n", text).strip()
+
+
+def html_to_text(source: str) -> str:
+    shown, hidden = _split_hidden(source) if "<" in source else (source, [])
+    text = _render(shown)
+    # Each hidden piece on lines of its own, so nothing in it joins what is shown.
+    unseen = [rendered for piece in hidden if (rendered := _render(piece))]
+    return "\n\n".join([text, *unseen]) if unseen else text

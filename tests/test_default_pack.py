@@ -25,6 +25,8 @@ EXPECTED = {
     "card-base64.eml": "quarantine",
     "card-csv-attachment.eml": "quarantine",
     "card-csv-gz-attachment.eml": "quarantine",
+    "card-html-hidden-digits.eml": "quarantine",
+    "card-html-comment.eml": "quarantine",
     "card-pdf-attachment.eml": "quarantine",
     "card-outlook-msg.eml": "quarantine",
     "exe-in-outlook-msg.eml": "reject",

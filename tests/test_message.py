@@ -311,7 +311,8 @@ def test_html_is_rendered_so_tag_split_digits_join() -> None:
     )
     msg = Message.parse(mime_message(text_part(html, "html")))
     text = msg.parts[0].text
-    assert text == "Card 411111111111 1111\n4555 €&<b>"
+    # What is shown first; then, each on lines of its own, what is not (it leaves all the same).
+    assert text == "Card 411111111111 1111\n4555 €&<b>\n\n.x{color:red}\n\nvar card='0000';\n\n9999"
 
 
 def test_html_block_tags_and_zero_width_characters() -> None:
@@ -394,3 +395,15 @@ def multipart_body_with(boundary: str) -> bytes:
         [text_part("card " + VISA_TEST_CARD), attachment_part(b"MZ\x90\x00", "evil.exe")],
         boundary,
     )
+
+
+def test_hidden_html_neither_splits_what_is_shown_nor_escapes_the_detectors() -> None:
+    """Digits hidden between a card's groups (display:none, font-size:0, the hidden attribute)
+    are left out of what is shown, so the card reads whole; hidden content itself follows."""
+    text = html_to_text(
+        '<p>Card 4111 <span style="display: none">99</span>1111 <font style="font-size:0px">'
+        '7</font>1111 <i hidden>5<i>5</i></i>1111</p><input type="hidden" value="x"><p>end</p>'
+    )
+    assert text == "Card 4111 1111 1111 1111\nend\n\n99\n\n7\n\n55"
+    unterminated = html_to_text('<p>a</p><div style="visibility:hidden">4111 1111<p>b</p>')
+    assert unterminated == "a\n\n4111 1111\nb"

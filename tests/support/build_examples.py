@@ -48,6 +48,15 @@ def examples() -> dict[str, bytes]:
             "<html><body><p>Card: 4111<span>1111</span>1111<b>1111</b> exp 12/28</p></body></html>",
             content_type="text/html; charset=utf-8",
         ),
+        "card-html-hidden-digits.eml": s.text_message(
+            "<html><body><p>Card: 4111 <span style='display:none'>93</span>1111 "
+            "<span style='font-size:0'>7</span>1111 1111</p></body></html>",
+            content_type="text/html; charset=utf-8",
+        ),
+        "card-html-comment.eml": s.text_message(
+            f"<html><body><p>See you Monday.</p><!-- card {CARD_VISA} --></body></html>",
+            content_type="text/html; charset=utf-8",
+        ),
         "card-base64.eml": s.text_message(
             f"Mastercard {CARD_MC} for the hotel.\n", encoding="base64"
         ),
