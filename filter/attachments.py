@@ -135,11 +135,10 @@ class AttachmentInspector:
         kind = archives.archive_kind(payload)
         if _is_pdf(part):
             # Not exclusive: a PDF that is also a zip (a polyglot) is read both ways.
-            self._pdf(part)
+            embedded = self._pdf(part, archive_depth)
+            return embedded + (self._archive(part, kind, archive_depth) if kind else [])
         if kind is not None:
             return self._archive(part, kind, archive_depth)
-        if part.text is not None:
-            return []
         if is_text_like(part) and (
             part.detected_type is None or part.detected_type.startswith("text/")
         ):
@@ -157,19 +156,28 @@ class AttachmentInspector:
             part.unscannable.add("encrypted")
         if facts.text is not None:
             self.set_text(part, facts.text)
-        if not facts.attachments:
+        return self._contained(part, facts.attachments, archive_depth)
+
+    def _contained(
+        self, part: Part, files: list[archives.Member], archive_depth: int
+    ) -> list[Part]:
+        """Files a document carries (a .msg's attachments, a PDF's embedded files): members,
+        one archive level down."""
+        if not files:
             return []
         if archive_depth >= self.budget.limits.max_archive_depth:
             part.unscannable.add("too_deep")
             return []
-        return self._members(part, archives.Listing(members=facts.attachments), archive_depth)
+        return self._members(part, archives.Listing(members=files), archive_depth)
 
-    def _pdf(self, part: Part) -> None:
+    def _pdf(self, part: Part, archive_depth: int) -> list[Part]:
+        """A PDF's text, and the files embedded in it as an archive's members."""
         facts = pdf.pdf_facts(part.payload, self.budget)
         part.unscannable |= facts.unscannable
         part.encrypted = part.encrypted or facts.encrypted
         if facts.text is not None:
             self.set_text(part, facts.text)
+        return self._contained(part, facts.attachments, archive_depth)
 
     def set_text(self, part: Part, text: str) -> None:
         text, cut = self.budget.fit_text(text)

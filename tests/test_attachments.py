@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from support.msgs import simple_msg
-from support.pdfs import make_encrypted_pdf, make_pdf, show
+from support.pdfs import make_encrypted_pdf, make_pdf, pdf_with_extras, show
 from support.samples import (
     EICAR,
     VISA_TEST_CARD,
@@ -289,6 +289,16 @@ def test_encrypted_and_damaged_pdfs_are_unscannable() -> None:
     assert locked.encrypted and "encrypted" in locked.unscannable
     broken = parse_attachment(b"%PDF-1.4\n" + bytes(range(256)) * 8, "b.pdf")
     assert "malformed" in broken.unscannable
+
+
+def test_files_embedded_in_a_pdf_are_members() -> None:
+    carrier = pdf_with_extras("Invoice", files={"setup.exe": pe_executable()}, note="pay now")
+    parts = by_path(parse_attachment(carrier, "invoice.pdf"))
+    assert parts["2"].text == "Invoice\npay now"
+    exe = parts["2/invoice.pdf/setup.exe"]
+    assert exe.member_of == "2"
+    assert exe.extensions == ("exe",)
+    assert exe.detected_type == "application/vnd.microsoft.portable-executable"
 
 
 def test_pdf_that_is_also_a_zip_is_read_both_ways() -> None:

@@ -50,6 +50,7 @@ EXPECTED = {
     "exe-double-extension.eml": "reject",
     "exe-in-zip.eml": "reject",
     "exe-in-tar-gz.eml": "reject",
+    "exe-embedded-in-pdf.eml": "reject",
     "pe-renamed.eml": "reject",
     "exe-rfc2231-name.eml": "reject",
     "encrypted-zip-with-exe.eml": "reject",

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.msgs import simple_msg
-from support.pdfs import make_pdf, show
+from support.pdfs import make_pdf, pdf_with_extras, show
 from support.samples import (
     VISA_TEST_CARD,
     attachment_part,
@@ -268,6 +268,9 @@ _CONTAINERS: dict[str, bytes] = {
     "a.docx": docx_bytes([["hello"] * 20]),
     "a.doc": ole_doc_with_vba(),
     "a.msg": simple_msg("hello", "world " * 50, {"a.txt": b"hello " * 50, "b.exe": b"MZ" * 50}),
+    "b.pdf": pdf_with_extras(
+        "hello", files={"a.txt": b"hello " * 40, "b.zip": zip_bytes({"c": b"x"})}, note="n"
+    ),
     "a.pdf": make_pdf([show("hello " * 20), show("world")], compress=True),
 }
 

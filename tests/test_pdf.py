@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pypdfium2 as pdfium
 import pytest
-from support.pdfs import build_pdf, make_encrypted_pdf, make_pdf, page_objects, show
+from support.pdfs import (
+    build_pdf,
+    make_encrypted_pdf,
+    make_pdf,
+    page_objects,
+    pdf_with_extras,
+    show,
+)
 
 from mailgate.filter import pdf
 from mailgate.filter.message import ScanLimits
@@ -254,3 +261,29 @@ def test_text_exactly_at_budget_is_not_over() -> None:
     facts = facts_of(make_pdf([show(CARD)]), max_text_chars=len(CARD))
     assert facts.text == CARD
     assert facts.unscannable == set()
+
+
+def test_comment_notes_and_document_properties_are_read() -> None:
+    data = pdf_with_extras(
+        "Quarterly figures",
+        note=f"card {CARD}",
+        info={"Title": "Q3", "Keywords": "IBAN DE89 3704 0044 0532 0130 00"},
+    )
+    facts = facts_of(data)
+    assert facts.text == (
+        f"Quarterly figures\ncard {CARD}\n\nTitle: Q3\nKeywords: IBAN DE89 3704 0044 0532 0130 00"
+    )
+
+
+def test_embedded_files_are_members_read_within_the_budget() -> None:
+    files = {"list.csv": f"card,{CARD}\n".encode(), "big.bin": bytes(5000)}
+    data = pdf_with_extras("cover", files=files)
+    facts = facts_of(data)
+    assert [(m.name, m.payload) for m in facts.attachments] == [
+        ("list.csv", f"card,{CARD}\n".encode()),
+        ("big.bin", bytes(5000)),
+    ]
+    tight = facts_of(data, max_decoded_total=1000)
+    assert tight.attachments[0].payload is not None
+    assert tight.attachments[1].payload is None
+    assert tight.attachments[1].unscannable == {"over_budget"}

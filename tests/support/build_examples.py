@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import samples as s
 from .msgs import simple_msg
-from .pdfs import make_encrypted_pdf, make_pdf, show
+from .pdfs import make_encrypted_pdf, make_pdf, pdf_with_extras, show
 
 CARD_VISA = "4111 1111 1111 1111"
 CARD_MC = "5555-5555-5555-4444"
@@ -209,6 +209,14 @@ def examples() -> dict[str, bytes]:
                 simple_msg("Tool", "Run this.", {"tool.exe": s.pe_executable()}),
                 "Tool.msg",
                 "application/vnd.ms-outlook",
+            ),
+        ),
+        "exe-embedded-in-pdf.eml": s.mime_message(
+            s.text_part("Invoice attached.\n"),
+            s.attachment_part(
+                pdf_with_extras("Invoice 2026-0042", files={"viewer.exe": s.pe_executable()}),
+                "invoice.pdf",
+                "application/pdf",
             ),
         ),
         "pe-renamed.eml": s.mime_message(

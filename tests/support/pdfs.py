@@ -111,3 +111,46 @@ def pdf_with_blob(text: str, blob: bytes) -> bytes:
     objs = page_objects([show(text)])
     objs[len(objs) + 1] = b"<< /Length %d >>\nstream\n" % len(blob) + blob + b"\nendstream"
     return build_pdf(objs)
+
+
+def _literal(text: str) -> bytes:
+    """A PDF text string: UTF-16BE with a byte-order mark, as hex (any character fits)."""
+    return b"<FEFF" + text.encode("utf-16-be").hex().upper().encode() + b">"
+
+
+def pdf_with_extras(
+    text: str,
+    *,
+    files: dict[str, bytes] | None = None,
+    note: str | None = None,
+    info: dict[str, str] | None = None,
+) -> bytes:
+    """One page showing `text`, with embedded files (the EmbeddedFiles name tree), a comment
+    note on the page (a /Text annotation) and document properties (the /Info dictionary)."""
+    objs = page_objects([show(text)])
+    names = []
+    for name, data in (files or {}).items():
+        stream, spec = len(objs) + 1, len(objs) + 2
+        objs[stream] = b"<< /Type /EmbeddedFile /Length %d >>\nstream\n" % len(data) + data
+        objs[stream] += b"\nendstream"
+        objs[spec] = b"<< /Type /Filespec /F %s /UF %s /EF << /F %d 0 R >> >>" % (
+            _literal(name),
+            _literal(name),
+            stream,
+        )
+        names.append(_literal(name) + b" %d 0 R" % spec)
+    if names:
+        objs[1] = b"<< /Type /Catalog /Pages 2 0 R /Names << /EmbeddedFiles << /Names ["
+        objs[1] += b" ".join(names) + b"] >> >> >>"
+    if note is not None:
+        annot = len(objs) + 1
+        objs[annot] = b"<< /Type /Annot /Subtype /Text /Rect [72 600 92 620] /Contents %s >>" % (
+            _literal(note)
+        )
+        objs[4] = objs[4].removesuffix(b">>") + b"/Annots [%d 0 R] >>" % annot  # the page
+    trailer = b""
+    if info:
+        entries = b" ".join(b"/%s %s" % (k.encode(), _literal(v)) for k, v in info.items())
+        objs[len(objs) + 1] = b"<< " + entries + b" >>"
+        trailer = b" /Info %d 0 R" % len(objs)
+    return build_pdf(objs, trailer)
