@@ -339,7 +339,7 @@ class SizeOverCondition(Condition):
 
 
 class UnscannableCondition(Condition):
-    """`unscannable: [encrypted, too_deep, over_budget, malformed, timeout]` (or `any`)."""
+    """`unscannable: [encrypted, too_deep, ..., fragment]` (UNSCANNABLE_REASONS, or `any`)."""
 
     def __init__(self, spec: Any) -> None:
         reasons = _string_list(spec, "unscannable")

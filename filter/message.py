@@ -51,7 +51,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-UNSCANNABLE_REASONS = ("encrypted", "too_deep", "over_budget", "malformed", "timeout")
+# fragment: a message/partial piece (RFC 2046 5.2.2), whose content is whole only once the
+# recipient's client joins the pieces, so no one piece shows what is being sent.
+UNSCANNABLE_REASONS = ("encrypted", "too_deep", "over_budget", "malformed", "timeout", "fragment")
 
 
 @dataclass(frozen=True)

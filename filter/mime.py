@@ -353,6 +353,8 @@ class _Walker:
         part.is_attachment = bool(filename) or disposition == "attachment"
         part.depth = depth
         self.parts.append(part)
+        if entity.get_content_type() == "message/partial":
+            part.unscannable.add("fragment")
         if depth + 1 > self.limits.max_depth:
             part.unscannable.add("too_deep")
             return

@@ -31,6 +31,7 @@ EXPECTED = {
     "card-outlook-msg.eml": "quarantine",
     "exe-in-outlook-msg.eml": "reject",
     "encrypted-pdf.eml": "quarantine",
+    "message-partial.eml": "quarantine",
     "card-docx-attachment.eml": "quarantine",
     "card-attached-message.eml": "quarantine",
     "card-html-attachment.eml": "quarantine",

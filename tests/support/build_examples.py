@@ -249,6 +249,13 @@ def examples() -> dict[str, bytes]:
                 make_encrypted_pdf([show("Contract")]), "contract.pdf", "application/pdf"
             ),
         ),
+        "message-partial.eml": (
+            b"From: Alice <alice@corp.example>\r\nTo: Bob <bob@partner.example>\r\n"
+            b"Subject: Customer list (1/2)\r\nMessage-ID: <partial-1@corp.example>\r\n"
+            b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: message/partial; id="list@corp.example"; number=1; total=2\r\n\r\n'
+            b"Subject: Customer list\r\nContent-Type: text/plain\r\n\r\nJ. Doe, 4111 1111\r\n"
+        ),
         "mz-text-file.eml": s.mime_message(
             s.text_part("Notes attached.\n"),
             s.attachment_part(
