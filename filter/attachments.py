@@ -90,6 +90,13 @@ def is_text_like(part: Part) -> bool:
     return bool(part.detected_type and part.detected_type.startswith("text/"))
 
 
+def _wide_charset(charset: str | None) -> bool:
+    """UTF-16 or UTF-32 text without a byte-order mark is all NULs and letters to libmagic;
+    the declared charset is how a reader's client decodes it."""
+    label = (charset or "").lower().replace("-", "").replace("_", "")
+    return label.startswith(("utf16", "utf32", "ucs2", "ucs4"))
+
+
 def _is_pdf(part: Part) -> bool:
     """A PDF by its content, or one that says it is a PDF and has the header where readers
     look for it (libmagic only looks at the first bytes)."""
@@ -140,7 +147,9 @@ class AttachmentInspector:
         if kind is not None:
             return self._archive(part, kind, archive_depth)
         if is_text_like(part) and (
-            part.detected_type is None or part.detected_type.startswith("text/")
+            part.detected_type is None
+            or part.detected_type.startswith("text/")
+            or _wide_charset(charset)
         ):
             self.set_text(part, render_text(payload, charset, html=is_html(part)))
         return []

@@ -175,6 +175,23 @@ def test_archive_members_count_against_max_parts() -> None:
     assert "over_budget" in msg.unscannable
 
 
+@pytest.mark.parametrize(
+    ("codec", "content_type"),
+    [
+        ("utf-16", "text/plain"),  # Python writes the byte-order mark
+        ("utf-16-le", "text/plain; charset=utf-16le"),
+        ("utf-32-be", "text/plain; charset=UTF-32BE"),
+    ],
+)
+def test_wide_text_attachments_are_read(codec: str, content_type: str) -> None:
+    """Excel's "Unicode text" export is UTF-16; without a byte-order mark only the declared
+    charset says so (libmagic sees binary)."""
+    data = f"name\tcard\r\nBob\t{VISA_TEST_CARD}\r\n".encode(codec)
+    raw = mime_message(text_part("see attached"), attachment_part(data, "export.txt", content_type))
+    text = by_path(Message.parse(raw))["2"].text
+    assert text is not None and VISA_TEST_CARD in text
+
+
 # --------------------------------------------------------------------------- tar and compressors
 
 CARD_CSV = b"name,card\nJ. Doe," + VISA_TEST_CARD.encode() + b"\n"
