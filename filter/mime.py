@@ -310,13 +310,21 @@ class _Walker:
 
     def _names(
         self, entity: email_message.Message, params: dict[str, str]
-    ) -> tuple[str | None, str]:
+    ) -> tuple[str | None, tuple[str, ...], str]:
+        """The file name (Content-Disposition's, else Content-Type's), the extensions of both
+        names, and the disposition. Clients differ in which name they use to save and open
+        a file, so `notes.txt` beside `name="run.bat"` has the extensions txt and bat."""
         disposition = self._header(entity, "content-disposition")
         kind, dparams = parse_params(raw_to_str(disposition)) if disposition else ("", {})
-        filename = dparams.get("filename") or params.get("name") or None
-        if filename:
-            filename = filename[: self.limits.max_header_value]
-        return filename, kind
+        limit = self.limits.max_header_value
+        names = [n[:limit] for n in (dparams.get("filename"), params.get("name")) if n]
+        if not names:
+            return None, (), kind
+        # The other name's extensions go first: code that asks for the last extension
+        # (`.html`, `.eml`) means the name the part is saved under.
+        primary = extensions_of(names[0])
+        others = tuple(e for name in names[1:] for e in extensions_of(name) if e not in primary)
+        return names[0], tuple(dict.fromkeys(others)) + primary, kind
 
     def _header_lines(self, entities: list[email_message.Message]) -> str:
         return "\n".join(
@@ -346,10 +354,10 @@ class _Walker:
         part = self._new_part(path)
         if part is None:
             return
-        filename, disposition = self._names(entity, params)
+        filename, extensions, disposition = self._names(entity, params)
         part.content_type = "message/rfc822"
         part.filename = filename
-        part.extensions = extensions_of(filename) if filename else ()
+        part.extensions = extensions
         part.is_attachment = bool(filename) or disposition == "attachment"
         part.depth = depth
         self.parts.append(part)
@@ -382,10 +390,10 @@ class _Walker:
         encoding = _transfer_encoding(entity)
         payload = decode_transfer(body, encoding)
         self.budget.charge_bytes(len(payload))
-        filename, disposition = self._names(entity, params)
+        filename, extensions, disposition = self._names(entity, params)
         part.content_type = ctype
         part.filename = filename
-        part.extensions = extensions_of(filename) if filename else ()
+        part.extensions = extensions
         part.is_attachment = (
             bool(filename) or disposition == "attachment" or not ctype.startswith("text/")
         )

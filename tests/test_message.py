@@ -109,6 +109,15 @@ def test_filename_sources(disposition: str, name_param: str | None, expected: st
     assert att.filename == expected
 
 
+def test_both_names_give_extensions_the_saved_name_last() -> None:
+    """Clients differ in which name they save a file under: Content-Disposition's filename
+    or Content-Type's name. Both names' extensions count; the filename's come last."""
+    part = attachment_part(b"echo hi\r\n", "notes.html", name_param='"run.bat"')
+    (att,) = Message.parse(mime_message(text_part("see"), part)).attachments
+    assert att.filename == "notes.html"
+    assert att.extensions == ("bat", "html")
+
+
 @pytest.mark.parametrize(
     ("name", "extensions"),
     [
