@@ -13,11 +13,17 @@ from collections.abc import Callable
 
 import magic
 
-from . import archives, office, outlook, pdf
+from . import archives, office, outlook, pdf, rtf
 from .headers import extensions_of
 from .message import Part
 from .scanbudget import ScanBudget
-from .textview import HTML_EXTENSIONS, TEXT_EXTENSIONS, looks_like_text, render_text
+from .textview import (
+    HTML_EXTENSIONS,
+    TEXT_EXTENSIONS,
+    clean_text,
+    looks_like_text,
+    render_text,
+)
 
 # libmagic reads the first few KB; its text heuristics cost ~0.3 ms per KB, so text gets a
 # short sample and only the builtin tests (see detect_type).
@@ -146,6 +152,10 @@ class AttachmentInspector:
             return embedded + (self._archive(part, kind, archive_depth) if kind else [])
         if kind is not None:
             return self._archive(part, kind, archive_depth)
+        if payload.lstrip()[:5].lower() == rtf.RTF_SIGNATURE:
+            # Word's other format (also under a .doc name): its text, not its control words.
+            self.set_text(part, clean_text(rtf.rtf_to_text(payload)))
+            return []
         if is_text_like(part) and (
             part.detected_type is None
             or part.detected_type.startswith("text/")

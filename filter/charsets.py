@@ -43,3 +43,33 @@ def decode_bytes(raw: bytes, charset: str | None) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+# Windows code pages whose Python codec is not called cpNNN (ISO 8859 is 28590 + part).
+_CODEPAGES = {
+    1200: "utf-16-le",
+    1201: "utf-16-be",
+    10000: "mac-roman",
+    20127: "us-ascii",
+    20866: "koi8-r",
+    21866: "koi8-u",
+    50220: "iso-2022-jp",
+    50221: "iso-2022-jp",
+    50222: "iso-2022-jp",
+    51932: "euc-jp",
+    51949: "euc-kr",
+    52936: "hz",
+    54936: "gb18030",
+    65001: "utf-8",
+}
+
+
+def codepage_charset(codepage: int | None) -> str:
+    """A charset label for a Windows code page; cp1252 (Outlook's default) when unknown."""
+    if codepage is None:
+        return "cp1252"
+    if 28591 <= codepage <= 28605:
+        label = f"iso-8859-{codepage - 28590}"
+    else:
+        label = _CODEPAGES.get(codepage, f"cp{codepage}")
+    return codec_name(label) or "cp1252"

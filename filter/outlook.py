@@ -19,8 +19,9 @@ import olefile
 from olefile.olefile import OleDirectoryEntry
 
 from .archives import Member
-from .charsets import codec_name, decode_bytes
+from .charsets import codepage_charset, decode_bytes
 from .htmltext import html_to_text
+from .rtf import rtf_to_text
 from .scanbudget import ScanBudget
 from .textview import clean_text
 
@@ -69,65 +70,12 @@ _NATIVE_PLAIN, _NATIVE_RTF, _NATIVE_HTML = 1, 2, 3
 _RECIPIENT_LABELS = {1: "To", 2: "Cc", 3: "Bcc"}
 _WORD = re.compile(r"\w+")
 
-# Windows code pages whose Python codec is not called cpNNN (ISO 8859 is 28590 + part).
-_CODEPAGES = {
-    1200: "utf-16-le",
-    1201: "utf-16-be",
-    10000: "mac-roman",
-    20127: "us-ascii",
-    20866: "koi8-r",
-    21866: "koi8-u",
-    50220: "iso-2022-jp",
-    50221: "iso-2022-jp",
-    50222: "iso-2022-jp",
-    51932: "euc-jp",
-    51949: "euc-kr",
-    52936: "hz",
-    54936: "gb18030",
-    65001: "utf-8",
-}
-
 # [MS-OXRTFCP]: the ring buffer starts with these 207 bytes, so early tokens can refer to them.
 _RTF_DICTIONARY = (
     b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss \\fmodern "
     b"\\fscript \\fdecor MS Sans SerifSymbolArialTimes New RomanCourier"
     b"{\\colortbl\\red0\\green0\\blue0\r\n\\par \\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx"
 )
-_RTF_TOKEN = re.compile(
-    rb"\\([a-z]{1,32})(-?\d{1,10})? ?|\\'([0-9a-f]{2})|\\(.)|([{}])|[\r\n]+|[^\\{}\r\n]+",
-    re.IGNORECASE | re.DOTALL,
-)
-# Destinations whose content is not text a reader sees (fonts, styles, pictures, metadata).
-_RTF_HIDDEN = frozenset(
-    {
-        b"fonttbl",
-        b"colortbl",
-        b"stylesheet",
-        b"info",
-        b"pict",
-        b"objdata",
-        b"listtable",
-        b"listoverridetable",
-        b"rsidtbl",
-        b"generator",
-        b"xmlnstbl",
-        b"themedata",
-        b"colorschememapping",
-        b"datastore",
-        b"latentstyles",
-    }
-)
-_RTF_BREAKS = {b"par": b"\n", b"line": b"\n", b"row": b"\n", b"sect": b"\n", b"page": b"\n"}
-_RTF_BREAKS.update({b"tab": b"\t", b"cell": b"\t"})
-_RTF_SYMBOLS = {
-    b"\\": b"\\",
-    b"{": b"{",
-    b"}": b"}",
-    b"~": b" ",
-    b"_": b"-",
-    b"\n": b"\n",
-    b"\r": b"\n",
-}
 
 
 @dataclass
@@ -161,17 +109,6 @@ def msg_facts(data: bytes, budget: ScanBudget, max_members: int) -> MsgFacts:
     except _OLE_ERRORS:
         facts.unscannable.add("malformed")
     return facts
-
-
-def _charset(codepage: int | None) -> str:
-    """A charset label for a Windows code page; cp1252 (Outlook's default) when unknown."""
-    if codepage is None:
-        return "cp1252"
-    if 28591 <= codepage <= 28605:
-        label = f"iso-8859-{codepage - 28590}"
-    else:
-        label = _CODEPAGES.get(codepage, f"cp{codepage}")
-    return codec_name(label) or "cp1252"
 
 
 def _unicode(raw: bytes) -> str:
@@ -257,68 +194,6 @@ def decompress_rtf(data: bytes) -> bytes | None:
     return bytes(out[:raw_size])
 
 
-def rtf_to_text(rtf: bytes) -> str:
-    """Crude RTF to text: paragraphs and tabs kept, control words, hidden destinations and
-    `{\\*...}` groups dropped; \\'hh bytes decode with \\ansicpg, \\uN is a character whose
-    \\ucN fallback bytes are skipped. Linear in the input."""
-    pieces: list[str] = []
-    raw = bytearray()  # text bytes, decoded in the document's code page at the next \u
-    charset = "cp1252"
-    stack: list[tuple[bool, int]] = []
-    hidden, uc, fallback = False, 1, 0
-    pos = 0
-    while m := _RTF_TOKEN.match(rtf, pos):
-        pos = m.end()
-        word, arg, hexbyte, symbol, brace = m.groups()
-        number = int(arg) if arg else 0
-        if brace == b"{":
-            stack.append((hidden, uc))
-        elif brace == b"}" and stack:
-            hidden, uc = stack.pop()
-        elif word == b"bin":  # raw bytes that could hold braces
-            pos += max(0, number)
-        elif hidden or brace or m.group(0)[0] in b"\r\n":  # line ends in RTF are not text
-            continue
-        elif word is not None:
-            word = word.lower()
-            if word in _RTF_HIDDEN:
-                hidden = True
-            elif word == b"ansicpg":
-                pieces.append(decode_bytes(bytes(raw), charset))
-                raw.clear()
-                # RTF is 7-bit text with 8-bit escapes: only ASCII-compatible code pages fit.
-                label = _charset(number)
-                charset = label if "\n".encode(label) == b"\n" else charset
-            elif word == b"uc":
-                uc = max(0, number)
-            elif word == b"u":
-                pieces.append(decode_bytes(bytes(raw), charset))
-                raw.clear()
-                pieces.append(chr(number % 0x10000))
-                fallback = uc
-                continue
-            elif word in _RTF_BREAKS:
-                raw += _RTF_BREAKS[word]
-        elif symbol == b"*":
-            hidden = True
-        elif symbol is not None:
-            raw += _RTF_SYMBOLS.get(symbol, b"")
-        elif hexbyte is not None:
-            if fallback:
-                fallback -= 1
-                continue
-            raw.append(int(hexbyte, 16))
-        else:
-            text = m.group(0)
-            raw += text[fallback:]
-            fallback = max(0, fallback - len(text))
-            continue
-        fallback = 0
-    pieces.append(decode_bytes(bytes(raw), charset))
-    # \u escapes come as UTF-16 units: join surrogate pairs, replace lone halves.
-    return "".join(pieces).encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-
-
 class _Reader:
     """Walks one .msg: every stream read is checked against and charged to the budget."""
 
@@ -394,7 +269,7 @@ class _Reader:
         """Header lines and body of the message in `storage`, then those of the messages
         attached to it; its files join the facts' attachments, named below `prefix`."""
         longs = self.longs(storage, header)
-        charset = _charset(longs.get(_MESSAGE_CODEPAGE))
+        charset = codepage_charset(longs.get(_MESSAGE_CODEPAGE))
         if _protected(self.string(storage, _MESSAGE_CLASS, charset) or ""):
             self.facts.encrypted = True
         lines = []
@@ -474,7 +349,7 @@ class _Reader:
         if raw is not None:
             # Binary HTML is in the Internet code page Outlook records beside it.
             cpid = longs.get(_INTERNET_CPID) or longs.get(_MESSAGE_CODEPAGE)
-            return html_to_text(decode_bytes(raw, _charset(cpid)))
+            return html_to_text(decode_bytes(raw, codepage_charset(cpid)))
         source = self.string(storage, _HTML, charset)
         return None if source is None else html_to_text(source)
 

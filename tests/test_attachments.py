@@ -192,6 +192,17 @@ def test_wide_text_attachments_are_read(codec: str, content_type: str) -> None:
     assert text is not None and VISA_TEST_CARD in text
 
 
+@pytest.mark.parametrize("name", ["letter.rtf", "letter.doc"])
+def test_rtf_documents_are_read_as_text(name: str) -> None:
+    """Word saves RTF under .rtf and .doc alike; its control words must not split a number."""
+    rtf = (
+        rb"{\rtf1\ansi\ansicpg1252{\fonttbl{\f0 Arial;}}\pard\f0 Card 4111\~1111 {\b 1111}"
+        rb" 1111\par Caf\'e9\par}"
+    )
+    text = by_path(parse_attachment(rtf, name))["2"].text
+    assert text == f"Card {VISA_TEST_CARD}\nCafé\n"
+
+
 # --------------------------------------------------------------------------- tar and compressors
 
 CARD_CSV = b"name,card\nJ. Doe," + VISA_TEST_CARD.encode() + b"\n"

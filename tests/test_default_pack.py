@@ -29,6 +29,7 @@ EXPECTED = {
     "card-html-comment.eml": "quarantine",
     "card-pdf-attachment.eml": "quarantine",
     "card-outlook-msg.eml": "quarantine",
+    "card-rtf-attachment.eml": "quarantine",
     "exe-in-outlook-msg.eml": "reject",
     "encrypted-pdf.eml": "quarantine",
     "message-partial.eml": "quarantine",

@@ -45,8 +45,8 @@ from mailgate.filter.outlook import (
     decompress_rtf,
     is_msg,
     msg_facts,
-    rtf_to_text,
 )
+from mailgate.filter.rtf import rtf_to_text
 from mailgate.filter.scanbudget import ScanBudget
 
 IBAN = "DE89 3704 0044 0532 0130 00"

@@ -90,6 +90,15 @@ def examples() -> dict[str, bytes]:
                 simple_msg("Booking", card_text), "Booking.msg", "application/vnd.ms-outlook"
             ),
         ),
+        "card-rtf-attachment.eml": s.mime_message(
+            s.text_part("Letter attached.\n"),
+            s.attachment_part(
+                b"{\\rtf1\\ansi{\\fonttbl{\\f0 Arial;}}\\pard\\f0 Please charge card "
+                b"4111\\~1111 {\\b 1111} 1111.\\par}",
+                "letter.rtf",
+                "application/rtf",
+            ),
+        ),
         "card-docx-attachment.eml": s.mime_message(
             s.text_part("Signed form attached.\n"),
             s.attachment_part(
