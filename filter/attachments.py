@@ -112,10 +112,15 @@ def _is_pdf(part: Part) -> bool:
     return says_pdf and pdf.is_pdf(part.payload)
 
 
+# Markup rendered like HTML: tags vanish, so `4111 <text:span>1111</text:span>` in an
+# OpenDocument's content.xml or any XML file reads as the number it shows.
+_MARKUP_TYPES = frozenset({"text/html", "text/xml", "application/xml", "image/svg+xml"})
+
+
 def is_html(part: Part) -> bool:
     return (
-        part.content_type == "text/html"
-        or part.detected_type == "text/html"
+        part.content_type in _MARKUP_TYPES
+        or part.detected_type in _MARKUP_TYPES
         or bool(HTML_EXTENSIONS.intersection(part.extensions[-1:]))
     )
 

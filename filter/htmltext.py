@@ -37,10 +37,11 @@ _CLOSE = {
 # Block-level tags end a line; every other tag vanishes. `[^<>]` keeps both regexes linear
 # on `<<<<...`: every attempt stops at the next `<`.
 # The names are grouped by their first letters: Python's re tries an alternation in order,
-# and the grouping halves the time spent on each tag.
+# and the grouping halves the time spent on each tag. A namespace prefix is allowed, so
+# XML dialects break lines the same way (OpenDocument's `text:p`, `text:h`, `table:table-cell`).
 _BLOCK_TAG = re.compile(
-    r"</?(?:a(?:ddress|rticle|side)|b(?:lockquote|r)|d(?:[dlt]|iv)"
-    r"|f(?:ieldset|ig(?:caption|ure)|o(?:oter|rm))|h(?:[1-6r]|eader)|li|main|nav|ol|p(?:re)?"
+    r"</?(?:[a-z][\w.-]*:)?(?:a(?:ddress|rticle|side)|b(?:lockquote|r)|d(?:[dlt]|iv)"
+    r"|f(?:ieldset|ig(?:caption|ure)|o(?:oter|rm))|h(?:[1-6r]|eader)?|li|main|nav|ol|p(?:re)?"
     r"|section|t(?:able|body|[dhr]|foot|head)|ul)\b[^<>]*>",
     re.IGNORECASE,
 )

@@ -22,6 +22,7 @@ from support.samples import (
     lying_size_zip,
     mime_message,
     nested_zip,
+    odt_bytes,
     ole_doc_encrypted,
     ole_doc_plain,
     ole_doc_with_vba,
@@ -201,6 +202,17 @@ def test_rtf_documents_are_read_as_text(name: str) -> None:
     )
     text = by_path(parse_attachment(rtf, name))["2"].text
     assert text == f"Card {VISA_TEST_CARD}\nCafé\n"
+
+
+def test_opendocument_and_xml_markup_is_rendered() -> None:
+    """LibreOffice splits a paragraph into spans at will; its content.xml reads as shown,
+    one line per paragraph."""
+    card = VISA_TEST_CARD.replace(
+        " 1111 1111", ' <text:span text:style-name="T1">1111</text:span> 1111'
+    )
+    archive = odt_bytes([f"Card {card}", "Second paragraph"])
+    content = by_path(parse_attachment(archive, "letter.odt"))["2/letter.odt/content.xml"]
+    assert content.text == f"Card {VISA_TEST_CARD}\nSecond paragraph"
 
 
 # --------------------------------------------------------------------------- tar and compressors

@@ -30,6 +30,7 @@ EXPECTED = {
     "card-pdf-attachment.eml": "quarantine",
     "card-outlook-msg.eml": "quarantine",
     "card-rtf-attachment.eml": "quarantine",
+    "card-odt-attachment.eml": "quarantine",
     "exe-in-outlook-msg.eml": "reject",
     "encrypted-pdf.eml": "quarantine",
     "message-partial.eml": "quarantine",

@@ -99,6 +99,16 @@ def examples() -> dict[str, bytes]:
                 "application/rtf",
             ),
         ),
+        "card-odt-attachment.eml": s.mime_message(
+            s.text_part("Letter attached.\n"),
+            s.attachment_part(
+                s.odt_bytes(
+                    ['Card 4111 <text:span text:style-name="T1">1111</text:span> 1111 1111']
+                ),
+                "letter.odt",
+                "application/vnd.oasis.opendocument.text",
+            ),
+        ),
         "card-docx-attachment.eml": s.mime_message(
             s.text_part("Signed form attached.\n"),
             s.attachment_part(

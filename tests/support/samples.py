@@ -614,3 +614,22 @@ def sevenzip_bytes(
         for name, data in members.items():
             archive.writestr(data, name)
     return buf.getvalue()
+
+
+def odt_bytes(paragraphs: Iterable[str]) -> bytes:
+    """An OpenDocument text (LibreOffice's .odt): a zip with mimetype and content.xml, one
+    <text:p> per item, each item's markup as given (spans and all)."""
+    body = "".join(f"<text:p>{paragraph}</text:p>" for paragraph in paragraphs)
+    content = (
+        '<?xml version="1.0" encoding="UTF-8"?><office:document-content'
+        ' xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0"'
+        ' xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0">'
+        f"<office:body><office:text>{body}</office:text></office:body></office:document-content>"
+    )
+    return zip_bytes(
+        {
+            "mimetype": b"application/vnd.oasis.opendocument.text",
+            "content.xml": content.encode(),
+            "META-INF/manifest.xml": b"<manifest:manifest/>",
+        }
+    )
