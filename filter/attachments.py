@@ -114,7 +114,7 @@ def _is_pdf(part: Part) -> bool:
 
 # Markup rendered like HTML: tags vanish, so `4111 <text:span>1111</text:span>` in an
 # OpenDocument's content.xml or any XML file reads as the number it shows.
-_MARKUP_TYPES = frozenset({"text/html", "text/xml", "application/xml", "image/svg+xml"})
+_MARKUP_TYPES = frozenset({"text/html", "text/xml", "application/xml"})
 
 
 def is_html(part: Part) -> bool:

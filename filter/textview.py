@@ -12,7 +12,7 @@ from .htmltext import INVISIBLE, html_to_text
 TEXT_EXTENSIONS = frozenset(
     {"txt", "text", "csv", "tsv", "log", "md", "json", "xml", "ics", "vcf", "htm", "html"}
 )
-HTML_EXTENSIONS = frozenset({"htm", "html", "xhtml", "xml", "svg"})
+HTML_EXTENSIONS = frozenset({"htm", "html", "xhtml", "xml"})
 # Control bytes that do not occur in text files; their absence is the cheap "is text" test.
 _BINARY_BYTES = bytes([*range(0, 8), 11, *range(14, 27), *range(28, 32), 127])
 
