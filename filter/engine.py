@@ -46,12 +46,16 @@ class ScanContext:
         self.yara_seconds = 0.0
 
     def text_parts(self) -> list[tuple[int, Part]]:
-        """Every text the content conditions read, numbered: the Subject (a card number in a
-        subject leaks as surely as one in the body), then each part's text view."""
+        """Every text the content conditions read, numbered: the Subject and the attachments'
+        file names (a card number there leaks as surely as one in the body), then each
+        part's text view."""
         if self._text_parts is None and not self.content:
             self._text_parts = []
         if self._text_parts is None:
             texts = [(i, p) for i, p in enumerate(self.message.parts) if p.text is not None]
+            names = "\n".join(p.filename for p in self.message.parts if p.filename)
+            if names:
+                texts.insert(0, (-2, Part(path="names", content_type="text/plain", text=names)))
             subject = self.message.subject
             if subject:
                 texts.insert(0, (-1, Part(path="subject", content_type="text/plain", text=subject)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.samples import text_message
+from support.samples import attachment_part, mime_message, text_message, text_part
 
 from mailgate.filter.detectors import Match
 from mailgate.filter.detectors.registry import DLP_DETECTORS
@@ -297,3 +297,13 @@ def test_engine_reads_lookalike_digits_and_masks_them() -> None:
     verdict = Engine.load(RULES).scan(raw, Envelope("a@corp.example", ("b@x.example",)))
     assert verdict.rules == ["card-number"]
     assert [h.sample for h in verdict.hits] == ["**** **** **** 1111"]
+
+
+def test_a_card_number_in_an_attachment_name_is_found_and_masked() -> None:
+    raw = mime_message(
+        text_part("Scan attached.\n"),
+        attachment_part(b"\x89PNG\r\n\x1a\n" + bytes(64), "card 4111 1111 1111 1111.png"),
+    )
+    verdict = Engine.load(RULES).scan(raw, Envelope("a@corp.example", ("b@x.example",)))
+    assert verdict.rules == ["card-number"]
+    assert [(h.where, h.sample) for h in verdict.hits] == [("names", "**** **** **** 1111")]
