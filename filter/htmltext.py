@@ -49,7 +49,8 @@ _TAG = re.compile(r"<[^<>]*>")
 _BREAKS = re.compile(r"\n[\n ]*")
 # Zero-width and soft-hyphen characters: invisible when rendered, so they must not split
 # a number for the detectors either.
-INVISIBLE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff]")
+INVISIBLE_CHARS = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+INVISIBLE = re.compile(f"[{INVISIBLE_CHARS}]")
 
 
 def _closing_tag(text: str, name: str, start: int) -> re.Match[str] | None:

@@ -6,7 +6,7 @@ import re
 import unicodedata
 
 from .charsets import decode_bytes
-from .htmltext import INVISIBLE, html_to_text
+from .htmltext import INVISIBLE, INVISIBLE_CHARS, html_to_text
 
 # Attachment extensions whose content is text a reader would see.
 TEXT_EXTENSIONS = frozenset(
@@ -37,13 +37,15 @@ def _read_as_table() -> dict[int, str]:
     return table
 
 
-_READ_AS = _read_as_table()
+# Zero-width characters and soft hyphens are not seen, so they go (the part texts have
+# lost them already; the Subject and file names have not).
+_READ_AS: dict[int, str | None] = {**_read_as_table(), **dict.fromkeys(map(ord, INVISIBLE_CHARS))}
 
 
 def as_read(text: str) -> str:
-    """The text as the detectors read it: a card number typed in fullwidth digits or with
-    no-break spaces between its groups is the number a reader sees. One character for
-    another, so positions and lengths stay as they were."""
+    """The text as the detectors read it: a card number typed in fullwidth digits, with
+    no-break spaces between its groups or zero-width characters inside is the number a
+    reader sees."""
     return text if text.isascii() else text.translate(_READ_AS)
 
 
