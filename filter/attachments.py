@@ -18,6 +18,8 @@ from .headers import extensions_of
 from .message import Part
 from .scanbudget import ScanBudget
 from .textview import (
+    FOLDED_EXTENSIONS,
+    FOLDED_TYPES,
     HTML_EXTENSIONS,
     TEXT_EXTENSIONS,
     clean_text,
@@ -117,6 +119,15 @@ def _is_pdf(part: Part) -> bool:
 _MARKUP_TYPES = frozenset({"text/html", "text/xml", "application/xml"})
 
 
+def is_folded(part: Part) -> bool:
+    """Calendar or contact content, whose folded lines a reader's client joins."""
+    return (
+        part.content_type in FOLDED_TYPES
+        or part.detected_type in FOLDED_TYPES
+        or bool(FOLDED_EXTENSIONS.intersection(part.extensions[-1:]))
+    )
+
+
 def is_html(part: Part) -> bool:
     return (
         part.content_type in _MARKUP_TYPES
@@ -166,7 +177,8 @@ class AttachmentInspector:
             or part.detected_type.startswith("text/")
             or _wide_charset(charset)
         ):
-            self.set_text(part, render_text(payload, charset, html=is_html(part)))
+            text = render_text(payload, charset, html=is_html(part), folded=is_folded(part))
+            self.set_text(part, text)
         return []
 
     def _outlook_message(self, part: Part, archive_depth: int) -> list[Part]:

@@ -19,7 +19,7 @@ from email.feedparser import FeedParser
 from email.policy import compat32
 from typing import Any
 
-from .attachments import AttachmentInspector, is_html
+from .attachments import AttachmentInspector, is_folded, is_html
 from .headers import decode_header, extensions_of, parse_params, raw_to_str, unfold
 from .message import Message, Part, ScanLimits
 from .scanbudget import ScanBudget
@@ -419,6 +419,7 @@ class _Walker:
                 html=is_html(part),
                 flowed=flowed,
                 delsp=params.get("delsp", "").lower() == "yes",
+                folded=is_folded(part),
             )
             self.inspector.set_text(part, text)
 

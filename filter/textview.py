@@ -13,6 +13,10 @@ TEXT_EXTENSIONS = frozenset(
     {"txt", "text", "csv", "tsv", "log", "md", "json", "xml", "ics", "vcf", "htm", "html"}
 )
 HTML_EXTENSIONS = frozenset({"htm", "html", "xhtml", "xml"})
+# Calendar and contact files, in the folded line format of RFC 5545 and RFC 6350.
+FOLDED_TYPES = frozenset({"text/calendar", "text/vcard", "text/x-vcard", "text/directory"})
+FOLDED_EXTENSIONS = frozenset({"ics", "ical", "ifb", "vcs", "vcf", "vcard"})
+_FOLD = re.compile("\n[ \t]")
 # Control bytes that do not occur in text files; their absence is the cheap "is text" test.
 _BINARY_BYTES = bytes([*range(0, 8), 11, *range(14, 27), *range(28, 32), 127])
 
@@ -84,8 +88,13 @@ def render_text(
     html: bool = False,
     flowed: bool = False,
     delsp: bool = False,
+    folded: bool = False,
 ) -> str:
+    """`folded`: iCalendar and vCard content, whose long lines continue on lines that start
+    with a space or tab (RFC 5545 3.1); a calendar shows them joined, so the text joins them."""
     text = clean_text(decode_bytes(payload, charset))
     if html:
         return html_to_text(text)
+    if folded:
+        return _FOLD.sub("", text)
     return unflow(text, delsp) if flowed else text

@@ -416,3 +416,17 @@ def test_hidden_html_neither_splits_what_is_shown_nor_escapes_the_detectors() ->
     assert text == "Card 4111 1111 1111 1111\nend\n\n99\n\n7\n\n55"
     unterminated = html_to_text('<p>a</p><div style="visibility:hidden">4111 1111<p>b</p>')
     assert unterminated == "a\n\n4111 1111\nb"
+
+
+def test_calendar_lines_are_unfolded_as_a_calendar_shows_them() -> None:
+    """iCalendar folds long lines (CRLF, then a space); a card split by a fold is one card."""
+    ics = (
+        "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDESCRIPTION:Deposit on card 4111 1111 11\r\n"
+        " 11 1111 by Friday.\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    inline = Message.parse(mime_message(text_part("invite"), text_part(ics, "calendar")))
+    attached = Message.parse(
+        mime_message(text_part("invite"), attachment_part(ics.encode(), "invite.ics"))
+    )
+    for msg in inline, attached:
+        assert "card 4111 1111 1111 1111 by Friday." in (msg.parts[1].text or "")
