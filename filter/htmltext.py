@@ -5,8 +5,9 @@ Two views in one text. First what a reader sees: inline tags vanish without a tr
 are decoded after the tags are gone (so `&lt;b&gt;` stays text); what is never shown is left
 out (comments, script, style, title, template, and elements hidden by the `hidden` attribute
 or an inline `display:none`, `visibility:hidden` or `font-size:0`), so digits hidden between
-the groups of a card number cannot break it. Then, after a blank line, that hidden content:
-it leaves with the message all the same, so the detectors read it too.
+the groups of a card number cannot break it. Then, after a blank line, that hidden content
+and the text of `alt` and `title` attributes: it leaves with the message all the same, so the
+detectors read it too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ _HIDDEN_OPEN = re.compile(
 _HIDDEN_MARKERS = ("<!--", "<script", "<style", "<title", "<template", "hidden", "display")
 _HIDDEN_MARKERS += ("visibility", "font-size")
 _COMMENT_END = re.compile("-->")
+# Attributes whose text a reader sees: an image's alternative text, a tooltip. (Link targets
+# are not read: newsletters carry long tracking numbers in them.)
+_TEXT_ATTRIBUTE = re.compile(
+    r"""<[^<>]*?\s(?:alt|title)\s*=\s*(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>=`]+))""", re.I
+)
 _CLOSE = {
     name: re.compile(f"</{name}\\b[^<>]*>", re.IGNORECASE)
     for name in ("script", "style", "title", "template")
@@ -108,6 +114,8 @@ def html_to_text(source: str) -> str:
         shown, hidden = _split_hidden(source)
     else:
         shown, hidden = source, []
+    if "alt" in lowered or "title" in lowered:
+        hidden += ["".join(m.groups("")) for m in _TEXT_ATTRIBUTE.finditer(source)]
     text = _render(shown)
     # Each hidden piece on lines of its own, so nothing in it joins what is shown.
     unseen = [rendered for piece in hidden if (rendered := _render(piece))]

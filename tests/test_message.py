@@ -430,3 +430,13 @@ def test_calendar_lines_are_unfolded_as_a_calendar_shows_them() -> None:
     )
     for msg in inline, attached:
         assert "card 4111 1111 1111 1111 by Friday." in (msg.parts[1].text or "")
+
+
+def test_alt_and_title_text_is_read_but_not_link_targets() -> None:
+    """An image's alternative text and a tooltip are text a reader sees; link targets are
+    not read (newsletters carry long tracking numbers in them)."""
+    text = html_to_text(
+        '<p>Hi <img src="x.png" alt="card 4111 1111 1111 1111"> '
+        '<a href="https://x.example/?id=4111111111111111" title=tip>link</a></p>'
+    )
+    assert text == "Hi  link\n\ncard 4111 1111 1111 1111\n\ntip"
