@@ -10,6 +10,7 @@ from __future__ import annotations
 import mimetypes
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 import magic
 
@@ -119,21 +120,31 @@ def _is_pdf(part: Part) -> bool:
 _MARKUP_TYPES = frozenset({"text/html", "text/xml", "application/xml"})
 
 
+def _is_kind(part: Part, types: frozenset[str], extensions: frozenset[str]) -> bool:
+    """Declared or detected as one of `types`, or saved under one of `extensions`."""
+    return (
+        part.content_type in types
+        or part.detected_type in types
+        or bool(extensions.intersection(part.extensions[-1:]))
+    )
+
+
 def is_folded(part: Part) -> bool:
     """Calendar or contact content, whose folded lines a reader's client joins."""
-    return (
-        part.content_type in FOLDED_TYPES
-        or part.detected_type in FOLDED_TYPES
-        or bool(FOLDED_EXTENSIONS.intersection(part.extensions[-1:]))
-    )
+    return _is_kind(part, FOLDED_TYPES, FOLDED_EXTENSIONS)
 
 
 def is_html(part: Part) -> bool:
-    return (
-        part.content_type in _MARKUP_TYPES
-        or part.detected_type in _MARKUP_TYPES
-        or bool(HTML_EXTENSIONS.intersection(part.extensions[-1:]))
-    )
+    return _is_kind(part, _MARKUP_TYPES, HTML_EXTENSIONS)
+
+
+class DocumentFacts(Protocol):
+    """What the PDF and Outlook readers report alike."""
+
+    text: str | None
+    encrypted: bool
+    unscannable: set[str]
+    attachments: list[archives.Member]
 
 
 class AttachmentInspector:
@@ -186,34 +197,28 @@ class AttachmentInspector:
         archive's members (one archive level)."""
         max_members = max(0, self.budget.limits.max_parts - self.budget.part_count)
         facts = outlook.msg_facts(part.payload, self.budget, max_members)
+        return self._document(part, facts, archive_depth)
+
+    def _pdf(self, part: Part, archive_depth: int) -> list[Part]:
+        """A PDF's text, and the files embedded in it as an archive's members."""
+        return self._document(part, pdf.pdf_facts(part.payload, self.budget), archive_depth)
+
+    def _document(self, part: Part, facts: DocumentFacts, archive_depth: int) -> list[Part]:
+        """What a document reader found: its text, whether it is locked, and the files it
+        carries (a .msg's attachments, a PDF's embedded files) as members one archive level
+        down."""
         part.unscannable |= facts.unscannable
         if facts.encrypted:
             part.encrypted = True
             part.unscannable.add("encrypted")
         if facts.text is not None:
             self.set_text(part, facts.text)
-        return self._contained(part, facts.attachments, archive_depth)
-
-    def _contained(
-        self, part: Part, files: list[archives.Member], archive_depth: int
-    ) -> list[Part]:
-        """Files a document carries (a .msg's attachments, a PDF's embedded files): members,
-        one archive level down."""
-        if not files:
+        if not facts.attachments:
             return []
         if archive_depth >= self.budget.limits.max_archive_depth:
             part.unscannable.add("too_deep")
             return []
-        return self._members(part, archives.Listing(members=files), archive_depth)
-
-    def _pdf(self, part: Part, archive_depth: int) -> list[Part]:
-        """A PDF's text, and the files embedded in it as an archive's members."""
-        facts = pdf.pdf_facts(part.payload, self.budget)
-        part.unscannable |= facts.unscannable
-        part.encrypted = part.encrypted or facts.encrypted
-        if facts.text is not None:
-            self.set_text(part, facts.text)
-        return self._contained(part, facts.attachments, archive_depth)
+        return self._members(part, archives.Listing(members=facts.attachments), archive_depth)
 
     def set_text(self, part: Part, text: str) -> None:
         text, cut = self.budget.fit_text(text)
