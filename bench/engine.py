@@ -24,8 +24,8 @@ from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
 
-from mailgate.filter.engine import Engine
-from mailgate.filter.envelope import Envelope
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.scan.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.pdfs import pdf_with_blob  # the tests' PDF builder

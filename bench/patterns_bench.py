@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable
 
-from mailgate.filter.patterns import PatternSet
+from mailgate.filter.detect.patterns import PatternSet
 
 WORDS = (
     "the", "quarterly", "report", "invoice", "payment", "account", "project", "meeting",

@@ -15,9 +15,9 @@ from datetime import datetime
 import aiosmtplib
 from cryptography import x509
 
-from ..filter.config import Config, NextHopTLS, SmtpTarget
-from .nexthop import NextHopError, open_session, smtp_client
-from .tls import inspection_context, server_hostname
+from mailgate.filter.ops.config import Config, NextHopTLS, SmtpTarget
+from mailgate.relay.nexthop import NextHopError, open_session, smtp_client
+from mailgate.relay.tls import inspection_context, server_hostname
 
 
 @dataclass

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from ..filter.config import Config
-from ..filter.metrics import MetricsServer
-from ..filter.quarantine import LocalQuarantine
-from ..filter.report import Reporter, apply_forwarded
+from mailgate.filter.ops.config import Config
+from mailgate.filter.ops.metrics import MetricsServer
+from mailgate.filter.ops.report import Reporter, apply_forwarded
+from mailgate.filter.store.quarantine import LocalQuarantine
 
 log = logging.getLogger("mailgate.relay")
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
-from ..filter.actions import reply_text
-from ..filter.config import NextHopTLS, SmtpTarget
-from .tls import TLSPolicyError, client_context, describe_session, server_hostname
+from mailgate.filter.ops.config import NextHopTLS, SmtpTarget
+from mailgate.filter.policy.actions import reply_text
+from mailgate.relay.tls import TLSPolicyError, client_context, describe_session, server_hostname
 
 log = logging.getLogger("mailgate.relay.nexthop")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..filter.durable import new_id, write_durably
+from mailgate.filter.store.durable import new_id, write_durably
 
 
 class Outbox:

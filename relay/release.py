@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from ..filter.config import Config, SmtpTarget
-from ..filter.quarantine import QuarantineError, QuarantineStore
-from ..filter.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
-from .nexthop import NextHopError, Reply, open_session
-from .outbox import Outbox
+from mailgate.filter.ops.config import Config, SmtpTarget
+from mailgate.filter.store.quarantine import QuarantineError, QuarantineStore
+from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
+from mailgate.relay.nexthop import NextHopError, Reply, open_session
+from mailgate.relay.outbox import Outbox
 
 
 @dataclass(frozen=True)

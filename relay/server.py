@@ -29,18 +29,18 @@ import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from ..filter.actions import plan_for, refusal_for, reply_text
-from ..filter.config import Config
-from ..filter.envelope import Envelope
-from ..filter.metrics import MetricsServer
-from ..filter.quarantine import QuarantineStore
-from ..filter.release_mark import RELEASE_HEADER, load_or_create_secret, released_id
-from ..filter.report import Reporter, message_id_of
-from ..filter.verdict import Action, Verdict
-from .addresses import AddressRefused, check_recipient, check_sender
-from .nexthop import NextHopError, NextHopPool, NextHopSession, Reply
-from .outbox import Outbox
-from .tls import TLSPolicyError, certificate_names, describe_session, server_context
+from mailgate.filter.ops.config import Config
+from mailgate.filter.ops.metrics import MetricsServer
+from mailgate.filter.ops.report import Reporter, message_id_of
+from mailgate.filter.policy.actions import plan_for, refusal_for, reply_text
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.verdict import Action, Verdict
+from mailgate.filter.store.quarantine import QuarantineStore
+from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, released_id
+from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
+from mailgate.relay.nexthop import NextHopError, NextHopPool, NextHopSession, Reply
+from mailgate.relay.outbox import Outbox
+from mailgate.relay.tls import TLSPolicyError, certificate_names, describe_session, server_context
 
 log = logging.getLogger("mailgate.relay")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from ..filter.config import InboundTLS, NextHopTLS, SmtpTarget
+from mailgate.filter.ops.config import InboundTLS, NextHopTLS, SmtpTarget
 
 
 class TLSPolicyError(Exception):

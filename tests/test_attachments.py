@@ -40,8 +40,8 @@ from support.samples import (
     zipcrypto_zip,
 )
 
-from mailgate.filter.attachments import detect_type
-from mailgate.filter.message import Message, Part, ScanLimits
+from mailgate.filter.message.model import Message, Part, ScanLimits
+from mailgate.filter.message.readers.dispatch import detect_type
 
 
 def parse_attachment(payload: bytes, filename: str, limits: ScanLimits | None = None) -> Message:

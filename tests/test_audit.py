@@ -20,16 +20,16 @@ from Milter import testctx
 from support.relay_harness import RunningRelay, start_pool, write_config
 from support.smtp_sink import BackgroundLoop
 
-from mailgate.filter.audit import AuditLog, audit_record
-from mailgate.filter.cli import build_parser
-from mailgate.filter.engine import Engine
-from mailgate.filter.envelope import Envelope
-from mailgate.filter.metrics import Metrics
-from mailgate.filter.milter import EngineThread, MilterDoor
-from mailgate.filter.pool import ScanPool
-from mailgate.filter.quarantine import LocalQuarantine, new_id
-from mailgate.filter.report import Reporter, message_id_of
-from mailgate.filter.verdict import Action
+from mailgate.filter.cli.main import build_parser
+from mailgate.filter.milter.door import EngineThread, MilterDoor
+from mailgate.filter.ops.audit import AuditLog, audit_record
+from mailgate.filter.ops.metrics import Metrics
+from mailgate.filter.ops.report import Reporter, message_id_of
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.verdict import Action
+from mailgate.filter.scan.engine import Engine
+from mailgate.filter.scan.pool import ScanPool
+from mailgate.filter.store.quarantine import LocalQuarantine, new_id
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"

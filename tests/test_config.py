@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter.config import (
+from mailgate.filter.ops.config import (
     Config,
     ConfigError,
     Endpoint,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support.build_examples import examples
 
-from mailgate.filter.engine import Engine, envelope_from_headers
-from mailgate.filter.examples import run_examples
+from mailgate.filter.scan.engine import Engine, envelope_from_headers
+from mailgate.filter.scan.examples import run_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -101,7 +101,7 @@ def test_every_rule_has_hit_and_miss_examples_and_they_pass(engine: Engine) -> N
 
 
 def test_tag_plan_for_confidential(engine: Engine) -> None:
-    from mailgate.filter.actions import plan_for
+    from mailgate.filter.policy.actions import plan_for
 
     raw = (RULES / "examples" / "confidential.eml").read_bytes()
     out = plan_for(engine.scan(raw, envelope_from_headers(raw))).apply(raw)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from support.samples import attachment_part, mime_message, text_message, text_part
 
-from mailgate.filter.detectors import Match
-from mailgate.filter.detectors.registry import DLP_DETECTORS
-from mailgate.filter.engine import Engine
-from mailgate.filter.envelope import Envelope
-from mailgate.filter.textview import as_read
-from mailgate.filter.validators import luhn
+from mailgate.filter.detect.detectors import Match
+from mailgate.filter.detect.detectors.registry import DLP_DETECTORS
+from mailgate.filter.detect.validators import luhn
+from mailgate.filter.message.textview import as_read
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.scan.engine import Engine
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
 

@@ -18,9 +18,9 @@ from support.samples import (
     text_part,
 )
 
-from mailgate.filter.headers import decode_rfc2047, extensions_of, parse_params
-from mailgate.filter.htmltext import html_to_text
-from mailgate.filter.message import Message, ScanLimits
+from mailgate.filter.message.headers import decode_rfc2047, extensions_of, parse_params
+from mailgate.filter.message.html import html_to_text
+from mailgate.filter.message.model import Message, ScanLimits
 
 
 def only_text(msg: Message) -> str:

@@ -25,8 +25,8 @@ from support.packs import DOOR_TEST_PACK
 from support.postfix import MilterProcess, PostfixInstance, free_port, missing_binaries, wait_until
 from support.recording_sink import RecordingSink
 
-from mailgate.filter.quarantine import LocalQuarantine, QuarantineRecord
-from mailgate.filter.release_mark import RELEASE_HEADER
+from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineRecord
+from mailgate.filter.store.release_mark import RELEASE_HEADER
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or bool(missing_binaries()),
@@ -188,7 +188,7 @@ def test_quarantined_message_is_held_and_release_delivers_it(stack: Stack, token
     assert raw_held.endswith(compose("quarantine-me", token, body).split(b"\r\n\r\n", 1)[1])
 
     release = subprocess.run(
-        [sys.executable, "-c", "from mailgate.filter.cli import main; main()",
+        [sys.executable, "-c", "from mailgate.filter.cli.main import main; main()",
          "quarantine", "release", record.id, "--config", str(stack.config)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -16,12 +16,12 @@ import pytest
 from Milter import testctx
 from support.packs import DOOR_TEST_PACK
 
-from mailgate.filter.envelope import Envelope
-from mailgate.filter.milter import EngineThread, MailgateMilter, MilterDoor
-from mailgate.filter.pool import ScanPool
-from mailgate.filter.quarantine import LocalQuarantine, new_id
-from mailgate.filter.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
-from mailgate.filter.verdict import Verdict
+from mailgate.filter.milter.door import EngineThread, MailgateMilter, MilterDoor
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.verdict import Verdict
+from mailgate.filter.scan.pool import ScanPool
+from mailgate.filter.store.quarantine import LocalQuarantine, new_id
+from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
 
 PACK = (
     DOOR_TEST_PACK
@@ -394,7 +394,7 @@ def test_invalid_release_mark_is_scanned_as_usual(
 
 
 def run_mailgate(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    code = f"{prelude}from mailgate.filter.cli import main; main({list(args)!r})"
+    code = f"{prelude}from mailgate.filter.cli.main import main; main({list(args)!r})"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
 

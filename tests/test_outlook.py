@@ -38,16 +38,16 @@ from support.msgs import (
 )
 from support.samples import VISA_TEST_CARD, ole_file, pe_executable
 
-from mailgate.filter.message import ScanLimits
-from mailgate.filter.outlook import (
+from mailgate.filter.message.budget import ScanBudget
+from mailgate.filter.message.model import ScanLimits
+from mailgate.filter.message.readers.outlook import (
     EMBEDDED_MARKER,
     MsgFacts,
     decompress_rtf,
     is_msg,
     msg_facts,
 )
-from mailgate.filter.rtf import rtf_to_text
-from mailgate.filter.scanbudget import ScanBudget
+from mailgate.filter.message.rtf import rtf_to_text
 
 IBAN = "DE89 3704 0044 0532 0130 00"
 

@@ -31,8 +31,8 @@ from support.samples import (
     zip_bytes,
 )
 
-from mailgate.filter.message import UNSCANNABLE_REASONS, Message, ScanLimits
-from mailgate.filter.mime import _BoundedFeedParser, _Entity, _LineBuffer, parse_entity
+from mailgate.filter.message.mime import _BoundedFeedParser, _Entity, _LineBuffer, parse_entity
+from mailgate.filter.message.model import UNSCANNABLE_REASONS, Message, ScanLimits
 
 
 def check(msg: Message, raw: bytes) -> None:

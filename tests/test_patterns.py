@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.filter.patterns import PatternError, PatternSet, check_pattern, hyperscan_expression
+from mailgate.filter.detect.patterns import (
+    PatternError,
+    PatternSet,
+    check_pattern,
+    hyperscan_expression,
+)
 
 # Shapes hyperscan gets wrong without care: overlapping alternatives, lazy repeats, anchors,
 # inline and scoped flags, lookaround, backreferences, Unicode classes.

@@ -13,10 +13,10 @@ from support.pdfs import (
     show,
 )
 
-from mailgate.filter import pdf
-from mailgate.filter.message import ScanLimits
-from mailgate.filter.pdf import PAGE_SEPARATOR, is_pdf, pdf_facts
-from mailgate.filter.scanbudget import ScanBudget
+from mailgate.filter.message.budget import ScanBudget
+from mailgate.filter.message.model import ScanLimits
+from mailgate.filter.message.readers import pdf
+from mailgate.filter.message.readers.pdf import PAGE_SEPARATOR, is_pdf, pdf_facts
 
 CARD = "4111 1111 1111 1111"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter.envelope import Envelope
-from mailgate.filter.pool import ScanPool
-from mailgate.filter.rules import PackError, PackSource
-from mailgate.filter.verdict import Action
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.pack import PackError, PackSource
+from mailgate.filter.policy.verdict import Action
+from mailgate.filter.scan.pool import ScanPool
 
 ENV = Envelope("alice@corp.example", ("bob@partner.example",), door="relay")
 PACK = """

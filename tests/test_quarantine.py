@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter.envelope import Envelope
-from mailgate.filter.quarantine import (
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.verdict import Action, Hit, Verdict
+from mailgate.filter.store.quarantine import (
     LocalQuarantine,
     QuarantineError,
     UnknownMessage,
     is_valid_id,
 )
-from mailgate.filter.verdict import Action, Hit, Verdict
 
 MAILGATE = Path(sys.executable).with_name("mailgate")
 CARD = "4111 1111 1111 1111"
@@ -342,8 +342,8 @@ def test_cli_errors(configured: tuple[Path, LocalQuarantine], tmp_path: Path) ->
 
 
 def test_subject_is_stored_with_card_numbers_masked(tmp_path: Path) -> None:
-    from mailgate.filter.envelope import Envelope
-    from mailgate.filter.verdict import Action, Verdict
+    from mailgate.filter.policy.envelope import Envelope
+    from mailgate.filter.policy.verdict import Action, Verdict
 
     store = LocalQuarantine(tmp_path / "q")
     envelope = Envelope("a@corp.example", ("b@partner.example",))

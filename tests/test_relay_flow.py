@@ -9,7 +9,7 @@ import pytest
 from support.relay_harness import message
 from support.smtp_sink import SmtpSink, free_port
 
-from mailgate.filter.pool import ScanPool
+from mailgate.filter.scan.pool import ScanPool
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from support.relay_fixtures import bg_fixture, pack_fixture, sink_fixture  # noq
 from support.relay_harness import message, write_config
 from support.smtp_sink import free_port
 
-from mailgate.filter.quarantine import LocalQuarantine
+from mailgate.filter.store.quarantine import LocalQuarantine
 
 pytestmark = pytest.mark.timeout(120)
 

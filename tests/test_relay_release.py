@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support.relay_harness import message
 
-from mailgate.filter.quarantine import QuarantineError
-from mailgate.filter.release_mark import (
+from mailgate.filter.store.quarantine import QuarantineError
+from mailgate.filter.store.release_mark import (
     RELEASE_HEADER,
     load_or_create_secret,
     make_mark,

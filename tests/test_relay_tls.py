@@ -13,7 +13,7 @@ from support.certs import CLIENT_NAME, SERVER_NAME, KeyPair, Pki, make_pki
 from support.relay_harness import message, write_config
 from support.smtp_sink import BackgroundLoop, SmtpSink
 
-from mailgate.relay import cli
+from mailgate.filter.cli import relay as cli
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailgate.filter.actions import refusal_for
-from mailgate.filter.verdict import Action, Verdict
+from mailgate.filter.policy.actions import refusal_for
+from mailgate.filter.policy.verdict import Action, Verdict
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
 from mailgate.relay.nexthop import data_payload
 from mailgate.relay.server import DataRefused, RelayHandler, RelaySMTP, normalise

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter.release_mark import (
+from mailgate.filter.store.release_mark import (
     RELEASE_HEADER,
     SECRET_FILE,
     ReleaseSecretError,

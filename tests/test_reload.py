@@ -28,9 +28,9 @@ from support.relay_harness import RunningRelay, message, start_pool, write_confi
 from support.scrape import get, scrape, value, wait_for
 from support.smtp_sink import BackgroundLoop
 
-from mailgate.filter.metrics import Metrics
-from mailgate.filter.reload import PackReloader, ReloadResult
-from mailgate.filter.rules import PackSource
+from mailgate.filter.ops.metrics import Metrics
+from mailgate.filter.policy.pack import PackSource
+from mailgate.filter.scan.reload import PackReloader, ReloadResult
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from mailgate.filter.engine import Engine
-from mailgate.filter.envelope import Envelope
-from mailgate.filter.rules import PackError, PackSource, build_pack
-from mailgate.filter.verdict import Action
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.pack import PackError, PackSource, build_pack
+from mailgate.filter.policy.verdict import Action
+from mailgate.filter.scan.engine import Engine
 
 ENV = Envelope(mail_from="alice@corp.example", rcpt_tos=("bob@partner.example",))
 

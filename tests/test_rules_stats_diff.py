@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter.audit import audit_record
-from mailgate.filter.cli import build_parser
-from mailgate.filter.engine import Engine, envelope_from_headers
-from mailgate.filter.quarantine import LocalQuarantine
+from mailgate.filter.cli.main import build_parser
+from mailgate.filter.ops.audit import audit_record
+from mailgate.filter.scan.engine import Engine, envelope_from_headers
+from mailgate.filter.store.quarantine import LocalQuarantine
 
 PACK = """\
 rules:

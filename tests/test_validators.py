@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailgate.filter.validators import IBAN_LENGTHS, VALIDATORS, iban, luhn, mod97
+from mailgate.filter.detect.validators import IBAN_LENGTHS, VALIDATORS, iban, luhn, mod97
 
 digit_strings = st.text(alphabet="0123456789", min_size=1, max_size=30)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter.detectors.yara_scan import YaraError, YaraMatch, YaraScanner
-from mailgate.filter.message import Message, Part
+from mailgate.filter.detect.detectors.yara_scan import YaraError, YaraMatch, YaraScanner
+from mailgate.filter.message.model import Message, Part
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 

@@ -245,7 +245,7 @@ class MilterProcess:
         script = Path(sys.executable).with_name("mailgate")
         if script.exists():
             return [str(script), "milter", "--config", str(self.config)]
-        return [sys.executable, "-c", "from mailgate.filter.cli import main; main()", "milter",
+        return [sys.executable, "-c", "from mailgate.filter.cli.main import main; main()", "milter",
                 "--config", str(self.config)]  # fmt: skip
 
     def start(self) -> None:

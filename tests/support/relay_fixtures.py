@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mailgate.filter.pool import ScanPool
+from mailgate.filter.scan.pool import ScanPool
 from support.relay_harness import RunningRelay, start_pool, write_config, write_pack
 from support.smtp_sink import BackgroundLoop, SmtpSink
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from mailgate.filter.config import Config, load_config
-from mailgate.filter.pool import ScanPool
-from mailgate.filter.quarantine import LocalQuarantine
+from mailgate.filter.ops.config import Config, load_config
+from mailgate.filter.scan.pool import ScanPool
+from mailgate.filter.store.quarantine import LocalQuarantine
 from mailgate.relay.server import Relay
 from support.packs import DOOR_TEST_PACK
 from support.smtp_sink import BackgroundLoop

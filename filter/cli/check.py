@@ -1,0 +1,257 @@
+"""`mailgate check` and `mailgate rules lint|test|stats|diff`: the compliance officer's tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from mailgate.filter.ops.audit import audit_record
+from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.report import message_id_of
+from mailgate.filter.ops.rulediff import Sample, files_corpus, quarantine_corpus, replay
+from mailgate.filter.ops.rulestats import collect, table
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.pack import Pack, PackError, PackSource, build_pack
+from mailgate.filter.policy.units import argument, parse_since
+from mailgate.filter.policy.verdict import Verdict
+from mailgate.filter.scan.engine import Engine, envelope_from_headers
+from mailgate.filter.scan.examples import run_examples
+
+
+def default_rules_dir() -> Path:
+    """./rules when present, else the pack shipped with mailgate."""
+    local = Path("rules")
+    if local.is_dir() and any(local.glob("*.yaml")):
+        return local
+    return Path(str(files("mailgate.rules")))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    check = subparsers.add_parser("check", help="judge message files and explain the verdicts")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.add_argument("--rules", type=Path, help="rule pack folder (default: ./rules or shipped)")
+    check.add_argument("--json", action="store_true", help="one JSON object per message")
+    check.add_argument("--sender", help="envelope sender (default: the From header)")
+    check.add_argument(
+        "--recipient", action="append", help="envelope recipient (repeatable; default: To/Cc/Bcc)"
+    )
+    check.set_defaults(func=cmd_check)
+
+    rules = subparsers.add_parser("rules", help="lint and test the rule pack")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+    lint = rules_sub.add_parser("lint", help="check every rule and YARA file")
+    lint.add_argument("--rules", type=Path)
+    lint.set_defaults(func=cmd_lint)
+    test = rules_sub.add_parser("test", help="run every rule's hit and miss examples")
+    test.add_argument("--rules", type=Path)
+    test.set_defaults(func=cmd_test)
+    stats = rules_sub.add_parser(
+        "stats",
+        help="hits per rule and mode from the audit log, and what monitor rules would have done",
+    )
+    stats.add_argument(
+        "--since",
+        type=argument(parse_since),
+        metavar="WHEN",
+        help="age such as 1d or 12h, or an ISO date/time",
+    )
+    stats.add_argument(
+        "--audit",
+        metavar="FILE",
+        help="audit log to read, '-' for stdin (default: audit.path of the configuration, "
+        "else stdin, e.g. journalctl -u mailgate-relay -o cat | mailgate rules stats)",
+    )
+    stats.add_argument(
+        "--rules", type=Path, help="pack to look up rule actions that the log does not record"
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    add_config_argument(stats)
+    stats.set_defaults(func=cmd_stats)
+    diff = rules_sub.add_parser(
+        "diff",
+        help="replay messages through two packs and show every verdict that changes",
+        description="Replay messages through the OLD and the NEW pack and print every verdict "
+        "that changes (action, or the rules that hit), with the rules responsible. "
+        "Exit status: 0 nothing changes, 1 some verdict changes, 2 a pack or corpus is unusable.",
+    )
+    diff.add_argument("old", type=Path, metavar="OLD_DIR", help="the pack serving now")
+    diff.add_argument("new", type=Path, metavar="NEW_DIR", help="the pack to review")
+    diff.add_argument(
+        "corpus", nargs="*", type=Path, metavar="CORPUS", help=".eml files or folders of them"
+    )
+    diff.add_argument(
+        "--quarantine", type=Path, metavar="PATH", help="also replay a quarantine store's messages"
+    )
+    diff.add_argument("--json", action="store_true", help="one JSON object")
+    diff.set_defaults(func=cmd_diff)
+
+
+def _load(rules_dir: Path | None) -> Engine | None:
+    try:
+        return Engine(Pack.load(rules_dir or default_rules_dir()))
+    except PackError as exc:
+        print(f"mailgate: the rule pack does not load:\n{exc}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    engine = _load(args.rules)
+    if engine is None:
+        return 2
+    missing = [f for f in args.files if not f.is_file()]
+    if missing:
+        print(f"mailgate: no such file: {missing[0]}", file=sys.stderr)
+        return 2
+    for path in args.files:
+        raw = path.read_bytes()
+        envelope = envelope_from_headers(raw)
+        if args.sender is not None or args.recipient:
+            envelope = Envelope(
+                mail_from=args.sender if args.sender is not None else envelope.mail_from,
+                rcpt_tos=tuple(args.recipient) if args.recipient else envelope.rcpt_tos,
+            )
+        verdict = engine.scan(raw, envelope)
+        if args.json:
+            record = check_record(str(path), raw, envelope, verdict, engine)
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(explain(str(path), verdict, engine))
+    return 0
+
+
+def check_record(
+    file: str, raw: bytes, envelope: Envelope, verdict: Verdict, engine: Engine
+) -> dict[str, Any]:
+    """The audit record the doors write (door 'check'), with the file it is about."""
+    actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+    record = audit_record("check", envelope, message_id_of(raw), len(raw), verdict, {}, actions)
+    return {"file": file, **record}
+
+
+def explain(file: str, verdict: Verdict, engine: Engine) -> str:
+    rules = {r.id: r for r in engine.pack.rules}
+    lines = [f"{file}: {str(verdict.action).upper()}"]
+    if verdict.unscannable:
+        lines.append(f"  could not look inside: {', '.join(verdict.unscannable)}")
+    if not verdict.rules and not verdict.monitor:
+        lines.append("  no rule hit")
+    for rule_id in verdict.rules + verdict.monitor:
+        rule = rules[rule_id]
+        mode = "monitor, no action taken" if rule.mode == "monitor" else "enforce"
+        lines.append(f"  rule {rule_id} ({mode}) -> {rule.action}: {rule.reason}")
+        for hit in verdict.hits:
+            if hit.rule == rule_id:
+                count = f"{hit.count} x " if hit.count > 1 else ""
+                lines.append(f"    {hit.detector} in {hit.where}: {count}{hit.sample}")
+    lines.append(f"  pack {verdict.pack_version}, {verdict.timings.get('total', 0) * 1000:.1f} ms")
+    return "\n".join(lines)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    rules_dir = args.rules or default_rules_dir()
+    try:
+        pack = build_pack(PackSource.read(rules_dir))
+    except PackError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s) in {rules_dir}", file=sys.stderr)
+        return 1
+    print(
+        f"{rules_dir}: {len(pack.rules)} rules, {len(pack.yara.files)} YARA files, "
+        f"pack version {pack.version}: OK"
+    )
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    rules_dir = args.rules or default_rules_dir()
+    engine = _load(rules_dir)
+    if engine is None:
+        return 1
+    ran, failures = run_examples(engine, Path(rules_dir))
+    for failure in failures:
+        print(f"FAIL {failure}")
+    print(f"{ran - len(failures)} of {ran} examples passed")
+    return 1 if failures else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    source = args.audit
+    if source is None:
+        try:
+            path = load_config(args.config).audit.path
+        except ConfigError as exc:
+            print(f"mailgate rules stats: {exc}", file=sys.stderr)
+            return 2
+        source = str(path) if path is not None else "-"
+    actions = {}
+    if args.rules is not None:
+        engine = _load(args.rules)
+        if engine is None:
+            return 2
+        actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
+    if source == "-" and sys.stdin.isatty():
+        print(
+            "mailgate rules stats: no audit log: give --audit FILE, set audit.path, "
+            "or pipe the log in (journalctl -u mailgate-relay -o cat | mailgate rules stats)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        if source == "-":
+            stats = collect(sys.stdin, args.since, actions)
+        else:
+            with open(source, encoding="utf-8", errors="replace") as lines:
+                stats = collect(lines, args.since, actions)
+    except OSError as exc:
+        print(f"mailgate rules stats: cannot read {source}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats.to_dict(), ensure_ascii=False))
+    else:
+        print(table(stats))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    old, new = _load(args.old), _load(args.new)
+    if old is None or new is None:
+        return 2
+    if not args.corpus and args.quarantine is None:
+        print("mailgate rules diff: give message files, folders or --quarantine", file=sys.stderr)
+        return 2
+    missing = [p for p in args.corpus if not p.exists()]
+    if args.quarantine is not None and not args.quarantine.is_dir():
+        missing.append(args.quarantine)
+    if missing:
+        print(f"mailgate rules diff: no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
+
+    def corpus() -> Iterator[Sample]:
+        yield from files_corpus(args.corpus)
+        if args.quarantine is not None:
+            yield from quarantine_corpus(args.quarantine)
+
+    try:
+        count, changes = replay(old, new, corpus())
+    except OSError as exc:
+        print(f"mailgate rules diff: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        result = {
+            "old": old.version,
+            "new": new.version,
+            "messages": count,
+            "changed": [c.to_dict() for c in changes],
+        }
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for change in changes:
+            print(change.describe())
+        print(f"{len(changes)} of {count} verdicts change (pack {old.version} -> {new.version})")
+    return 1 if changes else 0

@@ -1,0 +1,472 @@
+"""mailgate.yaml: one validated model for the whole file, shared by every command.
+
+Search order when no `--config FILE` is given: ./mailgate.yaml, then
+/etc/mailgate/mailgate.yaml, else the embedded default (every key at its default: the relay on
+127.0.0.1:2525, no next hop, mail delivered into var/outbox).
+
+Relative paths: every relative path (written in the file or left at its default) resolves
+against the folder of the config file, so a config file and its folder form one deployment
+and writing a default out explicitly never changes its meaning. With no config file (the
+embedded default) they resolve against the working directory.
+
+Sizes and durations are read by .units, as in rule packs: a plain integer is bytes, K/KB/KiB,
+M/MB/MiB, G/GB/GiB all count in powers of 1024 ('50MB' = 50 MiB); a plain number is seconds,
+or one unit of ms, s, m, h, d, w ('30d', '10s', '5m').
+
+A bad file raises ConfigError naming the file, the line and the key path
+(`mailgate.yaml: line 12: relay.next_hop.tls: ...`); unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mailgate.filter.policy.units import parse_duration, parse_size
+
+SEARCH_PATHS = (Path("mailgate.yaml"), Path("/etc/mailgate/mailgate.yaml"))
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names file, line and key."""
+
+
+# --- value parsers -------------------------------------------------------------------------
+
+
+def _seconds(value: object) -> float:
+    return parse_duration(value).total_seconds()
+
+
+class Endpoint(NamedTuple):
+    """A host and port to listen on or connect to: '127.0.0.1:2525', '[::1]:2525'."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(value: object) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value.strip())
+        if match:
+            host = match.group(1) or match.group(3)
+            port = int(match.group(2) or match.group(4))
+            if 0 < port < 65536:
+                return Endpoint(host, port)
+    raise ValueError(f"not host:port: {value!r} (e.g. '127.0.0.1:2525' or '[::1]:2525')")
+
+
+def _parse_mode(value: object) -> int:
+    """A unix file mode: '0666' (octal string) or an int YAML already read as octal (0666).
+
+    A bare 666 is YAML's decimal 666, not rw-rw-rw-: it falls outside 0o777 and is refused.
+    """
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value.strip()):
+        mode = int(value.strip().replace("o", ""), 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"not a file mode: {value!r} (write it quoted, e.g. '0666')")
+    return mode
+
+
+def _parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError(f"not a network: {value!r} (e.g. '127.0.0.0/8' or '10.1.2.3')")
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError as exc:
+        raise ValueError(f"not a network: {value!r} ({exc})") from None
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
+EndpointValue = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Make a relative path absolute against the config file's folder (see module doc)."""
+    value = value.expanduser()
+    base = (info.context or {}).get("base_dir") or Path.cwd()
+    return value if value.is_absolute() else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+class _Section(BaseModel):
+    """Strict, immutable; an empty section (`relay:` with nothing under it) means defaults."""
+
+    # validate_default: defaults go through the same parsing and path resolution as values.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+class NextHopTLS(StrEnum):
+    NONE = "none"  # plain SMTP, no STARTTLS
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, no verification
+    REQUIRED = "required"  # STARTTLS or fail; certificate not verified (self-signed)
+    VERIFY_CA = "verify_ca"  # STARTTLS, chain verified against `ca` (or the system store)
+    VERIFY_NAME = "verify_name"  # as verify_ca, and the name must match tls_name (or host)
+
+
+class SmtpTarget(_Section):
+    """Where mail goes over SMTP: `relay.next_hop` and `quarantine.release_to`."""
+
+    host: str | None = None  # None: no SMTP next hop, deliver into relay.outbox
+    port: int = Field(default=25, gt=0, lt=65536)
+    tls: NextHopTLS = NextHopTLS.OPPORTUNISTIC
+    tls_name: str | None = None
+    ca: ConfigPath | None = None
+    timeout: Seconds = 60.0  # per SMTP command, connect included
+
+    @model_validator(mode="after")
+    def _tls_settings_fit_mode(self) -> SmtpTarget:
+        if self.tls_name and self.tls is not NextHopTLS.VERIFY_NAME:
+            raise ValueError("tls_name is used only with tls: verify_name")
+        if self.ca and self.tls not in (NextHopTLS.VERIFY_CA, NextHopTLS.VERIFY_NAME):
+            raise ValueError("ca is used only with tls: verify_ca or verify_name")
+        return self
+
+    @property
+    def expected_name(self) -> str | None:
+        """The certificate name checked under verify_name: tls_name, else the host."""
+        return self.tls_name or self.host
+
+
+class InboundTLS(_Section):
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+    require: bool = False  # refuse MAIL before STARTTLS
+    client_ca: ConfigPath | None = None  # verify client certificates against this bundle
+    client_names: list[str] = []  # accepted client certificate names (with client_ca)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InboundTLS:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be set together")
+        if self.require and self.cert is None:
+            raise ValueError("require: true needs cert and key")
+        if self.client_ca and self.cert is None:
+            raise ValueError("client_ca needs cert and key (client certificates need STARTTLS)")
+        if self.client_names and self.client_ca is None:
+            raise ValueError("client_names needs client_ca to verify the certificates against")
+        return self
+
+
+class RelayConfig(_Section):
+    listen: EndpointValue = Endpoint("127.0.0.1", 2525)
+    hostname: str = None  # type: ignore[assignment]  # None: socket.gethostname()
+    accept_from: list[Network] = ["127.0.0.0/8"]  # type: ignore[list-item]
+    accepted_domains: list[str] = ["*"]
+    max_message_size: Size = 50 << 20
+    max_recipients: int = Field(default=1000, gt=0)
+    tls: InboundTLS = Field(default_factory=dict)
+    next_hop: SmtpTarget = Field(default_factory=dict)
+    outbox: ConfigPath = Path("var/outbox")
+    # Operational limits.
+    max_connections: int = Field(default=100, gt=0)  # concurrent client sessions
+    idle_timeout: Seconds = 300.0  # between commands (RFC 5321 4.5.3.2.7: 5 minutes)
+    data_timeout: Seconds = 600.0  # whole DATA transfer, against slow-drip clients
+    max_line_length: int = Field(default=2048, ge=1000)  # bytes per line incl. CRLF
+    max_header_size: Size = 100 << 10  # all headers together (Postfix's header_size_limit)
+    fail_open: bool = False  # engine cannot answer: relay unscanned instead of 451
+    # SMTP front-end processes sharing `listen`, each with its own engine.workers; more than
+    # one puts SMTP handling on every core (audit and metrics are gathered by the parent).
+    processes: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("hostname", mode="before")
+    @classmethod
+    def _default_hostname(cls, value: Any) -> Any:
+        # gethostname, not getfqdn: loading the config must not wait on DNS.
+        return socket.gethostname() if value is None else value
+
+    @field_validator("accepted_domains", mode="before")
+    @classmethod
+    def _domains(cls, value: Any) -> Any:
+        if value == "*":
+            return ["*"]
+        if isinstance(value, list):
+            return [d.strip().lower().rstrip(".") if isinstance(d, str) else d for d in value]
+        return value
+
+    @field_validator("accepted_domains")
+    @classmethod
+    def _domains_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('an empty list would refuse every sender; use ["*"] for all')
+        return value
+
+    def accepts_sender_domain(self, domain: str) -> bool:
+        """'*' accepts all; 'example.com' that domain; '*.example.com' its subdomains."""
+        domain = domain.lower().rstrip(".")
+        for pattern in self.accepted_domains:
+            if pattern == "*" or pattern == domain:
+                return True
+            if pattern.startswith("*.") and domain.endswith(pattern[1:]):
+                return True
+        return False
+
+
+class QuarantineConfig(_Section):
+    path: ConfigPath = Path("var/quarantine")
+    # Where `mailgate quarantine release` re-submits; None: relay.next_hop (or its outbox).
+    release_to: SmtpTarget | None = None
+    # Default for `mailgate quarantine purge` when --older-than is not given.
+    retention: Annotated[timedelta, BeforeValidator(parse_duration)] | None = None
+
+    @field_validator("release_to")
+    @classmethod
+    def _release_needs_host(cls, value: SmtpTarget | None) -> SmtpTarget | None:
+        if value is not None and value.host is None:
+            raise ValueError("release_to needs a host (leave release_to out to use next_hop)")
+        return value
+
+
+class MilterFailMode(StrEnum):
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+class MilterConfig(_Section):
+    # unix:/path (default: no TCP delayed-ACK latency) or inet:PORT@HOST / inet6:PORT@HOST.
+    socket: str = "unix:/run/mailgate/milter.sock"
+    socket_mode: Annotated[int, BeforeValidator(_parse_mode)] = 0o666
+    fail_mode: MilterFailMode = MilterFailMode.TEMPFAIL
+    # Answer well inside Postfix's milter_content_timeout (300s by default).
+    time_budget: Seconds = 30.0
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_spec(cls, value: str) -> str:
+        if re.fullmatch(r"(unix|local):/\S+|inet6?:\d{1,5}(@\S+)?", value):
+            return value
+        raise ValueError(
+            f"not a milter socket: {value!r} "
+            "(use 'unix:/run/mailgate/milter.sock' or 'inet:8890@127.0.0.1')"
+        )
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # CPUs this process may use (cgroups, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class EngineConfig(_Section):
+    workers: int = Field(default=None, gt=0)  # scanning processes; None: one per usable CPU
+    time_budget: Seconds = 10.0  # per message; overruns go to the pack's unscannable rules
+    memory_budget: Size = 512 << 20  # per worker process
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _default_workers(cls, value: Any) -> Any:
+        return _cpu_count() if value is None else value
+
+
+class MetricsConfig(_Section):
+    listen: EndpointValue | None = None  # e.g. 127.0.0.1:9125; None: no metrics endpoint
+
+
+class AuditConfig(_Section):
+    path: ConfigPath | None = None  # None: one JSON line per message to stdout
+
+
+def packaged_rules_dir() -> Path:
+    """The default rule pack shipped inside the mailgate package."""
+    return Path(str(importlib.resources.files("mailgate.rules")))
+
+
+class Config(_Section):
+    # Rule pack folder; None: ./rules beside the config file if it exists, else the packaged pack.
+    rules: ConfigPath = None  # type: ignore[assignment]
+    quarantine: QuarantineConfig = Field(default_factory=dict)
+    relay: RelayConfig = Field(default_factory=dict)
+    milter: MilterConfig = Field(default_factory=dict)
+    engine: EngineConfig = Field(default_factory=dict)
+    metrics: MetricsConfig = Field(default_factory=dict)
+    audit: AuditConfig = Field(default_factory=dict)
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _default_rules(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return value
+        local = Path((info.context or {}).get("base_dir") or Path.cwd()) / "rules"
+        return local if local.is_dir() else packaged_rules_dir()
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from; None for the embedded default."""
+        return self._source
+
+    @property
+    def release_target(self) -> SmtpTarget:
+        """Where a quarantine release goes: quarantine.release_to, else relay.next_hop."""
+        return self.quarantine.release_to or self.relay.next_hop
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def default_config() -> Config:
+    """The embedded default: every key at its default, paths relative to the cwd."""
+    return Config.model_validate({}, context={"base_dir": Path.cwd()})
+
+
+def find_config_file() -> Path | None:
+    for candidate in SEARCH_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate `path`, or the first file of the search order, or the default."""
+    if path is None:
+        path = find_config_file()
+        if path is None:
+            return default_config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, source=Path(path))
+
+
+def parse_config(text: str, source: Path) -> Config:
+    """Validate YAML text; relative paths resolve against source's folder."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{source}: {where}YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: YAML error: {exc}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: line 1: the file must be a mapping of keys (rules:, relay:…)")
+    lines = dict(_key_lines(root)) if root is not None else {}
+    _check_duplicate_keys(root, source)
+    base_dir = Path(source).resolve().parent
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, lines)) from None
+    config._source = Path(source)
+    return config
+
+
+def _key_lines(
+    node: yaml.Node, prefix: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], int]]:
+    """Yield (key path, 1-based line) for every key and list item under node."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            yield path, key_node.start_mark.line + 1
+            yield from _key_lines(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = (*prefix, index)
+            yield path, item.start_mark.line + 1
+            yield from _key_lines(item, path)
+
+
+def _check_duplicate_keys(node: yaml.Node | None, source: Path, prefix: str = "") -> None:
+    """PyYAML silently keeps the last of two equal keys; an admin deserves to hear of it."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{source}: line {line}: {dotted}: duplicate key")
+            seen.add(key)
+            _check_duplicate_keys(value_node, source, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, source, prefix)
+
+
+def _describe(exc: ValidationError, source: Path, lines: dict[tuple[str | int, ...], int]) -> str:
+    messages = []
+    for error in exc.errors(include_url=False):
+        # Keep only the parts of loc that are keys or list indexes in the file; pydantic adds
+        # union member names ("function-after[...]") that mean nothing to an admin.
+        loc = tuple(part for part in error["loc"] if isinstance(part, int) or "[" not in part)
+        line = None
+        for depth in range(len(loc), 0, -1):
+            line = lines.get(loc[:depth])
+            if line is not None:
+                break
+        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        dotted = dotted.lstrip(".") or "(top level)"
+        reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif error["type"] != "value_error" and not isinstance(error.get("input"), dict | list):
+            reason = f"{reason} (got {error.get('input')!r})"  # our own messages quote it
+        where = f"line {line}: " if line else ""
+        messages.append(f"{source}: {where}{dotted}: {reason}")
+    return "\n".join(messages)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """The one --config flag every command that reads mailgate.yaml takes."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="configuration file (default: ./mailgate.yaml, then /etc/mailgate/mailgate.yaml)",
+    )

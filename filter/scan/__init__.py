@@ -1,0 +1,4 @@
+"""Running the pack: the engine (raw bytes + envelope in, verdict out), worker processes, reload.
+
+May import `message`, `detect` and `policy`.
+"""

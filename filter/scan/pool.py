@@ -1,0 +1,397 @@
+"""Worker processes that run the engine, so no door's event loop ever does.
+
+Each message gets a time budget and each worker a memory budget. A worker that overruns is
+killed and replaced; its message is judged by the pack's `unscannable: [timeout]` rules in
+the parent, which holds the same pack. A new pack is validated in the parent first and then
+served by a fresh generation of workers; messages in flight finish on the pack they began with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import resource
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mailgate.filter.message.model import ScanLimits
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.pack import PackSource
+from mailgate.filter.policy.verdict import Action, Verdict
+from mailgate.filter.scan.engine import Engine
+
+if TYPE_CHECKING:
+    from mailgate.filter.ops.config import Config
+
+log = logging.getLogger("mailgate.pool")
+
+WARM_UP = b"Subject: warm-up\r\n\r\nCard 4111 1111 1111 1111, SSN 536-90-4187\r\n"
+LARGE_MESSAGE = 1 << 20  # larger messages are written to a worker from a thread
+OUT_OF_MEMORY = 3  # a worker's exit code when a message does not fit its memory budget
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(["mailgate.filter.scan.engine"])
+
+
+def _send(conn: Connection, obj: Any) -> None:
+    # The C pickler straight into one write: Connection.send's ForkingPickler is needlessly
+    # slow for what crosses here (bytes, an Envelope, a Verdict: plain data only).
+    conn.send_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+def _receive(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
+def _worker_main(conn: Connection, source: PackSource, limits: ScanLimits, memory: int) -> None:
+    """Runs in the worker process: load the pack, then judge messages until told to stop."""
+    engine = Engine.from_source(source, limits)
+    engine.scan(WARM_UP, Envelope("", ()))  # compile lazily built detectors before real mail
+    if memory:
+        with open("/proc/self/statm") as statm:
+            current = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (current + memory, current + memory))
+    _send(conn, ("ready", engine.version))
+    while True:
+        try:
+            request = _receive(conn)
+            if request is None:
+                return
+            raw, envelope = request
+            verdict = engine.scan(raw, envelope)
+            del raw, request
+            _send(conn, verdict)
+        except (EOFError, OSError):
+            return
+        except MemoryError:
+            # Not even the message fits in the budget; the exit code tells the parent why.
+            os._exit(OUT_OF_MEMORY)
+
+
+class _Worker:
+    """One worker process and its pipe. The event loop waits on the pipe itself (add_reader):
+    no thread sits between a door and its verdict."""
+
+    def __init__(self, source: PackSource, limits: ScanLimits, memory: int, generation: int):
+        self.generation = generation
+        self.conn, child = _context.Pipe()
+        self.process = _context.Process(
+            target=_worker_main, args=(child, source, limits, memory), daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    async def ready(self, timeout: float) -> None:
+        reply = await asyncio.wait_for(self._receive(), timeout)
+        if reply[0] != "ready":
+            raise RuntimeError(f"worker failed to start: {reply!r}")
+
+    async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
+        if len(raw) > LARGE_MESSAGE:
+            # Writing megabytes into the pipe takes a while: not on the event loop.
+            await asyncio.get_running_loop().run_in_executor(
+                None, _send, self.conn, (raw, envelope)
+            )
+        else:
+            _send(self.conn, (raw, envelope))
+        return await self._receive()
+
+    async def _receive(self) -> Any:
+        """The worker's next answer; EOFError if it died."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        fd = self.conn.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if answer.done():
+                return
+            try:
+                # The worker writes each answer whole, so it can be read without blocking.
+                answer.set_result(_receive(self.conn))
+            except (EOFError, OSError) as exc:
+                answer.set_exception(EOFError(str(exc)))
+
+        loop.add_reader(fd, readable)
+        try:
+            return await answer
+        finally:
+            loop.remove_reader(fd)
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            with contextlib.suppress(OSError):
+                _send(self.conn, None)
+        self.conn.close()
+        self.process.join(timeout=0 if kill else 2)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+class _IdleWorkers:
+    """Idle workers, taken by coroutines on the pool's event loop and by other threads (the
+    milter's libmilter threads) alike; whoever takes one does the pipe I/O itself."""
+
+    def __init__(self) -> None:
+        self._workers: deque[_Worker] = deque()
+        self._ready = threading.Condition()
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def put(self, worker: _Worker) -> None:
+        with self._ready:
+            self._workers.append(worker)
+            self._ready.notify()
+            waiters = list(self._async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def take_nowait(self) -> _Worker | None:
+        with self._ready:
+            return self._workers.popleft() if self._workers else None
+
+    def take_blocking(self, timeout: float) -> _Worker | None:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._workers, timeout):
+                return None
+            return self._workers.popleft()
+
+    async def take(self) -> _Worker:
+        """Cancellation-safe: a worker is only ever taken by a caller that gets it."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        self._async_waiters.add(waiter)
+        try:
+            while (worker := self.take_nowait()) is None:
+                await waiter[1].wait()
+                waiter[1].clear()
+            return worker
+        finally:
+            self._async_waiters.discard(waiter)
+
+
+class ScanPool:
+    def __init__(
+        self,
+        rules_dir: Path,
+        workers: int | None = None,
+        time_budget: float = 10.0,
+        memory_budget: int = 512 << 20,
+        limits: ScanLimits | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.rules_dir = Path(rules_dir)
+        self.size = workers or os.cpu_count() or 2
+        self.time_budget = time_budget
+        self.memory_budget = memory_budget
+        self.limits = limits or ScanLimits()
+        self.start_timeout = start_timeout
+        self._engine: Engine | None = None  # the parent's copy, for verdicts without a worker
+        self._source: PackSource | None = None
+        self._generation = 0
+        self._idle = _IdleWorkers()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that manages workers
+        self._all: set[_Worker] = set()
+        self._closed = False
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    def from_config(cls, config: Config) -> ScanPool:
+        return cls(
+            config.rules,
+            workers=config.engine.workers,
+            time_budget=config.engine.time_budget,
+            memory_budget=config.engine.memory_budget,
+        )
+
+    @property
+    def pack_version(self) -> str:
+        return self._engine.version if self._engine else ""
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    async def start(self) -> None:
+        """Load the pack (raising PackError if it is broken) and start every worker."""
+        await self.replace(PackSource.read(self.rules_dir))
+
+    async def reload(self, rules_dir: Path | None = None) -> str:
+        """Serve a new pack from the folder; the old one keeps serving if it does not load."""
+        if rules_dir is not None:
+            self.rules_dir = Path(rules_dir)
+        await self.replace(PackSource.read(self.rules_dir))
+        return self.pack_version
+
+    async def replace(self, source: PackSource, engine: Engine | None = None) -> None:
+        """Start a new generation of workers on `source`; retire the old one as it goes idle.
+        `engine`: the parent's copy, when the caller already built it from `source`."""
+        if engine is None:
+            loop = asyncio.get_running_loop()
+            engine = await loop.run_in_executor(None, Engine.from_source, source, self.limits)
+        generation = self._generation + 1
+        workers = [self._spawn(source, generation) for _ in range(self.size)]
+        try:
+            await asyncio.gather(*(w.ready(self.start_timeout) for w in workers))
+        except BaseException:
+            for w in workers:
+                self._retire(w, kill=True)
+            raise
+        self._engine, self._source, self._generation = engine, source, generation
+        self._loop = asyncio.get_running_loop()
+        for w in workers:
+            self._idle.put(w)
+
+    def _spawn(self, source: PackSource, generation: int) -> _Worker:
+        worker = _Worker(source, self.limits, self.memory_budget, generation)
+        self._all.add(worker)
+        return worker
+
+    def _retire(self, worker: _Worker, kill: bool = False) -> None:
+        self._all.discard(worker)
+        worker.stop(kill=kill)
+
+    def _current(self, worker: _Worker) -> bool:
+        """Whether a worker just taken may serve; a stale or dead one is retired."""
+        if worker.generation == self._generation and worker.process.is_alive():
+            return True
+        self._retire(worker, kill=not worker.process.is_alive())
+        return False
+
+    async def _acquire(self) -> _Worker:
+        while True:  # stale or dead workers are retired by _current and skipped
+            worker = await self._idle.take()
+            if self._current(worker):
+                return worker
+
+    def _release(self, worker: _Worker) -> None:
+        if self._closed or worker.generation != self._generation:
+            self._retire(worker)
+        else:
+            self._idle.put(worker)
+
+    def _spawn_replacement(self, dead: _Worker) -> None:
+        task = asyncio.ensure_future(self._replace_worker(dead))
+        self._tasks.add(task)  # keep a reference until done, or the task may vanish
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace_worker(self, dead: _Worker) -> None:
+        self._retire(dead, kill=True)
+        if self._closed or self._source is None or dead.generation != self._generation:
+            return
+        worker = self._spawn(self._source, self._generation)
+        try:
+            await worker.ready(self.start_timeout)
+        except Exception:
+            log.exception("replacement worker failed to start")
+            self._retire(worker, kill=True)
+            return
+        self._release(worker)
+
+    async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
+        """Judge one message; never raises. If no verdict can be had at all, the answer is
+        TEMPFAIL with `engine_error` set, and the door decides whether to fail open."""
+        if self._engine is None or self._closed:
+            return _engine_failure("the rules engine is not running")
+        try:
+            worker = await asyncio.wait_for(self._acquire(), self.start_timeout)
+        except TimeoutError:
+            return _engine_failure("no engine worker became free in time")
+        try:
+            verdict = await asyncio.wait_for(worker.scan(raw, envelope), self.time_budget)
+        except TimeoutError:
+            log.warning("scan overran its %.1fs budget; worker replaced", self.time_budget)
+            self._spawn_replacement(worker)
+            return self._judge_unscannable(raw, envelope, "timeout")
+        except (EOFError, OSError):
+            # Reap it off the loop: its exit code says whether memory ran out.
+            await asyncio.get_running_loop().run_in_executor(None, worker.process.join, 1)
+            return self._worker_died(worker, raw, envelope)
+        except BaseException:
+            # Cancelled mid-scan (the client left, the relay stops): the worker may still
+            # be busy with the message, so it is replaced rather than reused.
+            self._spawn_replacement(worker)
+            raise
+        self._release(worker)
+        return verdict
+
+    def scan_blocking(
+        self, raw: bytes, envelope: Envelope, timeout: float | None = None
+    ) -> Verdict:
+        """`scan` for a door that serves each connection in its own thread (the milter):
+        the calling thread talks to the worker itself, so no event loop is woken per
+        message. Never raises; the same outcomes as `scan`. `timeout` caps the whole call
+        (waiting for a free worker, then scanning) below the pool's own budgets."""
+        if self._engine is None or self._closed or self._loop is None:
+            return _engine_failure("the rules engine is not running")
+        start = time.monotonic()
+        limit = self.start_timeout if timeout is None else min(timeout, self.start_timeout)
+        while True:
+            worker = self._idle.take_blocking(max(0.0, start + limit - time.monotonic()))
+            if worker is None:
+                return _engine_failure("no engine worker became free in time")
+            if self._current(worker):
+                break
+        budget, callers = self.time_budget, False
+        if timeout is not None and start + timeout - time.monotonic() < budget:
+            budget, callers = max(0.0, start + timeout - time.monotonic()), True
+        try:
+            _send(worker.conn, (raw, envelope))
+            if not worker.conn.poll(budget):
+                log.warning("scan overran its %.1fs budget; worker replaced", budget)
+                self._loop.call_soon_threadsafe(self._spawn_replacement, worker)
+                if callers:  # the door's deadline, not the engine's: the door decides
+                    return _engine_failure(f"no verdict within the door's {timeout:g}s budget")
+                return self._judge_unscannable(raw, envelope, "timeout")
+            verdict = _receive(worker.conn)
+        except (EOFError, OSError):
+            worker.process.join(timeout=1)
+            return self._worker_died(worker, raw, envelope)
+        self._release(worker)
+        return verdict
+
+    def _worker_died(self, worker: _Worker, raw: bytes, envelope: Envelope) -> Verdict:
+        """The verdict when a worker died mid-scan (reaped by the caller)."""
+        if worker.process.exitcode == OUT_OF_MEMORY:
+            reason = "over_budget"
+            log.warning("a message did not fit the worker's memory budget; worker replaced")
+        else:
+            reason = "malformed"
+            log.error(
+                "engine worker died (exit %s) during a scan; worker replaced",
+                worker.process.exitcode,
+            )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._spawn_replacement, worker)
+        return self._judge_unscannable(raw, envelope, reason)
+
+    def _judge_unscannable(self, raw: bytes, envelope: Envelope, reason: str) -> Verdict:
+        assert self._engine is not None
+        try:
+            verdict = self._engine.judge_unscannable(raw, envelope, reason)
+        except Exception as exc:  # the parent's own evaluation failing is an engine failure
+            log.exception("could not judge an unscannable message")
+            return _engine_failure(f"engine failure: {exc}")
+        verdict.timings = {"total": self.time_budget} if reason == "timeout" else {}
+        return verdict
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()  # a replacement worker still starting is not wanted any more
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in list(self._all):
+            self._retire(worker)
+
+
+def _engine_failure(why: str) -> Verdict:
+    return Verdict(
+        action=Action.TEMPFAIL, reason=why, engine_error=why, smtp_code=451, smtp_status="4.7.1"
+    )
