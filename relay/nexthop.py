@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from mailgate.filter import reply_text
 from mailgate.filter.ops.config import NextHopTLS, SmtpTarget
-from mailgate.filter.policy.actions import reply_text
 from mailgate.relay.tls import TLSPolicyError, client_context, describe_session, server_hostname
 
 log = logging.getLogger("mailgate.relay.nexthop")

@@ -29,12 +29,10 @@ import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
+from mailgate.filter import Action, Envelope, Verdict, plan_for, refusal_for, reply_text
 from mailgate.filter.ops.config import Config
 from mailgate.filter.ops.metrics import MetricsServer
 from mailgate.filter.ops.report import Reporter, message_id_of
-from mailgate.filter.policy.actions import plan_for, refusal_for, reply_text
-from mailgate.filter.policy.envelope import Envelope
-from mailgate.filter.policy.verdict import Action, Verdict
 from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, released_id
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender

@@ -40,13 +40,14 @@ from support.samples import (
     zipcrypto_zip,
 )
 
+from mailgate.filter.message.mime import parse_message
 from mailgate.filter.message.model import Message, Part, ScanLimits
 from mailgate.filter.message.readers.dispatch import detect_type
 
 
 def parse_attachment(payload: bytes, filename: str, limits: ScanLimits | None = None) -> Message:
     raw = mime_message(text_part("see attached"), attachment_part(payload, filename))
-    return Message.parse(raw, limits)
+    return parse_message(raw, limits)
 
 
 def by_path(msg: Message) -> dict[str, Part]:
@@ -189,7 +190,7 @@ def test_wide_text_attachments_are_read(codec: str, content_type: str) -> None:
     charset says so (libmagic sees binary)."""
     data = f"name\tcard\r\nBob\t{VISA_TEST_CARD}\r\n".encode(codec)
     raw = mime_message(text_part("see attached"), attachment_part(data, "export.txt", content_type))
-    text = by_path(Message.parse(raw))["2"].text
+    text = by_path(parse_message(raw))["2"].text
     assert text is not None and VISA_TEST_CARD in text
 
 

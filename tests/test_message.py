@@ -20,6 +20,7 @@ from support.samples import (
 
 from mailgate.filter.message.headers import decode_rfc2047, extensions_of, parse_params
 from mailgate.filter.message.html import html_to_text
+from mailgate.filter.message.mime import parse_message
 from mailgate.filter.message.model import Message, ScanLimits
 
 
@@ -35,7 +36,7 @@ def test_headers_are_decoded_unfolded_and_case_insensitive() -> None:
         "From: a@example.com\nSubject: =?utf-8?B?UXVhcnRlcmx5IHJlcG9ydCDinJM=?=\n"
         "X-Long: first\n second\nx-classification: Confidential\nMessage-ID: <m1@x> \n\nbody\n"
     )
-    msg = Message.parse(raw)
+    msg = parse_message(raw)
     assert msg.subject == "Quarterly report ✓"
     assert msg.header("X-LONG") == ["first second"]
     assert msg.header("X-Classification") == ["Confidential"]
@@ -62,7 +63,7 @@ def test_rfc2047(encoded: str, decoded: str) -> None:
 
 def test_raw_8bit_header_bytes_fall_back_to_utf8_then_latin1() -> None:
     raw = b"Subject: caf\xc3\xa9\r\nX-Latin: caf\xe9\r\n\r\nbody\r\n"
-    msg = Message.parse(raw)
+    msg = parse_message(raw)
     assert msg.subject == "café"
     assert msg.header("x-latin") == ["café"]
 
@@ -70,7 +71,7 @@ def test_raw_8bit_header_bytes_fall_back_to_utf8_then_latin1() -> None:
 def test_header_values_are_bounded() -> None:
     limits = ScanLimits(max_header_value=1000)
     raw = b"Subject: " + b"A" * 5000 + b"\r\n\r\nbody\r\n"
-    msg = Message.parse(raw, limits)
+    msg = parse_message(raw, limits)
     assert 900 <= len(msg.subject) <= 1000
 
 
@@ -81,7 +82,7 @@ def test_rfc2231_continuations_with_charset_join_into_one_name() -> None:
     part = attachment_part(
         b"MZ", "", disposition="attachment; filename*0*=utf-8''report.pdf.e; filename*1=xe"
     )
-    msg = Message.parse(mime_message(text_part("hi"), part))
+    msg = parse_message(mime_message(text_part("hi"), part))
     (att,) = msg.attachments
     assert att.filename == "report.pdf.exe"
     assert att.extensions == ("pdf", "exe")
@@ -105,7 +106,7 @@ def test_rfc2231_continuations_with_charset_join_into_one_name() -> None:
 )
 def test_filename_sources(disposition: str, name_param: str | None, expected: str) -> None:
     part = attachment_part(b"data", "", disposition=disposition, name_param=name_param)
-    (att,) = Message.parse(mime_message(part)).attachments
+    (att,) = parse_message(mime_message(part)).attachments
     assert att.filename == expected
 
 
@@ -113,7 +114,7 @@ def test_both_names_give_extensions_the_saved_name_last() -> None:
     """Clients differ in which name they save a file under: Content-Disposition's filename
     or Content-Type's name. Both names' extensions count; the filename's come last."""
     part = attachment_part(b"echo hi\r\n", "notes.html", name_param='"run.bat"')
-    (att,) = Message.parse(mime_message(text_part("see"), part)).attachments
+    (att,) = parse_message(mime_message(text_part("see"), part)).attachments
     assert att.filename == "notes.html"
     assert att.extensions == ("bat", "html")
 
@@ -157,7 +158,7 @@ def test_paths_depths_and_attachment_flags_follow_the_structure() -> None:
         message_part(inner),
         MimePart([("Content-Type", "image/png")], b"iVBORw0KGgo=\r\n"),
     )
-    msg = Message.parse(raw)
+    msg = parse_message(raw)
     summary = [(p.path, p.content_type, p.filename, p.is_attachment, p.depth) for p in msg.parts]
     assert summary == [
         ("1.1", "text/plain", None, False, 0),
@@ -173,7 +174,7 @@ def test_paths_depths_and_attachment_flags_follow_the_structure() -> None:
 
 
 def test_single_part_message_body_is_part_1() -> None:
-    msg = Message.parse(text_message("hello " + VISA_TEST_CARD))
+    msg = parse_message(text_message("hello " + VISA_TEST_CARD))
     (part,) = msg.parts
     assert part.path == "1"
     assert part.text is not None and VISA_TEST_CARD in part.text
@@ -181,7 +182,7 @@ def test_single_part_message_body_is_part_1() -> None:
 
 def test_attached_message_headers_and_body_are_text() -> None:
     inner = text_message("inner card " + VISA_TEST_CARD, subject="Fwd secret 5500")
-    msg = Message.parse(mime_message(text_part("see attached"), message_part(inner)))
+    msg = parse_message(mime_message(text_part("see attached"), message_part(inner)))
     texts = only_text(msg)
     assert "Fwd secret 5500" in texts
     assert VISA_TEST_CARD in texts
@@ -189,10 +190,10 @@ def test_attached_message_headers_and_body_are_text() -> None:
 
 def test_message_depth_limit_marks_too_deep() -> None:
     limits = ScanLimits(max_depth=3)
-    deep = Message.parse(nested_messages(5, body="bottom " + VISA_TEST_CARD), limits)
+    deep = parse_message(nested_messages(5, body="bottom " + VISA_TEST_CARD), limits)
     assert "too_deep" in deep.unscannable
     assert max(p.depth for p in deep.parts) <= 3
-    shallow = Message.parse(nested_messages(2, body="bottom " + VISA_TEST_CARD), limits)
+    shallow = parse_message(nested_messages(2, body="bottom " + VISA_TEST_CARD), limits)
     assert "too_deep" not in shallow.unscannable
     assert VISA_TEST_CARD in only_text(shallow)
 
@@ -203,7 +204,7 @@ def test_attached_eml_file_is_parsed_as_a_message() -> None:
         attachment_part(b"MZ\x90\x00" * 50, "tool.exe"),
         boundary="inner-msg",
     )
-    msg = Message.parse(mime_message(text_part("hi"), attachment_part(inner, "saved.eml")))
+    msg = parse_message(mime_message(text_part("hi"), attachment_part(inner, "saved.eml")))
     names = [p.filename for p in msg.parts]
     assert "tool.exe" in names
     assert VISA_TEST_CARD in only_text(msg)
@@ -215,13 +216,13 @@ def test_base64_encoded_message_rfc822_is_decoded_and_walked() -> None:
         [("Content-Type", "message/rfc822"), ("Content-Transfer-Encoding", "base64")],
         __import__("base64").encodebytes(inner),
     )
-    msg = Message.parse(mime_message(text_part("x"), part))
+    msg = parse_message(mime_message(text_part("x"), part))
     assert VISA_TEST_CARD in only_text(msg)
 
 
 def test_max_parts_marks_over_budget() -> None:
     parts = [text_part(f"part {i}") for i in range(30)]
-    msg = Message.parse(mime_message(*parts), ScanLimits(max_parts=10))
+    msg = parse_message(mime_message(*parts), ScanLimits(max_parts=10))
     assert len(msg.parts) == 10
     assert "over_budget" in msg.unscannable
 
@@ -234,7 +235,7 @@ def test_delivery_status_is_read_as_text() -> None:
             "Status: 5.1.1\n"
         ),
     )
-    msg = Message.parse(mime_message(text_part("bounce"), status, subtype="report"))
+    msg = parse_message(mime_message(text_part("bounce"), status, subtype="report"))
     assert "Status: 5.1.1" in only_text(msg)
 
 
@@ -244,7 +245,7 @@ def test_delivery_status_is_read_as_text() -> None:
 @pytest.mark.parametrize("encoding", ["8bit", "base64", "quoted-printable"])
 def test_transfer_encodings_decode(encoding: str) -> None:
     body = "Zahlung: " + VISA_TEST_CARD + " - Grüße €\n"
-    msg = Message.parse(text_message(body, encoding=encoding))
+    msg = parse_message(text_message(body, encoding=encoding))
     (part,) = msg.parts
     assert part.payload.replace(b"\r\n", b"\n") == body.encode("utf-8")
     assert part.text == body
@@ -255,7 +256,7 @@ def test_base64_with_junk_and_missing_padding_still_decodes() -> None:
         extra=[("Content-Type", "text/plain"), ("Content-Transfer-Encoding", "base64")]
     )
     raw += b"\r\nNDExMSAxMTEx\r\n!!--**!!\r\nIDExMTEgMTExMQ\r\n"
-    (part,) = Message.parse(raw).parts
+    (part,) = parse_message(raw).parts
     assert part.text == "4111 1111 1111 1111"
 
 
@@ -267,7 +268,7 @@ def test_uuencoded_part_is_decoded() -> None:
         [("Content-Type", "text/plain"), ("Content-Transfer-Encoding", "x-uuencode")],
         b"begin 644 a.txt\r\n" + line.replace(b"\n", b"\r\n") + b"`\r\nend\r\n",
     )
-    msg = Message.parse(mime_message(part))
+    msg = parse_message(mime_message(part))
     assert msg.parts[0].payload == b"card 4111 1111 1111 1111"
 
 
@@ -290,7 +291,7 @@ def test_charset_fallbacks(charset: str, body: bytes, expected: str) -> None:
             ("Content-Transfer-Encoding", "8bit"),
         ]
     )
-    (part,) = Message.parse(raw + b"\r\n" + body).parts
+    (part,) = parse_message(raw + b"\r\n" + body).parts
     assert part.text == expected
 
 
@@ -299,7 +300,7 @@ def test_charset_fallbacks(charset: str, body: bytes, expected: str) -> None:
 
 def test_format_flowed_soft_breaks_are_joined() -> None:
     body = "Card 4111 1111 \n1111 1111 end\n> quoted \n-- \nsig\n"
-    msg = Message.parse(text_message(body, content_type="text/plain; format=flowed"))
+    msg = parse_message(text_message(body, content_type="text/plain; format=flowed"))
     text = msg.parts[0].text or ""
     assert "Card 4111 1111 1111 1111 end\n" in text
     assert "-- \nsig" in text
@@ -308,7 +309,7 @@ def test_format_flowed_soft_breaks_are_joined() -> None:
 def test_format_flowed_delsp_removes_the_soft_break_space() -> None:
     body = "4111111111 \n111111 ok\n"
     ctype = "text/plain; format=flowed; delsp=yes"
-    msg = Message.parse(text_message(body, content_type=ctype))
+    msg = parse_message(text_message(body, content_type=ctype))
     assert (msg.parts[0].text or "").startswith("4111111111111111 ok")
 
 
@@ -318,7 +319,7 @@ def test_html_is_rendered_so_tag_split_digits_join() -> None:
         "<body><p>Card 4111<b>1111</b>1111 1111</p><p>&#52;&#x35;&#53;5&nbsp;&euro;"
         "&amp;&lt;b&gt;</p><!-- 9999 --></body></html>"
     )
-    msg = Message.parse(mime_message(text_part(html, "html")))
+    msg = parse_message(mime_message(text_part(html, "html")))
     text = msg.parts[0].text
     # What is shown first; then, each on lines of its own, what is not (it leaves all the same).
     assert text == "Card 411111111111 1111\n4555 €&<b>\n\n.x{color:red}\n\nvar card='0000';\n\n9999"
@@ -330,7 +331,7 @@ def test_html_block_tags_and_zero_width_characters() -> None:
 
 
 def test_text_like_attachments_get_text_views() -> None:
-    msg = Message.parse(
+    msg = parse_message(
         mime_message(
             text_part("cover"),
             attachment_part(b"name,card\r\nBob,4111 1111 1111 1111\r\n", "cards.csv", "text/csv"),
@@ -348,14 +349,14 @@ def test_text_like_attachments_get_text_views() -> None:
 
 def test_total_text_is_bounded() -> None:
     limits = ScanLimits(max_text_chars=1000)
-    msg = Message.parse(mime_message(text_part("a" * 800), text_part("b" * 800)), limits)
+    msg = parse_message(mime_message(text_part("a" * 800), text_part("b" * 800)), limits)
     assert sum(len(p.text or "") for p in msg.parts) == 1000
     assert "over_budget" in msg.unscannable
 
 
 def test_nul_bytes_do_not_split_text() -> None:
     raw = headers_block(extra=[("Content-Type", "text/plain")]) + b"\r\n4111\x001111 1111 1111\r\n"
-    assert Message.parse(raw).parts[0].text == "41111111 1111 1111\n"
+    assert parse_message(raw).parts[0].text == "41111111 1111 1111\n"
 
 
 # --------------------------------------------------------------------------- defects
@@ -367,7 +368,7 @@ def test_ordinary_defects_do_not_make_mail_unscannable() -> None:
         b"From: a@example.com\nSubject:no space\nContent-Type: multipart/mixed; boundary=b\n\n"
         b"--b\nContent-Type: text/plain\n\nhello\n--b\nContent-Type: text/plain\n\nlast part\n"
     )
-    msg = Message.parse(raw)
+    msg = parse_message(raw)
     assert msg.unscannable == set()
     assert [p.text for p in msg.parts] == ["hello", "last part"]
 
@@ -375,7 +376,7 @@ def test_ordinary_defects_do_not_make_mail_unscannable() -> None:
 def test_boundary_that_never_appears_is_malformed_but_body_is_still_text() -> None:
     raw = headers_block(extra=[("Content-Type", 'multipart/mixed; boundary="nope"')])
     raw += b"\r\nsome text with " + VISA_TEST_CARD.encode() + b"\r\n"
-    msg = Message.parse(raw)
+    msg = parse_message(raw)
     assert "malformed" in msg.unscannable
     assert VISA_TEST_CARD in only_text(msg)
 
@@ -383,7 +384,7 @@ def test_boundary_that_never_appears_is_malformed_but_body_is_still_text() -> No
 def test_undeclared_boundary_is_recovered_from_the_body() -> None:
     body = multipart_body_with("real-b")
     raw = headers_block(extra=[("Content-Type", "multipart/mixed")]) + b"\r\n" + body
-    msg = Message.parse(raw)
+    msg = parse_message(raw)
     assert "malformed" in msg.unscannable
     assert "evil.exe" in [p.filename for p in msg.parts]
     assert VISA_TEST_CARD in only_text(msg)
@@ -392,7 +393,7 @@ def test_undeclared_boundary_is_recovered_from_the_body() -> None:
 def test_wrong_declared_boundary_is_recovered_from_the_body() -> None:
     body = multipart_body_with("real-b")
     raw = headers_block(extra=[("Content-Type", 'multipart/mixed; boundary="other"')])
-    msg = Message.parse(raw + b"\r\n" + body)
+    msg = parse_message(raw + b"\r\n" + body)
     assert "malformed" in msg.unscannable
     assert "evil.exe" in [p.filename for p in msg.parts]
 
@@ -424,8 +425,8 @@ def test_calendar_lines_are_unfolded_as_a_calendar_shows_them() -> None:
         "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDESCRIPTION:Deposit on card 4111 1111 11\r\n"
         " 11 1111 by Friday.\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    inline = Message.parse(mime_message(text_part("invite"), text_part(ics, "calendar")))
-    attached = Message.parse(
+    inline = parse_message(mime_message(text_part("invite"), text_part(ics, "calendar")))
+    attached = parse_message(
         mime_message(text_part("invite"), attachment_part(ics.encode(), "invite.ics"))
     )
     for msg in inline, attached:

@@ -78,8 +78,8 @@ class MilterService:
         from mailgate.filter.milter import door as milter
         from mailgate.filter.ops.metrics import MetricsServer
         from mailgate.filter.ops.report import Reporter
+        from mailgate.filter.ops.service import scan_pool_for
         from mailgate.filter.policy.pack import PackError
-        from mailgate.filter.scan.pool import ScanPool
         from mailgate.filter.scan.reload import PackReloader
         from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
         from mailgate.filter.store.release_mark import ReleaseSecretError, load_or_create_secret
@@ -93,7 +93,7 @@ class MilterService:
             return EXIT_CONFIG
         engine = milter.EngineThread()
         engine.start()
-        pool = ScanPool.from_config(config)
+        pool = scan_pool_for(config)
         try:
             engine.run(pool.start())
         except (PackError, OSError) as exc:

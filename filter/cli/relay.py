@@ -17,11 +17,10 @@ import sqlite3
 import sys
 from multiprocessing.connection import Connection
 
+from mailgate.filter import PackError, PackReloader
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.report import ForwardingReporter
-from mailgate.filter.policy.pack import PackError
-from mailgate.filter.scan.pool import ScanPool
-from mailgate.filter.scan.reload import PackReloader
+from mailgate.filter.ops.service import scan_pool_for
 from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
 from mailgate.filter.store.release_mark import ReleaseSecretError
 from mailgate.relay.check import check_next_hop
@@ -74,7 +73,7 @@ async def serve(
 ) -> int:
     """One relay process. With `parent`, a front end of several (relay.processes): it serves
     `sock`, and its audit records and metrics go to the parent process (frontends.py)."""
-    pool = ScanPool.from_config(config)
+    pool = scan_pool_for(config)
     try:
         await pool.start()
     except PackError as exc:

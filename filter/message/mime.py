@@ -430,9 +430,10 @@ class _Walker:
             self.inspector.set_text(part, text)
 
 
-def parse_message(raw: bytes, limits: ScanLimits) -> Message:
+def parse_message(raw: bytes, limits: ScanLimits | None = None) -> Message:
     """Parse raw bytes into a Message. Never raises: an input the parser cannot take at all
     becomes one opaque part (its bytes as text, for DLP) with the reason 'malformed'."""
+    limits = limits or ScanLimits()
     message = Message(raw=raw)
     try:
         data, cut = _cut_long_header_lines(raw, limits)

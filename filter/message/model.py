@@ -2,7 +2,7 @@
 
 CONTRACT (filled in by the message-model work; the engine relies on exactly these names):
 
-Message.parse(raw: bytes, limits: ScanLimits | None = None) -> Message
+mime.parse_message(raw: bytes, limits: ScanLimits | None = None) -> Message
     Never raises on any input and is bounded in time and memory by `limits`.
     Problems that stop the engine from looking inside something are recorded as
     reasons in `Part.unscannable` / `Message.unscannable`, drawn from UNSCANNABLE_REASONS.
@@ -122,9 +122,3 @@ class Message:
 
     def texts(self) -> Iterator[Part]:
         return (p for p in self.parts if p.text is not None)
-
-    @classmethod
-    def parse(cls, raw: bytes, limits: ScanLimits | None = None) -> Message:
-        from mailgate.filter.message.mime import parse_message
-
-        return parse_message(raw, limits or ScanLimits())

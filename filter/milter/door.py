@@ -26,10 +26,16 @@ from typing import Any, Protocol, TypeVar
 import Milter
 import milter as libmilter
 
+from mailgate.filter import (
+    Action,
+    Envelope,
+    Verdict,
+    encode_header_value,
+    plan_for,
+    refusal_for,
+    reply_text,
+)
 from mailgate.filter.ops.report import Reporter
-from mailgate.filter.policy.actions import encode_header_value, plan_for, refusal_for, reply_text
-from mailgate.filter.policy.envelope import Envelope
-from mailgate.filter.policy.verdict import Action, Verdict
 from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.filter.store.release_mark import RELEASE_HEADER, released_id
 

@@ -23,7 +23,7 @@ from mailgate.filter.policy.envelope import domain_of
 from mailgate.filter.policy.units import parse_size
 
 if TYPE_CHECKING:
-    from mailgate.filter.scan.engine import ScanContext
+    from mailgate.filter.policy.context import ScanContext
 
 
 class ConditionError(ValueError):

@@ -11,86 +11,16 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
 
-from mailgate.filter.detect.detectors import Match
-from mailgate.filter.detect.detectors.registry import DLP_DETECTORS
-from mailgate.filter.detect.detectors.yara_scan import YaraMatch
 from mailgate.filter.detect.masking import mask_sensitive
-from mailgate.filter.message.model import Message, Part, ScanLimits
+from mailgate.filter.message.mime import parse_message
+from mailgate.filter.message.model import Message, ScanLimits
 from mailgate.filter.message.rawheaders import top_headers
-from mailgate.filter.message.textview import as_read
+from mailgate.filter.policy.context import ScanContext
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import DEFAULT_REPLY, Pack, PackSource, build_pack
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
 
 log = logging.getLogger("mailgate.engine")
-
-
-class ScanContext:
-    """One message under scan: the parsed message plus per-part detector caches."""
-
-    def __init__(
-        self, message: Message, envelope: Envelope, pack: Pack, content: bool = True
-    ) -> None:
-        self.message = message
-        self.envelope = envelope
-        self.pack = pack
-        # False: the content is not to be looked at (a message that already overran or
-        # crashed a worker); content conditions then see nothing, and nothing can stall.
-        self.content = content
-        self._text_parts: list[tuple[int, Part]] | None = None
-        self._by_index: dict[int, Part] = {}
-        self._read: dict[int, str] = {}  # each text as the detectors read it (as_read)
-        self._body: dict[int, dict[int, list[Match]]] = {}
-        self._dlp: dict[tuple[str, int], list[Match]] = {}
-        self._yara: list[YaraMatch] | None = None
-        self.yara_seconds = 0.0
-
-    def text_parts(self) -> list[tuple[int, Part]]:
-        """Every text the content conditions read, numbered: the Subject and the attachments'
-        file names (a card number there leaks as surely as one in the body), then each
-        part's text view."""
-        if self._text_parts is None and not self.content:
-            self._text_parts = []
-        if self._text_parts is None:
-            texts = [(i, p) for i, p in enumerate(self.message.parts) if p.text is not None]
-            names = "\n".join(p.filename for p in self.message.parts if p.filename)
-            if names:
-                texts.insert(0, (-2, Part(path="names", content_type="text/plain", text=names)))
-            subject = self.message.subject
-            if subject:
-                texts.insert(0, (-1, Part(path="subject", content_type="text/plain", text=subject)))
-            self._text_parts = texts
-            self._by_index = dict(texts)
-        return self._text_parts
-
-    def _text(self, index: int) -> str:
-        text = self._read.get(index)
-        if text is None:
-            self.text_parts()
-            text = self._read[index] = as_read(self._by_index[index].text or "")
-        return text
-
-    def body_matches(self, index: int) -> dict[int, list[Match]]:
-        found = self._body.get(index)
-        if found is None:
-            found = self._body[index] = self.pack.patterns.scan(self._text(index))
-        return found
-
-    def dlp_matches(self, detector: str, index: int) -> list[Match]:
-        key = (detector, index)
-        found = self._dlp.get(key)
-        if found is None:
-            found = self._dlp[key] = DLP_DETECTORS[detector].find(self._text(index))
-        return found
-
-    def yara_matches(self) -> list[YaraMatch]:
-        if self._yara is None and not self.content:
-            self._yara = []
-        if self._yara is None:
-            start = time.perf_counter()
-            self._yara = self.pack.yara.scan(self.message)
-            self.yara_seconds = time.perf_counter() - start
-        return self._yara
 
 
 @dataclass
@@ -115,7 +45,7 @@ class Engine:
         could not look into becomes an `unscannable` reason that the pack's rules judge."""
         start = time.perf_counter()
         try:
-            message = Message.parse(raw, self.limits)
+            message = parse_message(raw, self.limits)
         except MemoryError:
             message = Message(raw=raw, unscannable={"over_budget"})
         except Exception:
@@ -143,7 +73,7 @@ class Engine:
         """Why a rule did not hit a message: the first `when` condition that failed, or the
         `unless` exception that held. For `rules test` and reviewers."""
         rule = next(r for r in self.pack.rules if r.id == rule_id)
-        ctx = ScanContext(Message.parse(raw, self.limits), envelope, self.pack)
+        ctx = ScanContext(parse_message(raw, self.limits), envelope, self.pack)
         for condition in rule.when.conditions:
             if condition.evaluate(ctx) is None:
                 return f"'{condition.spelling}' did not hold"

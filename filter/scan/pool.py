@@ -20,16 +20,13 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mailgate.filter.message.model import ScanLimits
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackSource
 from mailgate.filter.policy.verdict import Action, Verdict
 from mailgate.filter.scan.engine import Engine
-
-if TYPE_CHECKING:
-    from mailgate.filter.ops.config import Config
 
 log = logging.getLogger("mailgate.pool")
 
@@ -201,15 +198,6 @@ class ScanPool:
         self._all: set[_Worker] = set()
         self._closed = False
         self._tasks: set[asyncio.Future[None]] = set()
-
-    @classmethod
-    def from_config(cls, config: Config) -> ScanPool:
-        return cls(
-            config.rules,
-            workers=config.engine.workers,
-            time_budget=config.engine.time_budget,
-            memory_budget=config.engine.memory_budget,
-        )
 
     @property
     def pack_version(self) -> str:

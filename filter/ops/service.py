@@ -1,0 +1,19 @@
+"""What both doors build from the configuration before they serve: the scan pool.
+
+One place, so the relay and the milter run the pack under the same budgets.
+"""
+
+from __future__ import annotations
+
+from mailgate.filter import ScanPool
+from mailgate.filter.ops.config import Config
+
+
+def scan_pool_for(config: Config) -> ScanPool:
+    """The worker pool `engine:` describes, for the pack in `rules`."""
+    return ScanPool(
+        config.rules,
+        workers=config.engine.workers,
+        time_budget=config.engine.time_budget,
+        memory_budget=config.engine.memory_budget,
+    )
