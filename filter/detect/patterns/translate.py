@@ -1,12 +1,4 @@
-"""Many regular expressions over one text, fast and with Python's own semantics.
-
-Compliance teams write the regexes, so two things matter: speed with many patterns, and never
-hanging the mail flow.
-
-Speed: every pattern goes into one hyperscan database that is run once over the text; there are
-two such databases, one for ASCII text (most mail) and one for any other text. Hyperscan only
-*proposes* spans; each proposal is confirmed with the compiled Python pattern's
-`.match(text, pos)`, so the matches are exactly those of `re.finditer(pattern, text)`.
+"""A Python pattern as a hyperscan expression that matches a superset of it.
 
 The hyperscan expression is not the pattern text: it is generated from Python's own parse tree
 (`re._parser`) as a *superset* of the Python pattern. Zero-width assertions hyperscan lacks
@@ -15,31 +7,18 @@ or lookahead closing it becomes a consumed character instead), backreferences be
 the group they refer to, lazy/possessive/atomic constructs become plain ones, flags become
 scoped groups. Classes never rely on hyperscan's Unicode tables (its UCP classes are too large
 to compile with start-of-match tracking): \\w and \\W take in every non-ASCII character, and
-non-ASCII digits and spaces reach hyperscan as two private-use markers that \\d and \\s include.
-Markers and non-ASCII ranges slow hyperscan down ~80x even on ASCII text, so the ASCII database
-is compiled without UTF-8 mode from expressions that hold neither: classes exact on ASCII,
-word boundaries kept, and each non-ASCII literal or range reduced to the ASCII characters Python
-folds it onto under IGNORECASE (U+212A KELVIN SIGN matches k), or else to a byte ASCII text
-never holds. Both databases add those folds, which hyperscan's own case folding lacks.
-Dropping a constraint can only add matches, so every Python match [s, e) lies inside some
-hyperscan span [s', e) with s' <= s (hyperscan reports every end offset, with its leftmost
-start). The scan therefore tries `.match` at each position covered by a hyperscan span, left to
-right, skipping positions already consumed by a match: the first success from a position is
-exactly what `re.finditer` would find next. Positions outside every span cannot start a match.
-A pattern hyperscan still refuses (e.g. a bounded repeat too large) is run with `re.finditer`
-on the texts of that database.
-Patterns that can match the empty string are refused (`check_pattern`), so no span is empty.
-
-Hanging: confirmation and the fallback run Python's backtracking `re`, which can take
-exponential (or high-polynomial) time on patterns such as `(\\d+)+$`. `check_pattern` refuses
-such patterns and `PatternSet.add` refuses whatever `check_pattern` refuses, so `re` only ever
-runs linted patterns.
+non-ASCII digits and spaces reach hyperscan as two private-use markers that \\d and \\s include
+(`mark_text` puts them in the text). Markers and non-ASCII ranges slow hyperscan down ~80x even
+on ASCII text, so the ASCII database is compiled without UTF-8 mode from expressions that hold
+neither: classes exact on ASCII, word boundaries kept, and each non-ASCII literal or range
+reduced to the ASCII characters Python folds it onto under IGNORECASE (U+212A KELVIN SIGN
+matches k), or else to a byte ASCII text never holds. Both databases add those folds, which
+hyperscan's own case folding lacks.
 
 Known limits: case-insensitive matching of non-ASCII letters in non-ASCII text relies on
 hyperscan's Unicode case folding agreeing with Python's (it does not for U+0130 and U+0131,
 which Python takes as case variants of each other); lone surrogates in the text are scanned as
 U+FFFD.
-Speed depends on how many spans hyperscan proposes: every match costs a Python-level `.match`.
 """
 
 from __future__ import annotations
@@ -47,18 +26,10 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-import threading
 from collections.abc import Iterable, Iterator
 from re import _constants as sre
 from re import _parser as sre_parse
 from typing import Any
-
-import hyperscan
-
-from mailgate.filter.detect.detectors import Match
-
-HS_ASCII_FLAGS = hyperscan.HS_FLAG_SOM_LEFTMOST
-HS_UTF8_FLAGS = HS_ASCII_FLAGS | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
 
 
 def _char(code: int) -> str:
@@ -91,6 +62,15 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 DIGIT_MARK, SPACE_MARK = 0xE000, 0xE001
 _NON_ASCII_DIGIT = re.compile(r"(?![0-9])\d")
 _NON_ASCII_SPACE = re.compile(r"(?![\t-\r\x1c-\x20])\s")
+
+
+def mark_text(text: str) -> str:
+    """`text` as the UTF-8 database scans it: each non-ASCII digit and space as its marker, lone
+    surrogates (from undecodable bytes; they cannot be UTF-8) as U+FFFD. Same length."""
+    marked = _SURROGATES.sub("\ufffd", text)
+    return _NON_ASCII_SPACE.sub(chr(SPACE_MARK), _NON_ASCII_DIGIT.sub(chr(DIGIT_MARK), marked))
+
+
 _NON_ASCII = r"\x{80}-\x{10ffff}"
 _DIGIT = [(0x30, 0x39)]
 _WORD = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
@@ -107,22 +87,7 @@ _COMPLEMENT_OF = {
     sre.CATEGORY_NOT_WORD: sre.CATEGORY_WORD,
     sre.CATEGORY_NOT_SPACE: sre.CATEGORY_SPACE,
 }
-_REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
-# Hyperscan's compile time grows with bounded repeats (x\d{1,1000}: 0.7 s, {1,5000}: 20 s,
-# then refused): patterns whose nested bounds multiply past this go to the re fallback.
-MAX_REPEAT_WEIGHT = 256
-# Share of the text hyperscan's spans for a pattern may cover before `re.finditer` takes over.
-DENSE_SPANS = 0.1
-
-
-class PatternError(ValueError):
-    """A pattern that cannot be used: invalid, or refused by `check_pattern`."""
-
-    def __init__(self, pattern: str, problems: list[str]) -> None:
-        self.pattern = pattern
-        self.problems = problems
-        super().__init__(f"pattern {pattern!r}: " + "; ".join(problems))
-
+REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
 
 # --- hyperscan expression generation ---------------------------------------------------------
 
@@ -280,7 +245,7 @@ class _Emitter:
             if group is not None:
                 self.groups[group] = body
             return f"(?:{body})"
-        if op in _REPEATS:
+        if op in REPEATS:
             lo, hi, sub = av
             bound = f"{{{lo},}}" if hi is sre.MAXREPEAT else f"{{{lo},{hi}}}"
             return f"(?:{self.seq(sub, flags)}){bound}"
@@ -417,159 +382,14 @@ def hyperscan_expression(pattern: str, *, ascii_only: bool = False) -> str:
     return head + emitter.seq(items, flags) + tail
 
 
-# --- lint: catastrophic backtracking ---------------------------------------------------------
-
-# Characters standing in for "any character" when testing whether two classes overlap: all of
-# ASCII plus a few of each Unicode kind; the pattern's own literals are added per pattern.
-_SAMPLE = [chr(i) for i in range(128)] + list("éßжЖ٣\u00a0\u2028\u3000中\U0001f600\u0301")
-_CATEGORY_TEST = {
-    av[0][1]: re.compile(escape)
-    for escape, (op, av) in sre_parse.CATEGORIES.items()
-    if op is sre.IN
-}
+# --- the parse tree, as lint and the scan read it too ------------------------------------------
 
 
-class _Linter:
-    def __init__(self, parsed: sre_parse.SubPattern) -> None:
-        self.state = parsed.state
-        literals = {chr(av) for op, av in _walk(parsed.data) if op is sre.LITERAL}
-        self.alphabet = frozenset(_SAMPLE) | literals
-        self.problems: list[str] = []
-
-    def nullable(self, items: list[tuple[Any, Any]]) -> bool:
-        return sre_parse.SubPattern(self.state, list(items)).getwidth()[0] == 0
-
-    def chars(self, op: Any, av: Any) -> frozenset[str]:
-        """Characters a single-character item can match (within the sample alphabet)."""
-        if op is sre.LITERAL:
-            c = chr(av)
-            return frozenset({c, c.lower(), c.upper()}) if self.caseless else frozenset({c})
-        if op is sre.NOT_LITERAL:
-            return self.alphabet - {chr(av)}
-        if op is sre.ANY:
-            return self.alphabet
-        negated = bool(av) and av[0][0] is sre.NEGATE
-        hit: set[str] = set()
-        for kind, value in av[1:] if negated else av:
-            if kind is sre.LITERAL:
-                hit.add(chr(value))
-            elif kind is sre.RANGE:
-                hit.update(c for c in self.alphabet if value[0] <= ord(c) <= value[1])
-            elif kind is sre.CATEGORY:
-                hit.update(c for c in self.alphabet if _CATEGORY_TEST[value].fullmatch(c))
-        if self.caseless:
-            hit |= {c.lower() for c in hit} | {c.upper() for c in hit}
-        return self.alphabet - hit if negated else frozenset(hit)
-
-    @property
-    def caseless(self) -> bool:
-        return bool(self.state.flags & re.IGNORECASE)
-
-    def first(self, items: list[tuple[Any, Any]], last: bool = False) -> frozenset[str]:
-        """Characters that can start (or, with `last`, end) a match of a sequence."""
-        out: frozenset[str] = frozenset()
-        for op, av in reversed(items) if last else items:
-            out |= self.first_of(op, av, last)
-            if not self.nullable([(op, av)]):
-                break
-        return out
-
-    def first_of(self, op: Any, av: Any, last: bool = False) -> frozenset[str]:
-        if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
-            return self.chars(op, av)
-        if op is sre.SUBPATTERN:
-            return self.first(av[3], last)
-        if op is sre.ATOMIC_GROUP:
-            return self.first(av, last)
-        if op in _REPEATS:
-            return self.first(av[2], last) if av[1] else frozenset()
-        if op is sre.BRANCH:
-            return frozenset().union(*(self.first(b, last) for b in av[1]))
-        if op is sre.GROUPREF_EXISTS:
-            return self.first(av[1], last) | self.first(av[2] or [], last)
-        if op is sre.GROUPREF:
-            return self.alphabet
-        return frozenset()  # anchors and assertions consume nothing
-
-    def all_chars(self, items: list[tuple[Any, Any]]) -> frozenset[str]:
-        """Every character any single-character item of the sequence can match."""
-        out: frozenset[str] = frozenset()
-        for op, av in _walk(items):
-            if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
-                out |= self.chars(op, av)
-            elif op is sre.GROUPREF:
-                out = self.alphabet
-        return out
-
-    def check(self, items: list[tuple[Any, Any]]) -> None:
-        for index, (op, av) in enumerate(items):
-            if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
-                if av[1] is sre.MAXREPEAT or av[1] > 1:
-                    self.check_repeat(av[2])
-                if av[1] is sre.MAXREPEAT:
-                    self.check_adjacent(av[2], items[index + 1 :])
-            for sub in _children(op, av):
-                self.check(sub)
-
-    def check_repeat(self, body: list[tuple[Any, Any]]) -> None:
-        if self.nullable(body):
-            self.problems.append(
-                "a repeated group can match the empty string, as in (a*)*: "
-                "it can backtrack catastrophically"
-            )
-            return
-        # An inner variable-width repeat that can take in both the start and the end of the
-        # repeated body lets the text be split between iterations in many ways.
-        start, end = self.first(body), self.first(body, last=True)
-        for op, av in _walk(body):
-            if op not in (sre.MAX_REPEAT, sre.MIN_REPEAT) or av[0] == av[1]:
-                continue
-            inner = self.all_chars(av[2])
-            if inner & start and inner & end:
-                self.problems.append(
-                    "nested quantifier, as in (\\d+)+ or (\\w+\\s?)+: the inner repeat and the "
-                    "outer one can split the same text in many ways, which backtracks "
-                    "catastrophically; make the repeated part end with a separator it "
-                    "cannot match, or drop the inner quantifier"
-                )
-                return
-        for op, av in _walk(body):
-            if op is sre.BRANCH and self.branches_overlap(av[1]):
-                self.problems.append(
-                    "alternatives inside a repeat can match the same text, as in (a|a)*: "
-                    "it can backtrack catastrophically"
-                )
-                return
-
-    def branches_overlap(self, branches: list[list[tuple[Any, Any]]]) -> bool:
-        seen: list[tuple[frozenset[str], bool]] = []
-        for branch in branches:
-            first, empty = self.first(branch), self.nullable(branch)
-            if any((first & f) or (empty and e) for f, e in seen):
-                return True
-            seen.append((first, empty))
-        return False
-
-    def check_adjacent(self, body: list[tuple[Any, Any]], rest: list[tuple[Any, Any]]) -> None:
-        chars = self.first(body, last=True)
-        for op, av in rest:
-            unbounded = op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[1] is sre.MAXREPEAT
-            if unbounded and chars & self.first(av[2]):
-                self.problems.append(
-                    "two unbounded quantifiers over overlapping characters follow each "
-                    "other, as in .*\\d+ or \\d+\\s*\\d+: on a long run of such characters "
-                    "the time grows with the cube of its length; bound one of them "
-                    "(.{0,100}) or make their characters disjoint"
-                )
-                return
-            if not self.nullable([(op, av)]):
-                return
-
-
-def _children(op: Any, av: Any) -> list[list[tuple[Any, Any]]]:
+def children(op: Any, av: Any) -> list[list[tuple[Any, Any]]]:
+    """The item sequences nested in one parse-tree item (a group's, a repeat's body...)."""
     if op is sre.SUBPATTERN:
         return [av[3]]
-    if op in _REPEATS:
+    if op in REPEATS:
         return [av[2]]
     if op in (sre.ATOMIC_GROUP,):
         return [av]
@@ -582,269 +402,9 @@ def _children(op: Any, av: Any) -> list[list[tuple[Any, Any]]]:
     return []
 
 
-def _walk(items: list[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+def walk(items: list[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+    """Every item of a sequence and of what is nested in it, in pattern order."""
     for op, av in items:
         yield op, av
-        for sub in _children(op, av):
-            yield from _walk(sub)
-
-
-def check_pattern(pattern: str) -> list[str]:
-    """Problems that make `pattern` unusable in a rule; an empty list means it is fine.
-
-    Refuses invalid regexes, patterns that match the empty string (they would hit every
-    message), and patterns that can backtrack catastrophically in Python's `re`.
-    """
-    try:
-        parsed = sre_parse.parse(pattern)
-        re.compile(pattern)
-    except re.error as exc:
-        where = f" at position {exc.pos}" if exc.pos is not None else ""
-        return [f"invalid regex: {exc.msg}{where}"]
-    except (RecursionError, OverflowError) as exc:
-        return [f"invalid regex: {exc}"]
-    if parsed.getwidth()[0] == 0:
-        return ["matches the empty string, so it would hit every message"]
-    linter = _Linter(parsed)
-    linter.check(parsed.data)
-    return list(dict.fromkeys(linter.problems))
-
-
-# --- the pattern set --------------------------------------------------------------------------
-
-
-class _Database:
-    """One hyperscan database over a set's patterns, for ASCII text or for (marked) UTF-8."""
-
-    def __init__(self, regexes: list[re.Pattern[str]], ascii_only: bool) -> None:
-        flags = HS_ASCII_FLAGS if ascii_only else HS_UTF8_FLAGS
-        expressions: dict[int, bytes] = {}
-        for pid, rx in enumerate(regexes):
-            if _repeat_weight(sre_parse.parse(rx.pattern).data) > MAX_REPEAT_WEIGHT:
-                continue
-            try:
-                expression = hyperscan_expression(rx.pattern, ascii_only=ascii_only)
-            except ValueError:  # a construct the translation does not know
-                continue
-            expressions[pid] = expression.encode()
-        try:
-            self._db = _build(expressions, flags)
-        except hyperscan.error:
-            expressions = _compilable(expressions, flags)
-            self._db = _build(expressions, flags)
-        self.fallback_ids = [pid for pid in range(len(regexes)) if pid not in expressions]
-        self._scratch = threading.local()
-
-    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
-        """(pattern id, start, end) of every span hyperscan proposes, in byte offsets."""
-        events: list[tuple[int, int, int]] = []
-        if self._db is None:
-            return events
-        scratch = getattr(self._scratch, "value", None)
-        if scratch is None:
-            scratch = self._scratch.value = hyperscan.Scratch(self._db)
-
-        def on_match(pid: int, start: int, end: int, _flags: int, _ctx: object) -> None:
-            events.append((pid, start, end))
-
-        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-        return events
-
-
-class PatternSet:
-    """Patterns added once, compiled once, scanned many times (thread-safe scans).
-
-    Two hyperscan databases: one for ASCII text, compiled without UTF-8 mode (most mail, and
-    tens of times faster to scan), one for any other text.
-    """
-
-    def __init__(self) -> None:
-        self._regexes: list[re.Pattern[str]] = []
-        self._databases: tuple[_Database, _Database] | None = None  # for ASCII, for UTF-8
-
-    def __len__(self) -> int:
-        return len(self._regexes)
-
-    def add(self, pattern: str) -> int:
-        """Add a pattern and return its id; raises PatternError if `check_pattern` refuses it."""
-        problems = check_pattern(pattern)
-        if problems:
-            raise PatternError(pattern, problems)
-        self._regexes.append(re.compile(pattern))
-        self._databases = None
-        return len(self._regexes) - 1
-
-    @property
-    def fallback_ids(self) -> list[int]:
-        """Ids of patterns run with Python's `re` alone on ASCII or on other text (hyperscan
-        refused them in that mode)."""
-        ascii_db, utf8_db = self._compiled()
-        return sorted({*ascii_db.fallback_ids, *utf8_db.fallback_ids})
-
-    def compile(self) -> None:
-        """Build the hyperscan databases; patterns one cannot hold go to the `re` fallback."""
-        self._databases = None
-        self._compiled()
-
-    def _compiled(self) -> tuple[_Database, _Database]:
-        databases = self._databases  # read once: another thread may add and reset it
-        if databases is None:
-            databases = self._databases = (
-                _Database(self._regexes, ascii_only=True),
-                _Database(self._regexes, ascii_only=False),
-            )
-        return databases
-
-    def scan(self, text: str) -> dict[int, list[Match]]:
-        """For each pattern id, the matches `re.finditer(pattern, text)` gives."""
-        ascii_db, utf8_db = self._compiled()
-        ascii_text = text.isascii()
-        database = ascii_db if ascii_text else utf8_db
-        result: dict[int, list[Match]] = {pid: [] for pid in range(len(self._regexes))}
-        for pid in database.fallback_ids:
-            result[pid] = [_match(m) for m in self._regexes[pid].finditer(text)]
-        if not text:
-            return result
-        spans_by_id = _ascii_spans(ascii_db, text) if ascii_text else _utf8_spans(utf8_db, text)
-        for pid, spans in spans_by_id.items():
-            rx = self._regexes[pid]
-            spans.sort()
-            if _covered(spans) > len(text) * DENSE_SPANS:
-                # Spans cover much of the text (e.g. widened \d or \w over CJK text): one
-                # `re` scan in C is then cheaper than a Python-level `.match` per position.
-                result[pid] = [_match(m) for m in rx.finditer(text)]
-            else:
-                result[pid] = _confirm(rx, text, spans)
-        return result
-
-
-def _ascii_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
-    spans: dict[int, list[tuple[int, int]]] = {}
-    for pid, start, end in database.scan(text.encode("ascii")):
-        spans.setdefault(pid, []).append((start, end))
-    return spans
-
-
-def _utf8_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
-    # Lone surrogates (from undecodable bytes) cannot be UTF-8: U+FFFD keeps the offsets.
-    marked = _SURROGATES.sub("\ufffd", text)
-    marked = _NON_ASCII_SPACE.sub(chr(SPACE_MARK), _NON_ASCII_DIGIT.sub(chr(DIGIT_MARK), marked))
-    data = marked.encode("utf-8")
-    events = database.scan(data)
-    to_char = _char_offsets(data, {off for _, s, e in events for off in (s, e)})
-    spans: dict[int, list[tuple[int, int]]] = {}
-    for pid, start, end in events:
-        spans.setdefault(pid, []).append((to_char[start], to_char[end]))
-    return spans
-
-
-def _repeat_weight(items: list[tuple[Any, Any]]) -> int:
-    """Largest product of finite repeat bounds along any nesting path."""
-    weight = 1
-    for op, av in items:
-        inner = max((_repeat_weight(sub) for sub in _children(op, av)), default=1)
-        if op in _REPEATS and av[1] is not sre.MAXREPEAT:
-            inner *= max(av[1], 1)
-        weight = max(weight, inner)
-    return weight
-
-
-def _compilable(expressions: dict[int, bytes], flags: int) -> dict[int, bytes]:
-    """The expressions hyperscan accepts, found by halving the set when a compile fails."""
-    if not expressions:
-        return {}
-    try:
-        _build(expressions, flags)
-    except hyperscan.error:
-        if len(expressions) == 1:
-            return {}
-        ids = list(expressions)
-        half = len(ids) // 2
-        return {
-            **_compilable({pid: expressions[pid] for pid in ids[:half]}, flags),
-            **_compilable({pid: expressions[pid] for pid in ids[half:]}, flags),
-        }
-    return expressions
-
-
-def _build(expressions: dict[int, bytes], flags: int) -> hyperscan.Database | None:
-    if not expressions:
-        return None
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=list(expressions.values()),
-        ids=list(expressions),
-        flags=flags,
-    )
-    return db
-
-
-def _char_offsets(data: bytes, offsets: set[int]) -> dict[int, int]:
-    """Map UTF-8 byte offsets (all on character boundaries) to str offsets."""
-    out: dict[int, int] = {}
-    prev_byte = prev_char = 0
-    for off in sorted(offsets):
-        prev_char += len(data[prev_byte:off].decode("utf-8"))
-        prev_byte = off
-        out[off] = prev_char
-    return out
-
-
-def _match(m: re.Match[str]) -> Match:
-    return Match(m.start(), m.end(), m.group())
-
-
-def _covered(spans: list[tuple[int, int]]) -> int:
-    """How many positions sorted spans cover together."""
-    total = reach = 0
-    for start, end in spans:
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
-def _confirm(rx: re.Pattern[str], text: str, spans: list[tuple[int, int]]) -> list[Match]:
-    """Python's matches, trying `.match` only at positions inside sorted hyperscan spans."""
-    out: list[Match] = []
-    tried = 0  # every position before this one was tried or lies inside a match
-    for start, end in spans:
-        pos = max(start, tried)
-        while pos < end:
-            m = rx.match(text, pos)
-            if m is None:
-                pos += 1
-            else:
-                out.append(_match(m))
-                pos = m.end()
-        tried = max(tried, pos)
-    return out
-
-
-SHORT_TEXT = 1024  # characters; FastRegex leaves text this short to `re`
-_INLINE_FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
-
-
-class FastRegex:
-    """One compiled regex run through hyperscan: `finditer` yields the `re.Match` objects
-    `regex.finditer` would, groups included, at hyperscan's speed. For detectors whose
-    candidate patterns are fixed (and linted) in code."""
-
-    def __init__(self, regex: re.Pattern[str]) -> None:
-        self.regex = regex
-        flags = "".join(letter for flag, letter in _INLINE_FLAGS if regex.flags & flag)
-        self._set = PatternSet()
-        # Compiled on first use (scan compiles), so importing a detector costs nothing.
-        self._id = self._set.add(f"(?{flags}){regex.pattern}" if flags else regex.pattern)
-
-    def finditer(self, text: str) -> Iterator[re.Match[str]]:
-        if len(text) <= SHORT_TEXT:
-            # Short text (a subject, an id, a file name) is quicker for `re` than a hyperscan
-            # call. It also keeps hyperscan out of threads Python did not create: masking
-            # from libmilter's threads through hyperscan crashed the milter under load.
-            yield from self.regex.finditer(text)
-            return
-        for found in self._set.scan(text)[self._id]:
-            match = self.regex.match(text, found.start)
-            if match is not None:  # always, as the set's matches are the regex's own
-                yield match
+        for sub in children(op, av):
+            yield from walk(sub)

@@ -1,0 +1,282 @@
+"""PatternSet: many patterns over one text in one hyperscan scan, with `re`'s own matches.
+
+Speed: every pattern goes into one hyperscan database that is run once over the text; there are
+two such databases, one for ASCII text (most mail) and one for any other text (see `translate`
+for the expressions). Hyperscan only *proposes* spans; each proposal is confirmed with the
+compiled Python pattern's `.match(text, pos)`, so the matches are exactly those of
+`re.finditer(pattern, text)`.
+
+Dropping a constraint can only add matches, so every Python match [s, e) lies inside some
+hyperscan span [s', e) with s' <= s (hyperscan reports every end offset, with its leftmost
+start). The scan therefore tries `.match` at each position covered by a hyperscan span, left to
+right, skipping positions already consumed by a match: the first success from a position is
+exactly what `re.finditer` would find next. Positions outside every span cannot start a match.
+A pattern hyperscan still refuses (e.g. a bounded repeat too large) is run with `re.finditer`
+on the texts of that database.
+Patterns that can match the empty string are refused (`check_pattern`), so no span is empty.
+
+Speed depends on how many spans hyperscan proposes: every match costs a Python-level `.match`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from re import _constants as sre
+from re import _parser as sre_parse
+from typing import Any
+
+import hyperscan
+
+from mailgate.filter.detect.detectors import Match
+from mailgate.filter.detect.patterns.lint import PatternError, check_pattern
+from mailgate.filter.detect.patterns.translate import (
+    REPEATS,
+    children,
+    hyperscan_expression,
+    mark_text,
+)
+
+HS_ASCII_FLAGS = hyperscan.HS_FLAG_SOM_LEFTMOST
+HS_UTF8_FLAGS = HS_ASCII_FLAGS | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
+
+# Hyperscan's compile time grows with bounded repeats (x\d{1,1000}: 0.7 s, {1,5000}: 20 s,
+# then refused): patterns whose nested bounds multiply past this go to the re fallback.
+MAX_REPEAT_WEIGHT = 256
+# Share of the text hyperscan's spans for a pattern may cover before `re.finditer` takes over.
+DENSE_SPANS = 0.1
+
+
+class _Database:
+    """One hyperscan database over a set's patterns, for ASCII text or for (marked) UTF-8."""
+
+    def __init__(self, regexes: list[re.Pattern[str]], ascii_only: bool) -> None:
+        flags = HS_ASCII_FLAGS if ascii_only else HS_UTF8_FLAGS
+        expressions: dict[int, bytes] = {}
+        for pid, rx in enumerate(regexes):
+            if _repeat_weight(sre_parse.parse(rx.pattern).data) > MAX_REPEAT_WEIGHT:
+                continue
+            try:
+                expression = hyperscan_expression(rx.pattern, ascii_only=ascii_only)
+            except ValueError:  # a construct the translation does not know
+                continue
+            expressions[pid] = expression.encode()
+        try:
+            self._db = _build(expressions, flags)
+        except hyperscan.error:
+            expressions = _compilable(expressions, flags)
+            self._db = _build(expressions, flags)
+        self.fallback_ids = [pid for pid in range(len(regexes)) if pid not in expressions]
+        self._scratch = threading.local()
+
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        """(pattern id, start, end) of every span hyperscan proposes, in byte offsets."""
+        events: list[tuple[int, int, int]] = []
+        if self._db is None:
+            return events
+        scratch = getattr(self._scratch, "value", None)
+        if scratch is None:
+            scratch = self._scratch.value = hyperscan.Scratch(self._db)
+
+        def on_match(pid: int, start: int, end: int, _flags: int, _ctx: object) -> None:
+            events.append((pid, start, end))
+
+        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
+        return events
+
+
+class PatternSet:
+    """Patterns added once, compiled once, scanned many times (thread-safe scans).
+
+    Two hyperscan databases: one for ASCII text, compiled without UTF-8 mode (most mail, and
+    tens of times faster to scan), one for any other text.
+    """
+
+    def __init__(self) -> None:
+        self._regexes: list[re.Pattern[str]] = []
+        self._databases: tuple[_Database, _Database] | None = None  # for ASCII, for UTF-8
+
+    def __len__(self) -> int:
+        return len(self._regexes)
+
+    def add(self, pattern: str) -> int:
+        """Add a pattern and return its id; raises PatternError if `check_pattern` refuses it."""
+        problems = check_pattern(pattern)
+        if problems:
+            raise PatternError(pattern, problems)
+        self._regexes.append(re.compile(pattern))
+        self._databases = None
+        return len(self._regexes) - 1
+
+    @property
+    def fallback_ids(self) -> list[int]:
+        """Ids of patterns run with Python's `re` alone on ASCII or on other text (hyperscan
+        refused them in that mode)."""
+        ascii_db, utf8_db = self._compiled()
+        return sorted({*ascii_db.fallback_ids, *utf8_db.fallback_ids})
+
+    def compile(self) -> None:
+        """Build the hyperscan databases; patterns one cannot hold go to the `re` fallback."""
+        self._databases = None
+        self._compiled()
+
+    def _compiled(self) -> tuple[_Database, _Database]:
+        databases = self._databases  # read once: another thread may add and reset it
+        if databases is None:
+            databases = self._databases = (
+                _Database(self._regexes, ascii_only=True),
+                _Database(self._regexes, ascii_only=False),
+            )
+        return databases
+
+    def scan(self, text: str) -> dict[int, list[Match]]:
+        """For each pattern id, the matches `re.finditer(pattern, text)` gives."""
+        ascii_db, utf8_db = self._compiled()
+        ascii_text = text.isascii()
+        database = ascii_db if ascii_text else utf8_db
+        result: dict[int, list[Match]] = {pid: [] for pid in range(len(self._regexes))}
+        for pid in database.fallback_ids:
+            result[pid] = [_match(m) for m in self._regexes[pid].finditer(text)]
+        if not text:
+            return result
+        spans_by_id = _ascii_spans(ascii_db, text) if ascii_text else _utf8_spans(utf8_db, text)
+        for pid, spans in spans_by_id.items():
+            rx = self._regexes[pid]
+            spans.sort()
+            if _covered(spans) > len(text) * DENSE_SPANS:
+                # Spans cover much of the text (e.g. widened \d or \w over CJK text): one
+                # `re` scan in C is then cheaper than a Python-level `.match` per position.
+                result[pid] = [_match(m) for m in rx.finditer(text)]
+            else:
+                result[pid] = _confirm(rx, text, spans)
+        return result
+
+
+def _ascii_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for pid, start, end in database.scan(text.encode("ascii")):
+        spans.setdefault(pid, []).append((start, end))
+    return spans
+
+
+def _utf8_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
+    data = mark_text(text).encode("utf-8")
+    events = database.scan(data)
+    to_char = _char_offsets(data, {off for _, s, e in events for off in (s, e)})
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for pid, start, end in events:
+        spans.setdefault(pid, []).append((to_char[start], to_char[end]))
+    return spans
+
+
+def _repeat_weight(items: list[tuple[Any, Any]]) -> int:
+    """Largest product of finite repeat bounds along any nesting path."""
+    weight = 1
+    for op, av in items:
+        inner = max((_repeat_weight(sub) for sub in children(op, av)), default=1)
+        if op in REPEATS and av[1] is not sre.MAXREPEAT:
+            inner *= max(av[1], 1)
+        weight = max(weight, inner)
+    return weight
+
+
+def _compilable(expressions: dict[int, bytes], flags: int) -> dict[int, bytes]:
+    """The expressions hyperscan accepts, found by halving the set when a compile fails."""
+    if not expressions:
+        return {}
+    try:
+        _build(expressions, flags)
+    except hyperscan.error:
+        if len(expressions) == 1:
+            return {}
+        ids = list(expressions)
+        half = len(ids) // 2
+        return {
+            **_compilable({pid: expressions[pid] for pid in ids[:half]}, flags),
+            **_compilable({pid: expressions[pid] for pid in ids[half:]}, flags),
+        }
+    return expressions
+
+
+def _build(expressions: dict[int, bytes], flags: int) -> hyperscan.Database | None:
+    if not expressions:
+        return None
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(
+        expressions=list(expressions.values()),
+        ids=list(expressions),
+        flags=flags,
+    )
+    return db
+
+
+def _char_offsets(data: bytes, offsets: set[int]) -> dict[int, int]:
+    """Map UTF-8 byte offsets (all on character boundaries) to str offsets."""
+    out: dict[int, int] = {}
+    prev_byte = prev_char = 0
+    for off in sorted(offsets):
+        prev_char += len(data[prev_byte:off].decode("utf-8"))
+        prev_byte = off
+        out[off] = prev_char
+    return out
+
+
+def _match(m: re.Match[str]) -> Match:
+    return Match(m.start(), m.end(), m.group())
+
+
+def _covered(spans: list[tuple[int, int]]) -> int:
+    """How many positions sorted spans cover together."""
+    total = reach = 0
+    for start, end in spans:
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _confirm(rx: re.Pattern[str], text: str, spans: list[tuple[int, int]]) -> list[Match]:
+    """Python's matches, trying `.match` only at positions inside sorted hyperscan spans."""
+    out: list[Match] = []
+    tried = 0  # every position before this one was tried or lies inside a match
+    for start, end in spans:
+        pos = max(start, tried)
+        while pos < end:
+            m = rx.match(text, pos)
+            if m is None:
+                pos += 1
+            else:
+                out.append(_match(m))
+                pos = m.end()
+        tried = max(tried, pos)
+    return out
+
+
+SHORT_TEXT = 1024  # characters; FastRegex leaves text this short to `re`
+_INLINE_FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
+
+
+class FastRegex:
+    """One compiled regex run through hyperscan: `finditer` yields the `re.Match` objects
+    `regex.finditer` would, groups included, at hyperscan's speed. For detectors whose
+    candidate patterns are fixed (and linted) in code."""
+
+    def __init__(self, regex: re.Pattern[str]) -> None:
+        self.regex = regex
+        flags = "".join(letter for flag, letter in _INLINE_FLAGS if regex.flags & flag)
+        self._set = PatternSet()
+        # Compiled on first use (scan compiles), so importing a detector costs nothing.
+        self._id = self._set.add(f"(?{flags}){regex.pattern}" if flags else regex.pattern)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        if len(text) <= SHORT_TEXT:
+            # Short text (a subject, an id, a file name) is quicker for `re` than a hyperscan
+            # call. It also keeps hyperscan out of threads Python did not create: masking
+            # from libmilter's threads through hyperscan crashed the milter under load.
+            yield from self.regex.finditer(text)
+            return
+        for found in self._set.scan(text)[self._id]:
+            match = self.regex.match(text, found.start)
+            if match is not None:  # always, as the set's matches are the regex's own
+                yield match
