@@ -296,6 +296,9 @@ class EngineConfig(_Section):
     workers: int = Field(default=None, gt=0)  # scanning processes; None: one per usable CPU
     time_budget: Seconds = 10.0  # per message; overruns go to the pack's unscannable rules
     memory_budget: Size = 512 << 20  # per worker process
+    # Workers parse hostile files, so they run with least privilege (filter/scan/confine.py):
+    user: str | None = "nobody"  # the workers' user when started as root; null: stay root
+    confine: bool = True  # Landlock: workers read only Python and system libraries, write nothing
 
     @field_validator("workers", mode="before")
     @classmethod

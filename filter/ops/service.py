@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mailgate.filter import ScanPool
 from mailgate.filter.ops.config import Config
+from mailgate.filter.scan.confine import Confinement
 
 
 def scan_pool_for(config: Config) -> ScanPool:
@@ -16,4 +17,5 @@ def scan_pool_for(config: Config) -> ScanPool:
         workers=config.engine.workers,
         time_budget=config.engine.time_budget,
         memory_budget=config.engine.memory_budget,
+        confinement=Confinement(user=config.engine.user, landlock=config.engine.confine),
     )

@@ -26,6 +26,7 @@ from mailgate.filter.message.model import ScanLimits
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackSource
 from mailgate.filter.policy.verdict import Action, Verdict
+from mailgate.filter.scan.confine import Confinement, confine
 from mailgate.filter.scan.engine import Engine
 
 log = logging.getLogger("mailgate.pool")
@@ -47,15 +48,27 @@ def _receive(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
 
 
-def _worker_main(conn: Connection, source: PackSource, limits: ScanLimits, memory: int) -> None:
-    """Runs in the worker process: load the pack, then judge messages until told to stop."""
+def _worker_main(
+    conn: Connection,
+    source: PackSource,
+    limits: ScanLimits,
+    memory: int,
+    confinement: Confinement,
+) -> None:
+    """Runs in the worker process: load the pack, confine itself, then judge messages until
+    told to stop."""
     engine = Engine.from_source(source, limits)
     engine.scan(WARM_UP, Envelope("", ()))  # compile lazily built detectors before real mail
     if memory:
         with open("/proc/self/statm") as statm:
             current = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         resource.setrlimit(resource.RLIMIT_AS, (current + memory, current + memory))
-    _send(conn, ("ready", engine.version))
+    try:
+        applied = confine(confinement)
+    except (OSError, KeyError) as exc:
+        _send(conn, ("failed", f"cannot confine the worker: {exc}"))
+        return
+    _send(conn, ("ready", engine.version, applied))
     while True:
         try:
             request = _receive(conn)
@@ -76,11 +89,18 @@ class _Worker:
     """One worker process and its pipe. The event loop waits on the pipe itself (add_reader):
     no thread sits between a door and its verdict."""
 
-    def __init__(self, source: PackSource, limits: ScanLimits, memory: int, generation: int):
+    def __init__(
+        self,
+        source: PackSource,
+        limits: ScanLimits,
+        memory: int,
+        generation: int,
+        confinement: Confinement,
+    ):
         self.generation = generation
         self.conn, child = _context.Pipe()
         self.process = _context.Process(
-            target=_worker_main, args=(child, source, limits, memory), daemon=True
+            target=_worker_main, args=(child, source, limits, memory, confinement), daemon=True
         )
         self.process.start()
         child.close()
@@ -88,7 +108,9 @@ class _Worker:
     async def ready(self, timeout: float) -> None:
         reply = await asyncio.wait_for(self._receive(), timeout)
         if reply[0] != "ready":
-            raise RuntimeError(f"worker failed to start: {reply!r}")
+            # OSError: the doors report it like any other failure to start the pack
+            raise OSError(f"worker failed to start: {reply[1]}")
+        self.confined: list[str] = reply[2]
 
     async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
         if len(raw) > LARGE_MESSAGE:
@@ -183,6 +205,7 @@ class ScanPool:
         memory_budget: int = 512 << 20,
         limits: ScanLimits | None = None,
         start_timeout: float = 60.0,
+        confinement: Confinement | None = None,
     ) -> None:
         self.rules_dir = Path(rules_dir)
         self.size = workers or os.cpu_count() or 2
@@ -190,6 +213,7 @@ class ScanPool:
         self.memory_budget = memory_budget
         self.limits = limits or ScanLimits()
         self.start_timeout = start_timeout
+        self.confinement = confinement or Confinement()
         self._engine: Engine | None = None  # the parent's copy, for verdicts without a worker
         self._source: PackSource | None = None
         self._generation = 0
@@ -234,11 +258,12 @@ class ScanPool:
             raise
         self._engine, self._source, self._generation = engine, source, generation
         self._loop = asyncio.get_running_loop()
+        log.info("scan workers confined: %s", ", ".join(workers[0].confined) or "nothing")
         for w in workers:
             self._idle.put(w)
 
     def _spawn(self, source: PackSource, generation: int) -> _Worker:
-        worker = _Worker(source, self.limits, self.memory_budget, generation)
+        worker = _Worker(source, self.limits, self.memory_budget, generation, self.confinement)
         self._all.add(worker)
         return worker
 
