@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from mailgate.filter import replies
 from mailgate.filter.ops.config import Config, SmtpTarget
 from mailgate.filter.store.quarantine import QuarantineError, QuarantineStore
 from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
@@ -32,10 +33,13 @@ class ReleaseResult:
         return self.released or self.already
 
 
-def release_message(config: Config, store: QuarantineStore, qid: str, actor: str) -> ReleaseResult:
-    """Release one held message and record the outcome with `actor`. Raises QuarantineError
-    (UnknownMessage) for an id that is not in the store or whose message was deleted.
-    Runs its own event loop: call it from synchronous code such as the CLI."""
+def release_message(
+    config: Config, store: QuarantineStore, qid: str, actor: str, reason: str = ""
+) -> ReleaseResult:
+    """Release one held message and record the outcome with `actor` and the reviewer's
+    `reason`. Raises QuarantineError (UnknownMessage) for an id that is not in the store or
+    whose message was deleted. Runs its own event loop: call it from synchronous code such as
+    the CLI, or from a worker thread (the review console, which gets it from the CLI)."""
     with store.lock(qid):
         record = store.get(qid)
         if record.state == "released":
@@ -54,11 +58,11 @@ def release_message(config: Config, store: QuarantineStore, qid: str, actor: str
             delivery_id = Outbox(config.relay.outbox).deliver(
                 marked, record.sender, record.recipients
             )
-            reply = Reply(250, f"2.0.0 Delivered to the outbox as {delivery_id}")
+            reply = Reply.of(replies.IN_OUTBOX.format(id=delivery_id))
         if reply.ok:
-            store.mark_released(qid, actor, str(reply))
+            store.mark_released(qid, actor, str(reply), reason)
             return ReleaseResult(qid, released=True, already=False, reply=str(reply))
-        store.record_release_failure(qid, actor, str(reply))
+        store.record_release_failure(qid, actor, str(reply), reason)
         return ReleaseResult(qid, released=False, already=False, reply=str(reply))
 
 
@@ -74,7 +78,7 @@ async def _submit(
         options = []
         if not all(a.isascii() for a in addresses):
             if not session.supports("smtputf8"):
-                return Reply(553, "5.6.7 The next hop does not support SMTPUTF8")
+                return Reply.of(replies.NEXT_HOP_NO_SMTPUTF8.format(role="message"))
             options.append("SMTPUTF8")
         if not message.isascii() and session.supports("8bitmime"):
             options.append("BODY=8BITMIME")

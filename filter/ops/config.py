@@ -330,6 +330,27 @@ class Config(_Section):
     audit: AuditConfig = Field(default_factory=dict)
 
     _source: Path | None = PrivateAttr(default=None)
+class ConsoleTLS(_Section):
+    cert: ConfigPath
+    key: ConfigPath
+
+
+class TrustedProxy(_Section):
+    """A reverse proxy that signs reviewers in: its headers are believed only from `from`."""
+
+    header: str = "X-Forwarded-User"  # the signed-in user name
+    role_header: str | None = None  # groups or role names; the strongest known role counts
+    from_: list[Network] = Field(alias="from", min_length=1)
+
+
+class ConsoleConfig(_Section):
+    listen: EndpointValue = Endpoint("127.0.0.1", 8025)
+    users: ConfigPath = Path("console-users.yaml")  # written by `mailgate console adduser`
+    session_timeout: Seconds = 8 * 3600.0
+    trusted_proxy: TrustedProxy | None = None
+    tls: ConsoleTLS | None = None
+
+
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -359,6 +380,7 @@ def default_config() -> Config:
 
 
 def find_config_file() -> Path | None:
+    console: ConsoleConfig = Field(default_factory=dict)
     for candidate in SEARCH_PATHS:
         if candidate.is_file():
             return candidate

@@ -12,6 +12,12 @@ Layout under `quarantine.path`:
 States: held -> released, or held/released -> deleted (the .eml is removed, the record and
 its events stay as the trail of who did what until purge). `purge` removes messages and their
 records entirely once they are older than the retention.
+
+The review console reads the store through `search` (one page of a filtered, sorted list and
+its total), `rule_counts` and `history` (releases, deletes, purges and the console's own
+activity such as sign-ins, newest first), so that a store of 100,000 held messages answers a
+page without reading them all; the index keeps the rules and addresses of each message in
+side tables for that. Reasons typed by reviewers are stored masked, like the Subject.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import fcntl
 import json
 import os
 import re
+import socket
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +82,55 @@ CREATE TABLE IF NOT EXISTS purges (
     ids TEXT NOT NULL
 );
 """
+# Version 1 (PRAGMA user_version): the node, reviewers' reasons, the console's activity, and
+# side tables and indexes for the console's filtered pages.
+_SCHEMA_V1 = """
+ALTER TABLE messages ADD COLUMN node TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN node TEXT NOT NULL DEFAULT '';
+ALTER TABLE purges ADD COLUMN node TEXT NOT NULL DEFAULT '';
+-- state and time are copies of the message's: the list filtered by rule and the counts per
+-- rule come out of this table's indexes without visiting every message.
+CREATE TABLE message_rules (
+    rule TEXT NOT NULL,
+    id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    time TEXT NOT NULL,
+    PRIMARY KEY (rule, id)
+) WITHOUT ROWID;
+CREATE INDEX message_rules_id ON message_rules(id);
+CREATE INDEX message_rules_rule ON message_rules(rule, state, time);
+CREATE INDEX message_rules_state ON message_rules(state, rule, time);
+CREATE TABLE message_addresses (
+    address TEXT NOT NULL,  -- lower case
+    domain TEXT NOT NULL,
+    is_sender INTEGER NOT NULL,
+    id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE
+);
+CREATE INDEX message_addresses_address ON message_addresses(address, is_sender);
+CREATE INDEX message_addresses_domain ON message_addresses(domain);
+CREATE INDEX message_addresses_id ON message_addresses(id);
+CREATE INDEX messages_state_time ON messages(state, time);
+CREATE INDEX events_time ON events(time);
+CREATE TABLE activity (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    qid TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX activity_time ON activity(time);
+INSERT INTO message_rules (rule, id, state, time)
+    SELECT value, messages.id, state, time FROM messages, json_each(messages.rules)
+    UNION SELECT value, messages.id, state, time FROM messages, json_each(messages.monitor);
+INSERT INTO message_addresses (address, domain, is_sender, id)
+    SELECT lower(sender), lower(substr(sender, instr(sender, '@') + 1)), 1, id FROM messages
+    UNION ALL SELECT lower(value), lower(substr(value, instr(value, '@') + 1)), 0, messages.id
+    FROM messages, json_each(messages.recipients);
+"""
 
 
 class QuarantineError(Exception):
@@ -92,6 +148,8 @@ class QuarantineEvent:
     kind: str  # quarantined | released | release_failed | deleted
     actor: str
     reply: str = ""  # the next hop's reply for a release or a failed one
+    reason: str = ""  # the reviewer's reason, masked
+    node: str = ""  # the host that did it
 
 
 @dataclass(frozen=True)
@@ -114,6 +172,7 @@ class QuarantineRecord:
     pack_version: str
     state: str
     events: tuple[QuarantineEvent, ...] = field(default=())
+    node: str = ""  # the host whose door held it
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: times in ISO 8601 UTC."""
@@ -125,6 +184,59 @@ class QuarantineRecord:
         d["hits"] = list(self.hits)
         d["events"] = [{**asdict(e), "time": e.time.isoformat()} for e in self.events]
         return d
+
+
+@dataclass(frozen=True)
+class HeldQuery:
+    """A filtered list of the quarantine; every field given narrows it, None means any."""
+
+    state: str | None = None
+    rule: str | None = None  # enforce or monitor rule id
+    sender: str | None = None  # the envelope sender, any case
+    recipient: str | None = None  # one of the envelope recipients, any case
+    domain: str | None = None  # the sender's or any recipient's domain
+    since: datetime | None = None  # at or after
+    until: datetime | None = None  # before
+    text: str | None = None  # part of the (masked) Subject, sender or a recipient, or the id
+    newest_first: bool = True
+
+
+@dataclass(frozen=True)
+class HeldPage:
+    records: tuple[QuarantineRecord, ...]  # one page, without their events
+    total: int  # how many match the query in all
+
+
+@dataclass(frozen=True)
+class ActivityEntry:
+    """One line of the history: a release, a delete, a purge, or something the console
+    records with `record_activity` (a sign-in, an original viewed)."""
+
+    time: datetime
+    kind: str  # released | release_failed | deleted | purged | signed_in | ...
+    actor: str
+    node: str
+    qid: str | None
+    reason: str  # the reviewer's, masked
+    detail: str  # the next hop's reply, the purge's extent, the client address
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "time": self.time.isoformat()}
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    kind: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None  # part of the id, reason or detail
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    entries: tuple[ActivityEntry, ...]  # newest first
+    total: int
 
 
 class QuarantineStore(Protocol):
@@ -153,13 +265,15 @@ class QuarantineStore(Protocol):
         message cannot both send it: check state, send, mark_released, all under the lock."""
         ...
 
-    def mark_released(self, qid: str, actor: str, reply: str) -> bool:
+    def mark_released(self, qid: str, actor: str, reply: str, reason: str = "") -> bool:
         """held -> released; False (and nothing recorded) if it was not held."""
         ...
 
-    def record_release_failure(self, qid: str, actor: str, reply: str) -> None: ...
+    def record_release_failure(
+        self, qid: str, actor: str, reply: str, reason: str = ""
+    ) -> None: ...
 
-    def delete(self, qid: str, actor: str) -> bool:
+    def delete(self, qid: str, actor: str, reason: str = "") -> bool:
         """Remove the message content; False if already deleted."""
         ...
 
@@ -169,6 +283,25 @@ class QuarantineStore(Protocol):
 
     def count(self) -> int:
         """Messages currently held."""
+        ...
+
+    def search(self, query: HeldQuery, offset: int = 0, limit: int = 50) -> HeldPage:
+        """One page of the messages matching `query`, by time (then id)."""
+        ...
+
+    def rule_counts(self, query: HeldQuery) -> dict[str, int]:
+        """Messages per rule among those matching `query` with its `rule` left out."""
+        ...
+
+    def record_activity(
+        self, kind: str, actor: str, qid: str | None = None, reason: str = "", detail: str = ""
+    ) -> None:
+        """Put something done outside the message's own life on record (sign-ins, an
+        original viewed); `reason` and `detail` are stored masked."""
+        ...
+
+    def history(self, query: HistoryQuery, offset: int = 0, limit: int = 100) -> HistoryPage:
+        """Releases, failed releases, deletes, purges and recorded activity, newest first."""
         ...
 
 
@@ -189,8 +322,9 @@ class LocalQuarantine:
     """Files plus SQLite under one folder. Every call opens its own connection, so one
     instance may be used from threads and forked processes alike."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, node: str | None = None) -> None:
         self.path = Path(path)
+        self.node = node or socket.gethostname()
         self.messages_dir = self.path / "messages"
         self.tmp_dir = self.path / "tmp"
         self.locks_dir = self.path / "locks"
@@ -201,6 +335,18 @@ class LocalQuarantine:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        if self._version() < 1:
+            with self._write() as db:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                if db.execute("PRAGMA user_version").fetchone()[0] < 1:
+                    for statement in _SCHEMA_V1.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute("PRAGMA user_version = 1")
+
+    def _version(self) -> int:
+        with self._connect() as db:
+            return db.execute("PRAGMA user_version").fetchone()[0]
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -236,6 +382,7 @@ class LocalQuarantine:
     def put(
         self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
     ) -> str:
+        # Listed and shown to reviewers: no card numbers, however the header spelled them.
         if subject is None:
             subject = decoded(first_header(raw, "Subject"))
         subject = mask_sensitive(subject)  # listed and shown to reviewers: no card numbers
@@ -257,8 +404,10 @@ class LocalQuarantine:
         try:
             with self._write() as db:
                 db.execute(
-                    "INSERT INTO messages VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held')",
+                    "INSERT INTO messages (id, time, door, queue_id, message_id, sender, "
+                    "recipients, client_address, subject, size, action, rules, monitor, hits, "
+                    "reason, pack_version, state, node) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held', ?)",
                     (
                         qid,
                         now,
@@ -277,10 +426,22 @@ class LocalQuarantine:
                         verdict.reason,
                         verdict.pack_version,
                     ),
+                        self.node,
                 )
                 db.execute(
-                    "INSERT INTO events (id, time, kind, actor) VALUES (?, ?, 'quarantined', ?)",
-                    (qid, now, envelope.door),
+                db.executemany(
+                    "INSERT INTO message_rules (rule, id, state, time) VALUES (?, ?, 'held', ?)",
+                    [(rule, qid, now) for rule in {*verdict.rules, *verdict.monitor}],
+                )
+                addresses = [(envelope.mail_from, 1)] + [(r, 0) for r in envelope.rcpt_tos]
+                db.executemany(
+                    "INSERT INTO message_addresses (address, domain, is_sender, id) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(a.lower(), _domain(a), sender, qid) for a, sender in addresses],
+                )
+                    "INSERT INTO events (id, time, kind, actor, node) "
+                    "VALUES (?, ?, 'quarantined', ?, ?)",
+                    (qid, now, envelope.door, self.node),
                 )
         except BaseException:
             # No record: the caller answers 4xx and the sender retries, so drop the file.
@@ -288,27 +449,27 @@ class LocalQuarantine:
             raise
         return qid
 
-    def mark_released(self, qid: str, actor: str, reply: str) -> bool:
+    def mark_released(self, qid: str, actor: str, reply: str, reason: str = "") -> bool:
         with self._write() as db:
             state = self._state(db, qid)
             if state != "held":
                 return False
-            db.execute("UPDATE messages SET state = 'released' WHERE id = ?", (qid,))
-            self._event(db, qid, "released", actor, reply)
+            self._set_state(db, qid, "released")
+            self._event(db, qid, "released", actor, reply, reason)
         return True
 
-    def record_release_failure(self, qid: str, actor: str, reply: str) -> None:
+    def record_release_failure(self, qid: str, actor: str, reply: str, reason: str = "") -> None:
         with self._write() as db:
             self._state(db, qid)
-            self._event(db, qid, "release_failed", actor, reply)
+            self._event(db, qid, "release_failed", actor, reply, reason)
 
-    def delete(self, qid: str, actor: str) -> bool:
+    def delete(self, qid: str, actor: str, reason: str = "") -> bool:
         path = self._file(qid)
         with self._write() as db:
             if self._state(db, qid) == "deleted":
                 return False
-            db.execute("UPDATE messages SET state = 'deleted' WHERE id = ?", (qid,))
-            self._event(db, qid, "deleted", actor, "")
+            self._set_state(db, qid, "deleted")
+            self._event(db, qid, "deleted", actor, "", reason)
         # After the commit: a crash here leaves a file whose record says deleted; purge
         # removes it.
         path.unlink(missing_ok=True)
@@ -324,8 +485,8 @@ class LocalQuarantine:
             ids = [row["id"] for row in rows]
             db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
             db.execute(
-                "INSERT INTO purges (time, actor, older_than, ids) VALUES (?, ?, ?, ?)",
-                (_now(), actor, str(older_than), json.dumps(ids)),
+                "INSERT INTO purges (time, actor, older_than, ids, node) VALUES (?, ?, ?, ?, ?)",
+                (_now(), actor, str(older_than), json.dumps(ids), self.node),
             )
             for qid in ids:
                 self._file(qid).unlink(missing_ok=True)
@@ -358,20 +519,45 @@ class LocalQuarantine:
             os.close(fd)  # closing drops the flock
 
     @staticmethod
+    @staticmethod
+    def _set_state(db: sqlite3.Connection, qid: str, state: str) -> None:
+        db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, qid))
+        db.execute("UPDATE message_rules SET state = ? WHERE id = ?", (state, qid))
+
     def _state(db: sqlite3.Connection, qid: str) -> str:
         row = db.execute("SELECT state FROM messages WHERE id = ?", (qid,)).fetchone()
         if row is None:
             raise UnknownMessage(qid)
         return row["state"]
 
-    @staticmethod
-    def _event(db: sqlite3.Connection, qid: str, kind: str, actor: str, reply: str) -> None:
+    def _event(
+        self, db: sqlite3.Connection, qid: str, kind: str, actor: str, reply: str, reason: str = ""
+    ) -> None:
         db.execute(
-            "INSERT INTO events (id, time, kind, actor, reply) VALUES (?, ?, ?, ?, ?)",
-            (qid, _now(), kind, actor, reply),
+            "INSERT INTO events (id, time, kind, actor, reply, reason, node) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (qid, _now(), kind, actor, reply, mask_sensitive(reason), self.node),
         )
 
     # --- reading ---------------------------------------------------------------------------
+    def record_activity(
+        self, kind: str, actor: str, qid: str | None = None, reason: str = "", detail: str = ""
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO activity (time, node, kind, actor, qid, reason, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    _now(),
+                    self.node,
+                    kind,
+                    actor,
+                    qid,
+                    mask_sensitive(reason),
+                    mask_sensitive(detail),
+                ),
+            )
+
 
     def get(self, qid: str) -> QuarantineRecord:
         self._file(qid)
@@ -413,7 +599,12 @@ class LocalQuarantine:
             for e in event_rows:
                 events.setdefault(e["id"], []).append(
                     QuarantineEvent(
-                        datetime.fromisoformat(e["time"]), e["kind"], e["actor"], e["reply"]
+                        datetime.fromisoformat(e["time"]),
+                        e["kind"],
+                        e["actor"],
+                        e["reply"],
+                        e["reason"],
+                        e["node"],
                     )
                 )
             db.execute("COMMIT")
@@ -448,6 +639,142 @@ class LocalQuarantine:
         return self._select(where, params)
 
 
+    def search(self, query: HeldQuery, offset: int = 0, limit: int = 50) -> HeldPage:
+        source, where, params = _held_where(query)
+        at = "r" if query.rule else "m"
+        order = "DESC" if query.newest_first else "ASC"
+        with self._connect() as db:
+            db.execute("BEGIN")  # the page and its total from one snapshot
+            rows = db.execute(
+                f"SELECT m.* {source} {where} ORDER BY {at}.time {order}, {at}.id {order} "
+                "LIMIT ? OFFSET ?",
+                [*params, max(limit, 0), max(offset, 0)],
+            ).fetchall()
+            total = db.execute(f"SELECT count(*) {source} {where}", params).fetchone()[0]
+            db.execute("COMMIT")
+        return HeldPage(tuple(_record(row, ()) for row in rows), total)
+
+    def rule_counts(self, query: HeldQuery) -> dict[str, int]:
+        query = replace(query, rule=None)
+        if not (query.sender or query.recipient or query.domain or query.text):
+            # State and time only (the start page): the rule index alone answers it.
+            _, where, params = _held_where(query, alias="r")
+            sql = f"SELECT rule, count(*) AS n FROM message_rules r {where} GROUP BY rule"
+        else:
+            source, where, params = _held_where(query)
+            sql = (
+                "SELECT rule, count(*) AS n FROM message_rules "
+                f"WHERE id IN (SELECT m.id {source} {where}) GROUP BY rule"
+            )
+        with self._connect() as db:
+            return {row["rule"]: row["n"] for row in db.execute(f"{sql} ORDER BY rule", params)}
+
+    def history(self, query: HistoryQuery, offset: int = 0, limit: int = 100) -> HistoryPage:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.kind:
+            clauses.append("kind = ?")
+            params.append(query.kind)
+        if query.actor:
+            clauses.append("actor = ?")
+            params.append(query.actor)
+        if query.since is not None:
+            clauses.append("time >= ?")
+            params.append(_iso_utc(query.since))
+        if query.until is not None:
+            clauses.append("time < ?")
+            params.append(_iso_utc(query.until))
+        if query.text:
+            clauses.append(
+                "(instr(lower(coalesce(qid, '')), ?) OR instr(lower(reason), ?)"
+                " OR instr(lower(detail), ?))"
+            )
+            params += [query.text.lower()] * 3
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        union = (
+            "SELECT time, kind, actor, node, id AS qid, reason, reply AS detail FROM events "
+            "WHERE kind != 'quarantined' "
+            "UNION ALL SELECT time, 'purged', actor, node, NULL, '', "
+            "'older than ' || older_than || ': ' || json_array_length(ids) || ' message(s)' "
+            "FROM purges "
+            "UNION ALL SELECT time, kind, actor, node, qid, reason, detail FROM activity"
+        )
+        with self._connect() as db:
+            db.execute("BEGIN")
+            rows = db.execute(
+                f"SELECT * FROM ({union}) {where} ORDER BY time DESC LIMIT ? OFFSET ?",
+                [*params, max(limit, 0), max(offset, 0)],
+            ).fetchall()
+            total = db.execute(f"SELECT count(*) FROM ({union}) {where}", params).fetchone()[0]
+            db.execute("COMMIT")
+        entries = tuple(
+            ActivityEntry(
+                time=datetime.fromisoformat(row["time"]),
+                kind=row["kind"],
+                actor=row["actor"],
+                node=row["node"],
+                qid=row["qid"],
+                reason=row["reason"],
+                detail=row["detail"],
+            )
+            for row in rows
+        )
+        return HistoryPage(entries, total)
+
+
+def _iso_utc(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # naive means local time, as a person typed it
+    return _iso(moment.astimezone(UTC))
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _held_where(query: HeldQuery, alias: str | None = None) -> tuple[str, str, list[Any]]:
+    """FROM, WHERE and parameters for a query. Filtered by rule, the rows come from the
+    rule's index in `message_rules` (alias r, which also holds state and time); else from
+    `messages` (alias m). The address filters go through `message_addresses`' indexes."""
+    at = alias or ("r" if query.rule else "m")
+    source = (
+        "FROM message_rules r JOIN messages m ON m.id = r.id" if query.rule else "FROM messages m"
+    )
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.rule:
+        clauses.append("r.rule = ?")
+        params.append(query.rule)
+    if query.state is not None:
+        if query.state not in STATES:
+            raise QuarantineError(f"unknown state {query.state!r} (one of {', '.join(STATES)})")
+        clauses.append(f"{at}.state = ?")
+        params.append(query.state)
+    if query.since is not None:
+        clauses.append(f"{at}.time >= ?")
+        params.append(_iso_utc(query.since))
+    if query.until is not None:
+        clauses.append(f"{at}.time < ?")
+        params.append(_iso_utc(query.until))
+    for value, sender in ((query.sender, 1), (query.recipient, 0)):
+        if value:
+            clauses.append(
+                "m.id IN (SELECT id FROM message_addresses WHERE address = ? AND is_sender = ?)"
+            )
+            params += [value.strip().lower(), sender]
+    if query.domain:
+        clauses.append("m.id IN (SELECT id FROM message_addresses WHERE domain = ?)")
+        params.append(query.domain.strip().lower().lstrip("@").rstrip("."))
+    if query.text:
+        # LIKE: case-insensitive for ASCII and faster than lower() on every row.
+        needle = "%" + re.sub(r"([\\%_])", r"\\\1", query.text.strip()) + "%"
+        clauses.append(
+            "(m.subject LIKE ? ESCAPE '\\' OR m.sender LIKE ? ESCAPE '\\'"
+            " OR m.recipients LIKE ? ESCAPE '\\' OR m.id = ?)"
+        )
+        params += [needle, needle, needle, query.text.strip()]
+    return source, (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
 def _record(row: sqlite3.Row, events: tuple[QuarantineEvent, ...]) -> QuarantineRecord:
     return QuarantineRecord(
         id=row["id"],
@@ -469,6 +796,7 @@ def _record(row: sqlite3.Row, events: tuple[QuarantineEvent, ...]) -> Quarantine
         state=row["state"],
         events=events,
     )
+        node=row["node"],
 
 
 def _older(path: Path, cutoff: datetime) -> bool:
