@@ -314,22 +314,6 @@ class AuditConfig(_Section):
     path: ConfigPath | None = None  # None: one JSON line per message to stdout
 
 
-def packaged_rules_dir() -> Path:
-    """The default rule pack shipped inside the mailgate package."""
-    return Path(str(importlib.resources.files("mailgate.rules")))
-
-
-class Config(_Section):
-    # Rule pack folder; None: ./rules beside the config file if it exists, else the packaged pack.
-    rules: ConfigPath = None  # type: ignore[assignment]
-    quarantine: QuarantineConfig = Field(default_factory=dict)
-    relay: RelayConfig = Field(default_factory=dict)
-    milter: MilterConfig = Field(default_factory=dict)
-    engine: EngineConfig = Field(default_factory=dict)
-    metrics: MetricsConfig = Field(default_factory=dict)
-    audit: AuditConfig = Field(default_factory=dict)
-
-    _source: Path | None = PrivateAttr(default=None)
 class ConsoleTLS(_Section):
     cert: ConfigPath
     key: ConfigPath
@@ -351,6 +335,23 @@ class ConsoleConfig(_Section):
     tls: ConsoleTLS | None = None
 
 
+def packaged_rules_dir() -> Path:
+    """The default rule pack shipped inside the mailgate package."""
+    return Path(str(importlib.resources.files("mailgate.rules")))
+
+
+class Config(_Section):
+    # Rule pack folder; None: ./rules beside the config file if it exists, else the packaged pack.
+    rules: ConfigPath = None  # type: ignore[assignment]
+    quarantine: QuarantineConfig = Field(default_factory=dict)
+    relay: RelayConfig = Field(default_factory=dict)
+    milter: MilterConfig = Field(default_factory=dict)
+    engine: EngineConfig = Field(default_factory=dict)
+    metrics: MetricsConfig = Field(default_factory=dict)
+    audit: AuditConfig = Field(default_factory=dict)
+    console: ConsoleConfig = Field(default_factory=dict)
+
+    _source: Path | None = PrivateAttr(default=None)
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -380,7 +381,6 @@ def default_config() -> Config:
 
 
 def find_config_file() -> Path | None:
-    console: ConsoleConfig = Field(default_factory=dict)
     for candidate in SEARCH_PATHS:
         if candidate.is_file():
             return candidate

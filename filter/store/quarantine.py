@@ -425,10 +425,9 @@ class LocalQuarantine:
                         json.dumps(hits, default=str),
                         verdict.reason,
                         verdict.pack_version,
-                    ),
                         self.node,
+                    ),
                 )
-                db.execute(
                 db.executemany(
                     "INSERT INTO message_rules (rule, id, state, time) VALUES (?, ?, 'held', ?)",
                     [(rule, qid, now) for rule in {*verdict.rules, *verdict.monitor}],
@@ -439,6 +438,7 @@ class LocalQuarantine:
                     "VALUES (?, ?, ?, ?)",
                     [(a.lower(), _domain(a), sender, qid) for a, sender in addresses],
                 )
+                db.execute(
                     "INSERT INTO events (id, time, kind, actor, node) "
                     "VALUES (?, ?, 'quarantined', ?, ?)",
                     (qid, now, envelope.door, self.node),
@@ -519,11 +519,11 @@ class LocalQuarantine:
             os.close(fd)  # closing drops the flock
 
     @staticmethod
-    @staticmethod
     def _set_state(db: sqlite3.Connection, qid: str, state: str) -> None:
         db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, qid))
         db.execute("UPDATE message_rules SET state = ? WHERE id = ?", (state, qid))
 
+    @staticmethod
     def _state(db: sqlite3.Connection, qid: str) -> str:
         row = db.execute("SELECT state FROM messages WHERE id = ?", (qid,)).fetchone()
         if row is None:
@@ -539,7 +539,6 @@ class LocalQuarantine:
             (qid, _now(), kind, actor, reply, mask_sensitive(reason), self.node),
         )
 
-    # --- reading ---------------------------------------------------------------------------
     def record_activity(
         self, kind: str, actor: str, qid: str | None = None, reason: str = "", detail: str = ""
     ) -> None:
@@ -558,6 +557,7 @@ class LocalQuarantine:
                 ),
             )
 
+    # --- reading ---------------------------------------------------------------------------
 
     def get(self, qid: str) -> QuarantineRecord:
         self._file(qid)
@@ -637,7 +637,6 @@ class LocalQuarantine:
             params.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._select(where, params)
-
 
     def search(self, query: HeldQuery, offset: int = 0, limit: int = 50) -> HeldPage:
         source, where, params = _held_where(query)
@@ -775,6 +774,7 @@ def _held_where(query: HeldQuery, alias: str | None = None) -> tuple[str, str, l
         params += [needle, needle, needle, query.text.strip()]
     return source, (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
+
 def _record(row: sqlite3.Row, events: tuple[QuarantineEvent, ...]) -> QuarantineRecord:
     return QuarantineRecord(
         id=row["id"],
@@ -795,8 +795,8 @@ def _record(row: sqlite3.Row, events: tuple[QuarantineEvent, ...]) -> Quarantine
         pack_version=row["pack_version"],
         state=row["state"],
         events=events,
-    )
         node=row["node"],
+    )
 
 
 def _older(path: Path, cutoff: datetime) -> bool:
