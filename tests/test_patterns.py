@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -269,6 +272,91 @@ SAFE = [
     r"(a+b)+",
     r"secret.{0,100}\d+",
 ]
+
+
+# Issue 10 #5 and its family: unbounded repeats separated by characters the first can also
+# match, with more pattern after them, cost a power of the line length for every position
+# hyperscan proposes; groups and alternatives do not hide the repeats from each other.
+STALLING = [
+    r".*x.*x.*x.*y(?<=z)",
+    r".*x.*y",
+    r"\w+\d\w+!",
+    r"[^@\s]+\.[a-z]+\.",
+    r"(\d+)\s*(\d+)",
+    r"(.*)x(.*)y",
+    r"(?:a.*|b)x.*y",
+    r"(?:.*x(?:.*x(.*y)))",
+    r"(?i).*X.*y",
+    r".*x(?:z|.*y)",
+]
+# Lookarounds hyperscan cannot check (all but a one-character lookbehind opening the pattern or
+# lookahead closing it) are dropped from its expression: it then proposes spans that `re`
+# rejects only after backtracking through the repeat before the lookaround or inside it.
+UNCHECKED_LOOKAROUND = [
+    r"\w+y(?<=zy)",
+    r"\d+(?=\d{2}x)",
+    r"\w+(?!x)y",
+    r"(?=.*\d)\w{8}",
+    r"a.+?b(?<!cb)",
+    r"(?:\w+|x)(?=ab)",
+]
+
+
+@pytest.mark.parametrize("pattern", STALLING)
+def test_lint_refuses_repeats_separated_by_what_they_match(pattern: str) -> None:
+    problems = check_pattern(pattern)
+    assert any("separated" in p or "follow each other" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("pattern", UNCHECKED_LOOKAROUND)
+def test_lint_refuses_lookarounds_hyperscan_cannot_check_after_or_around_a_repeat(
+    pattern: str,
+) -> None:
+    problems = check_pattern(pattern)
+    assert any("lookaround" in p for p in problems), problems
+
+
+# Accepted: nothing can fail after the second repeat (the first success ends the search), a
+# lookaround hyperscan checks, or one with no unbounded repeat before it or inside it.
+SAFE_SHAPES = [
+    r"\S+@\S+",
+    r"\w+\d\w+",
+    r"(\S+@\S+)",
+    r"[^x]*x.*y",
+    r"(?!000)\d{3}-\d{2}-\d{4}",
+    r"(?<=zz)\w+y",
+    r"\d+(?!\d)",
+    r"(?<![\w.])\w+@\w+",
+    r"\w++(?=ab)",
+    r".*x(?:z|.*)",
+]
+
+
+@pytest.mark.parametrize("pattern", SAFE_SHAPES)
+def test_lint_passes_shapes_that_cannot_stall(pattern: str) -> None:
+    assert check_pattern(pattern) == []
+
+
+def test_lint_passes_the_detectors_own_patterns() -> None:
+    from mailgate.filter.detect.detectors import credit_card, iban, us_ssn
+
+    for module in (credit_card, iban, us_ssn):
+        assert check_pattern(module._CANDIDATE.regex.pattern) == [], module.__name__
+
+
+def test_rules_lint_refuses_the_stalling_regex_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(
+        "rules:\n  - id: stall\n    when:\n      - body: {regex: '.*x.*x.*x.*y(?<=z)'}\n"
+        "    action: reject\n"
+    )
+    lint = subprocess.run(
+        [sys.executable, "-m", "mailgate.filter.cli", "rules", "lint", "--rules", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert "policy.yaml:4: [stall] body.regex: regex '.*x.*x.*x.*y(?<=z)' refused" in lint.stdout
 
 
 @pytest.mark.parametrize("pattern", CATASTROPHIC)

@@ -3,17 +3,37 @@
 Confirmation and the fallback run Python's backtracking `re`, which can take exponential (or
 high-polynomial) time on patterns such as `(\\d+)+$`. `check_pattern` refuses such patterns
 and `PatternSet.add` refuses whatever `check_pattern` refuses, so `re` only ever runs linted
-patterns.
+patterns. Refused: a repeat whose body can match empty text or split its text in many ways
+(nested quantifiers, overlapping alternatives); unbounded repeats that meet each other over
+shared characters, next to each other (.*\\d+) or separated only by characters the first
+can match too (.*x.*y), groups and alternatives opened; and lookarounds hyperscan cannot
+check after or around an unbounded repeat (\\w+(?=ab)), which let hyperscan propose spans
+`re` must backtrack through.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from re import _constants as sre
 from re import _parser as sre_parse
 from typing import Any
 
-from mailgate.filter.detect.patterns.translate import REPEATS, children, walk
+from mailgate.filter.detect.patterns.translate import REPEATS, children, edge_lookarounds, walk
+
+Items = list[tuple[Any, Any]]
+
+_ADJACENT = (
+    "two unbounded quantifiers over overlapping characters follow each other, as in .*\\d+ or "
+    "\\d+\\s*\\d+: on a long run of such characters the time grows with the cube of its "
+    "length; bound one of them (.{0,100}) or make their characters disjoint"
+)
+_SEPARATED = (
+    "unbounded quantifiers separated only by characters the first can match too, as in .*x.*y "
+    "or \\w+\\d\\w+!: each x is a place to split the text between them, so a failing match "
+    "takes a power of the line length (the cube for two, more with each further one); bound "
+    "one of them (.{0,100}) or keep the separator out of the first ([^x]*x.*y)"
+)
 
 
 class PatternError(ValueError):
@@ -107,15 +127,20 @@ class _Linter:
                 out = self.alphabet
         return out
 
-    def check(self, items: list[tuple[Any, Any]]) -> None:
+    def check(self, items: Items, after: tuple[Items, ...] = ()) -> None:
+        """Check a sequence; `after` holds what follows it in the enclosing groups, innermost
+        first (a repeat inside a group still meets what comes after the group)."""
         for index, (op, av) in enumerate(items):
+            following = (items[index + 1 :], *after)
             if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
                 if av[1] is sre.MAXREPEAT or av[1] > 1:
                     self.check_repeat(av[2])
                 if av[1] is sre.MAXREPEAT:
-                    self.check_adjacent(av[2], items[index + 1 :])
+                    self.check_adjacent(av[2], following)
+            # A lookaround's body is matched on its own: nothing after it follows its content.
+            inner_after = () if op in (sre.ASSERT, sre.ASSERT_NOT) else following
             for sub in children(op, av):
-                self.check(sub)
+                self.check(sub, inner_after)
 
     def check_repeat(self, body: list[tuple[Any, Any]]) -> None:
         if self.nullable(body):
@@ -156,20 +181,81 @@ class _Linter:
             seen.append((first, empty))
         return False
 
-    def check_adjacent(self, body: list[tuple[Any, Any]], rest: list[tuple[Any, Any]]) -> None:
-        chars = self.first(body, last=True)
-        for op, av in rest:
-            unbounded = op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[1] is sre.MAXREPEAT
-            if unbounded and chars & self.first(av[2]):
+    def check_adjacent(self, body: Items, following: tuple[Items, ...]) -> None:
+        """An unbounded repeat against the repeats after it. Where the next one can take over
+        characters of this one, each split of a run between them is tried before a failure
+        is final. Items between them that this repeat can also match (the x in .*x.*y) do not
+        separate them: the split then runs over every such item, and once something can fail
+        after the second repeat, the work is a power of the line length per position."""
+        problem, _ = self.meets(self.first(body, last=True), list(_inlined(following)))
+        if problem:
+            self.problems.append(problem)
+
+    def meets(
+        self, chars: frozenset[str], sequence: Items, separated: bool = False, more: bool = False
+    ) -> tuple[str | None, bool]:
+        """Walk what follows a repeat over `chars`: the problem found, if any, and whether the
+        repeat can take in the whole sequence (so what comes after it is met next). `more`:
+        something follows the sequence."""
+        for index, (op, av) in enumerate(sequence):
+            followed = more or index + 1 < len(sequence)
+            if _backtracks(op, av) and chars & self.first(av[2]):
+                if not separated:
+                    return _ADJACENT, False
+                return (_SEPARATED if followed else None), False
+            if op is sre.BRANCH:
+                through = False
+                for branch in av[1]:
+                    problem, passed = self.meets(
+                        chars, list(_inlined((branch,))), separated, followed
+                    )
+                    if problem:
+                        return problem, False
+                    through = through or passed
+                if not through:
+                    return None, False
+            elif not self.nullable([(op, av)]) and not self.all_chars([(op, av)]) & chars:
+                return None, False
+            separated = separated or not self.nullable([(op, av)])
+        return None, True
+
+    def check_lookarounds(self, items: Items) -> None:
+        """Lookarounds hyperscan does not check (see `edge_lookarounds`) are dropped from its
+        expression, so it proposes spans they rule out; `re` confirms each position of such
+        a span by trying every length of the repeats before the lookaround (or inside it)
+        before it gives up: a power of the span's length."""
+        head, tail = edge_lookarounds(items)
+        checked = {id(item[1]) for item, kept in ((items[0], head), (items[-1], tail)) if kept}
+        repeated = False
+        for op, av in walk(items):
+            dropped = op in (sre.ASSERT, sre.ASSERT_NOT) and id(av) not in checked
+            if dropped and (repeated or any(_backtracks(o, a) for o, a in walk(av[1]))):
                 self.problems.append(
-                    "two unbounded quantifiers over overlapping characters follow each "
-                    "other, as in .*\\d+ or \\d+\\s*\\d+: on a long run of such characters "
-                    "the time grows with the cube of its length; bound one of them "
-                    "(.{0,100}) or make their characters disjoint"
+                    "a lookaround after or around an unbounded repeat, as in \\w+(?=ab) "
+                    "or (?=.*\\d): hyperscan cannot check it (only a one-character "
+                    "lookbehind opening the pattern or lookahead closing it), so `re` "
+                    "backtracks through the repeat at every position hyperscan proposes; "
+                    "bound the repeat ({1,100}) or check one character, at an end"
                 )
                 return
-            if not self.nullable([(op, av)]):
-                return
+            repeated = repeated or _backtracks(op, av)
+
+
+def _backtracks(op: Any, av: Any) -> bool:
+    """An unbounded repeat that gives characters back (not a possessive one)."""
+    return op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[1] is sre.MAXREPEAT
+
+
+def _inlined(sequences: tuple[Items, ...]) -> Iterator[tuple[Any, Any]]:
+    """The items of consecutive sequences, groups opened: what the text meets in turn."""
+    for items in sequences:
+        for op, av in items:
+            if op is sre.SUBPATTERN:
+                yield from _inlined((av[3],))
+            elif op is sre.ATOMIC_GROUP:
+                yield from _inlined((av,))
+            else:
+                yield op, av
 
 
 def check_pattern(pattern: str) -> list[str]:
@@ -190,4 +276,5 @@ def check_pattern(pattern: str) -> list[str]:
         return ["matches the empty string, so it would hit every message"]
     linter = _Linter(parsed)
     linter.check(parsed.data)
+    linter.check_lookarounds(parsed.data)
     return list(dict.fromkeys(linter.problems))

@@ -346,6 +346,21 @@ def _negated(op: Any, av: Any) -> tuple[Any, Any]:
     return sre.IN, [(sre.NEGATE, None), *av]
 
 
+def edge_lookarounds(
+    items: list[tuple[Any, Any]],
+) -> tuple[tuple[Any, Any] | None, tuple[Any, Any] | None]:
+    """The lookarounds the translation checks, as the one character each tests (else None):
+    a one-character lookbehind opening the pattern and a one-character lookahead closing it.
+    Every other lookaround is dropped from the expression."""
+    head = tail = None
+    if items and items[0][0] in (sre.ASSERT, sre.ASSERT_NOT) and items[0][1][0] < 0:
+        head = _single_char(items[0][1])
+    rest = items[1:] if head is not None else items
+    if rest and rest[-1][0] in (sre.ASSERT, sre.ASSERT_NOT) and rest[-1][1][0] > 0:
+        tail = _single_char(rest[-1][1])
+    return head, tail
+
+
 def hyperscan_expression(pattern: str, *, ascii_only: bool = False) -> str:
     """The hyperscan (PCRE-syntax) expression that matches a superset of `pattern`.
 
@@ -360,25 +375,20 @@ def hyperscan_expression(pattern: str, *, ascii_only: bool = False) -> str:
     parsed = sre_parse.parse(pattern)
     flags, items = parsed.state.flags, list(parsed.data)
     emitter = _Emitter(ascii_only)
+    head_char, tail_char = edge_lookarounds(items)
     head = tail = ""
-    if items and items[0][0] in (sre.ASSERT, sre.ASSERT_NOT) and items[0][1][0] < 0:
-        op, av = items[0]
-        char = _single_char(av)
-        if char is not None:
-            items.pop(0)
-            if op is sre.ASSERT:
-                head = emitter.item(*char, flags)
-            else:
-                head = "(?:\\A|" + emitter.item(*_negated(*char), flags) + ")"
-    if items and items[-1][0] in (sre.ASSERT, sre.ASSERT_NOT) and items[-1][1][0] > 0:
-        op, av = items[-1]
-        char = _single_char(av)
-        if char is not None:
-            items.pop()
-            if op is sre.ASSERT:
-                tail = emitter.item(*char, flags)
-            else:
-                tail = "(?:" + emitter.item(*_negated(*char), flags) + "|\\z)"
+    if head_char is not None:
+        op = items.pop(0)[0]
+        if op is sre.ASSERT:
+            head = emitter.item(*head_char, flags)
+        else:
+            head = "(?:\\A|" + emitter.item(*_negated(*head_char), flags) + ")"
+    if tail_char is not None:
+        op = items.pop()[0]
+        if op is sre.ASSERT:
+            tail = emitter.item(*tail_char, flags)
+        else:
+            tail = "(?:" + emitter.item(*_negated(*tail_char), flags) + "|\\z)"
     return head + emitter.seq(items, flags) + tail
 
 
