@@ -8,9 +8,11 @@ it: `message` (parsing) < `detect` < `policy` < `scan` | `store` < `ops` < the d
 of the filter; `tests/test_layering.py` checks it.
 """
 
-from mailgate.filter.policy.actions import encode_header_value, plan_for, refusal_for, reply_text
+from mailgate.filter.policy import replies
+from mailgate.filter.policy.actions import encode_header_value, plan_for, refusal_for
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackError
+from mailgate.filter.policy.replies import reply_text
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
 from mailgate.filter.scan.engine import Engine
 from mailgate.filter.scan.pool import ScanPool
@@ -30,5 +32,6 @@ __all__ = [
     "encode_header_value",
     "plan_for",
     "refusal_for",
+    "replies",
     "reply_text",
 ]

@@ -14,6 +14,8 @@ import re
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailgate.filter import replies
+
 NULL_SENDER = "<>"  # how aiosmtpd hands over MAIL FROM:<>
 
 _SOURCE_ROUTE = re.compile(r"^@[^:]*:")
@@ -22,9 +24,9 @@ _SOURCE_ROUTE = re.compile(r"^@[^:]*:")
 class AddressRefused(Exception):
     """An envelope address we will not take; `reply` is the full SMTP reply line."""
 
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
+    def __init__(self, reply: replies.SMTPReply) -> None:
+        super().__init__(str(reply))
+        self.reply = str(reply)
 
 
 def check_sender(address: str, smtputf8: bool) -> str:
@@ -44,14 +46,9 @@ def _check(address: str, smtputf8: bool, status: str, role: str) -> str:
     address = _SOURCE_ROUTE.sub("", address.strip())
     shown = _printable(address)
     if "@" not in address:
-        raise AddressRefused(
-            f"553 {status} <{shown}>: {role} address has no domain "
-            "(bang paths and bare local parts are not relayed)"
-        )
+        raise AddressRefused(replies.NO_DOMAIN.format(status=status, address=shown, role=role))
     if not smtputf8 and not address.isascii():
-        raise AddressRefused(
-            f"553 5.6.7 <{shown}>: non-ASCII {role} address needs MAIL FROM ... SMTPUTF8"
-        )
+        raise AddressRefused(replies.NEEDS_SMTPUTF8.format(address=shown, role=role))
     try:
         validate_email(
             address,
@@ -62,7 +59,9 @@ def _check(address: str, smtputf8: bool, status: str, role: str) -> str:
             globally_deliverable=False,
         )
     except EmailNotValidError as exc:
-        raise AddressRefused(f"553 {status} <{shown}>: bad {role} address: {exc}") from None
+        raise AddressRefused(
+            replies.BAD_ADDRESS.format(status=status, address=shown, role=role, problem=exc)
+        ) from None
     return address
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
-from mailgate.filter import reply_text
+from mailgate.filter import replies, reply_text
 from mailgate.filter.ops.config import NextHopTLS, SmtpTarget
 from mailgate.relay.tls import TLSPolicyError, client_context, describe_session, server_hostname
 
@@ -29,6 +29,11 @@ log = logging.getLogger("mailgate.relay.nexthop")
 class Reply:
     code: int
     text: str  # may span lines; the enhanced status code, if any, is part of the text
+
+    @classmethod
+    def of(cls, ours: replies.SMTPReply) -> Reply:
+        """One of mailgate's own replies, in this form."""
+        return cls(ours.code, ours.detail)
 
     @property
     def ok(self) -> bool:
@@ -73,7 +78,7 @@ def _from_response(response: SMTPResponse) -> Reply:
     # hop is a protocol fault and the sender should retry.
     if response.code // 100 in (2, 4, 5):
         return Reply(response.code, response.message)
-    return Reply(451, f"4.4.2 Unexpected reply from the next hop: {response.code}")
+    return Reply.of(replies.NEXT_HOP_UNEXPECTED.format(code=response.code))
 
 
 class NextHopSession:
@@ -158,14 +163,16 @@ class NextHopSession:
 
 def _failure(exc: BaseException, label: str) -> Reply:
     if isinstance(exc, TLSPolicyError):
-        return Reply(451, f"4.7.5 Next hop {label}: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return Reply(451, f"4.4.2 Next hop {label} timed out")
-    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionRefusedError):
-        return Reply(451, f"4.4.1 Next hop {label} unreachable: {_first_line(exc)}")
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
-        return Reply(451, f"4.4.2 Connection to next hop {label} lost")
-    return Reply(451, f"4.4.0 Next hop {label} failed: {_first_line(exc)}")
+        reply = replies.NEXT_HOP_TLS.format(label=label, problem=exc)
+    elif isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
+        reply = replies.NEXT_HOP_TIMED_OUT.format(label=label)
+    elif isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionRefusedError):
+        reply = replies.NEXT_HOP_UNREACHABLE.format(label=label, problem=_first_line(exc))
+    elif isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        reply = replies.NEXT_HOP_LOST.format(label=label)
+    else:
+        reply = replies.NEXT_HOP_FAILED.format(label=label, problem=_first_line(exc))
+    return Reply.of(reply)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -197,7 +204,8 @@ async def open_session(target: SmtpTarget, local_hostname: str) -> NextHopSessio
     except _StartTLSFailed as failed:
         cause = failed.__cause__
         detail = _first_line(cause) if cause is not None else "STARTTLS failed"
-        raise NextHopError(Reply(451, f"4.7.5 Next hop {label}: TLS failed: {detail}")) from cause
+        failed_tls = replies.NEXT_HOP_TLS_FAILED.format(label=label, problem=detail)
+        raise NextHopError(Reply.of(failed_tls)) from cause
     except (TLSPolicyError, aiosmtplib.SMTPException, OSError) as exc:
         raise NextHopError(_failure(exc, label)) from exc
 

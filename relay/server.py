@@ -26,10 +26,10 @@ from email.utils import format_datetime, localtime
 from typing import Any, Protocol
 
 import aiosmtplib
-from aiosmtpd.smtp import MISSING, SMTP, Session
+from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from mailgate.filter import Action, Envelope, Verdict, plan_for, refusal_for, reply_text
+from mailgate.filter import Action, Envelope, Verdict, plan_for, refusal_for, replies
 from mailgate.filter.ops.config import Config
 from mailgate.filter.ops.metrics import MetricsServer
 from mailgate.filter.ops.report import Reporter, message_id_of
@@ -43,7 +43,6 @@ from mailgate.relay.tls import TLSPolicyError, certificate_names, describe_sessi
 log = logging.getLogger("mailgate.relay")
 
 _TERMINATOR = b"\r\n.\r\n"
-_INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 _RELEASE_MARK = re.compile(rb"^" + RELEASE_HEADER.encode() + rb":[ \t]*([^\r\n]*)\r\n", re.I | re.M)
 _READ_ALL = 1 << 30  # StreamReader.read(n) returns what is buffered, up to n
 _PROBE_INTERVAL = 5.0  # seconds between next-hop probes until it first answers (readiness)
@@ -116,12 +115,12 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(str(replies.NEED_RCPT))
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(str(replies.DATA_SYNTAX))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(str(replies.START_DATA))
         limits = self.relay.config.relay
         # One deadline for the whole transfer: a client dripping a byte a minute is cut off.
         self._reset_timeout(limits.data_timeout)
@@ -144,9 +143,9 @@ class RelaySMTP(SMTP):
         # timeouts; the idle timer must not cut the client off while it waits for us.
         assert self._timeout_handle is not None
         self._timeout_handle.cancel()
-        status = await self._call_handler_hook("DATA")
+        status = await self._call_handler_hook("DATA")  # RelayHandler.handle_DATA: a reply
         self._set_post_data_state()
-        await self._reply_after_data("250 OK" if status is MISSING else status)
+        await self._reply_after_data(status)
 
     async def _reply_after_data(self, status: str) -> None:
         self._reset_timeout()
@@ -173,9 +172,7 @@ class RelaySMTP(SMTP):
                     # puts the pipelined bytes back in their place.
                     reader.feed_data(bytes(buf[end + 5 :]))
                 if discarded or (limit and end > limit):
-                    raise DataRefused(
-                        f"552 5.3.4 Message too big: the limit is {limit} bytes", discarded + end
-                    )
+                    raise DataRefused(str(replies.TOO_BIG.format(limit=limit)), discarded + end)
                 del buf[end + 2 :]
                 break
             if limit and len(buf) - 2 > limit:
@@ -199,14 +196,11 @@ def normalise(content: bytes, max_line_length: int, max_header_size: int) -> byt
     if content.count(b"\n") != len(lines) or content.count(b"\r") != len(lines):
         content = b"\r\n".join(lines) + b"\r\n" if lines else b""
     if lines and max(map(len, lines)) > max_line_length - 2:
-        raise DataRefused(
-            f"554 5.6.0 Message has a line longer than {max_line_length} bytes "
-            "(RFC 5321 4.5.3.1.6); send it quoted-printable or base64 encoded"
-        )
+        raise DataRefused(str(replies.LINE_TOO_LONG.format(limit=max_line_length)))
     header_end = content.find(b"\r\n\r\n")
     header_size = header_end if header_end >= 0 else len(content)
     if header_size > max_header_size:
-        raise DataRefused(f"552 5.3.4 Message header too big: the limit is {max_header_size} bytes")
+        raise DataRefused(str(replies.HEADER_TOO_BIG.format(limit=max_header_size)))
     return content
 
 
@@ -223,11 +217,6 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
-
-
-def _reply(code: int, status: str, text: str) -> str:
-    clean = reply_text(text)
-    return f"{code} {status} {clean}" if clean else f"{code} {status}"
 
 
 class RelayHandler:
@@ -259,15 +248,15 @@ class RelayHandler:
     ) -> str:
         self.end_transaction(server)
         session.host_name = hostname
-        return f"250 {server.hostname}"
+        return str(replies.HELLO.format(hostname=server.hostname))
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
         self.end_transaction(server)
-        return "250 2.0.0 OK"
+        return str(replies.OK)
 
     async def handle_QUIT(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> str:
         self.end_transaction(server)
-        return "221 2.0.0 Bye"
+        return str(replies.BYE)
 
     def handle_STARTTLS(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> bool:
         # The handshake has already verified any certificate against client_ca; what it may
@@ -295,13 +284,13 @@ class RelayHandler:
             return refused.reply
         relay = self.relay.config.relay
         if sender and not relay.accepts_sender_domain(sender.rpartition("@")[2]):
-            return _reply(550, "5.7.1", f"Sender domain of <{sender}> is not accepted here")
+            return str(replies.SENDER_DOMAIN_REFUSED.format(sender=sender))
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         pool = self.relay.nexthop_pool
         if pool is None or self.relay.relay_refusal(server) is not None:
             # No next hop to ask, or a client that may not relay: it hears why at RCPT.
-            return "250 2.1.0 OK"
+            return str(replies.SENDER_OK)
         try:
             reply = await self._open_transaction(server, pool, sender, envelope)
         except NextHopError as failed:
@@ -320,12 +309,12 @@ class RelayHandler:
         server.nexthop = nexthop
         self.relay.next_hop_answered = True
         if envelope.smtp_utf8 and not nexthop.supports("smtputf8") and not sender.isascii():
-            return Reply(553, "5.6.7 The next hop does not support SMTPUTF8 for this sender")
+            return Reply.of(replies.NEXT_HOP_NO_SMTPUTF8.format(role="sender"))
         if "BODY=8BITMIME" in (o.upper() for o in envelope.mail_options) and not nexthop.supports(
             "8bitmime"
         ):
             # RFC 6152: 8-bit mail is not passed to a server that did not offer 8BITMIME.
-            return Reply(554, "5.6.3 The next hop does not accept 8-bit mail (8BITMIME)")
+            return Reply.of(replies.NEXT_HOP_NO_8BITMIME)
         options = _mail_options(envelope, nexthop)
         try:
             return await nexthop.mail(sender, options)
@@ -349,16 +338,16 @@ class RelayHandler:
         if refusal is not None:
             return refusal
         if len(envelope.rcpt_tos) >= self.relay.config.relay.max_recipients:
-            return "452 4.5.3 Too many recipients"
+            return str(replies.TOO_MANY_RECIPIENTS)
         try:
             recipient = check_recipient(address, envelope.smtp_utf8)
         except AddressRefused as refused:
             return refused.reply
         if self.relay.nexthop_pool is not None:
             if server.nexthop is None:
-                return "451 4.4.2 The next-hop session for this transaction is gone; RSET"
+                return str(replies.NEXT_HOP_GONE)
             if not recipient.isascii() and not server.nexthop.supports("smtputf8"):
-                return "553 5.6.7 The next hop does not support SMTPUTF8 for this recipient"
+                return str(replies.NEXT_HOP_NO_SMTPUTF8.format(role="recipient"))
             try:
                 reply = await server.nexthop.rcpt(recipient)
             except NextHopError as failed:
@@ -369,7 +358,7 @@ class RelayHandler:
                 return reply.smtp
             status = reply.smtp
         else:
-            status = "250 2.1.5 OK"
+            status = str(replies.RECIPIENT_OK)
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
         return status
@@ -442,7 +431,7 @@ class RelayHandler:
         action = verdict.action
         if verdict.engine_error:
             if not relay.config.relay.fail_open:
-                reply = _reply(451, "4.3.0", "Message could not be scanned, try again later")
+                reply = str(replies.NOT_SCANNED)
                 return self._done(server, env, raw, verdict, reply, outcome)
             log.warning(
                 "%s: engine failed (%s); fail_open relays it unscanned",
@@ -461,7 +450,7 @@ class RelayHandler:
         plan = plan_for(verdict)
         message = received + plan.apply(raw)
         if server.nexthop is None and relay.nexthop_pool is not None:
-            reply = "451 4.4.2 The next-hop session for this transaction is gone"
+            reply = str(replies.NEXT_HOP_GONE)
         else:
             outcome["delivered_to"] = "outbox" if relay.outbox is not None else "next_hop"
             reply = await relay.deliver(server, message, env, plan.add_recipients)
@@ -587,10 +576,10 @@ class Relay:
     ) -> str | None:
         relay = self.config.relay
         if self.connections > relay.max_connections:
-            return "421 4.7.0 Too many connections, try again later"
+            return str(replies.TOO_MANY_CONNECTIONS)
         if self._network_allowed(ip) or relay.tls.client_ca is not None:
             return None
-        return f"554 5.7.1 {ip} is not allowed to relay through {relay.hostname}"
+        return str(replies.NOT_ALLOWED.format(ip=ip, hostname=relay.hostname))
 
     def relay_refusal(self, server: RelaySMTP) -> str | None:
         """None if this client may relay: its network is in accept_from, or (with client_ca)
@@ -599,17 +588,14 @@ class Relay:
             return None
         tls = self.config.relay.tls
         if tls.client_ca is None:
-            return f"550 5.7.1 Relaying denied: {server.client_ip} is not in accept_from"
+            return str(replies.DENIED_NETWORK.format(ip=server.client_ip))
         if not server.client_cert_names:
-            return (
-                "550 5.7.1 Relaying denied: a client certificate is required "
-                "(STARTTLS with a certificate)"
-            )
+            return str(replies.DENIED_NO_CERTIFICATE)
         allowed = {name.lower().rstrip(".") for name in tls.client_names}
         if allowed.intersection(server.client_cert_names):
             return None
         names = ", ".join(server.client_cert_names)
-        return f"550 5.7.1 Relaying denied: certificate name {names} is not in client_names"
+        return str(replies.DENIED_CERTIFICATE_NAME.format(names=names))
 
     def _network_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
         return ip is not None and any(ip in net for net in self.config.relay.accept_from)
@@ -634,8 +620,8 @@ class Relay:
             qid = await asyncio.to_thread(self.store.put, raw, env, verdict)
         except Exception:
             log.exception("%s: quarantine write failed", env.queue_id)
-            return "451 4.3.0 Message could not be stored, try again later", None
-        return f"250 2.0.0 Held for review in quarantine as {qid}", qid
+            return str(replies.NOT_HELD), None
+        return str(replies.HELD.format(id=qid)), qid
 
     async def deliver(
         self, server: RelaySMTP, message: bytes, env: Envelope, add_recipients: list[str]
@@ -648,8 +634,8 @@ class Relay:
                 )
             except OSError:
                 log.exception("%s: outbox write failed", env.queue_id)
-                return "451 4.3.0 Message could not be stored, try again later"
-            return f"250 2.0.0 Delivered to the outbox as {delivery_id}"
+                return str(replies.NOT_STORED)
+            return str(replies.IN_OUTBOX.format(id=delivery_id))
         nexthop = server.nexthop
         assert nexthop is not None
         try:
@@ -657,7 +643,7 @@ class Relay:
                 added = await nexthop.rcpt(recipient)
                 if not added.ok:
                     # A rule's copy (archive, supervisor) must not silently go missing.
-                    return _reply(451, "4.3.0", f"Required copy to <{recipient}> refused: {added}")
+                    return str(replies.COPY_REFUSED.format(recipient=recipient, reply=added))
             reply = await nexthop.data(message)
         except NextHopError as failed:
             self.next_hop_failed(failed)

@@ -306,7 +306,7 @@ def test_engine_unavailable_follows_fail_mode(
         rc, ctx = feed(door, raw)
     assert rc == expected
     if fail_mode == "tempfail":
-        assert ctx._reply == ("451", "4.7.1", "Message could not be checked, try again later")
+        assert ctx._reply == ("451", "4.3.0", "Message could not be scanned, try again later")
     else:
         assert ctx._reply is None and not ctx._headerschanged
     assert store.count() == 0
@@ -327,7 +327,7 @@ def test_engine_overrun_follows_fail_mode(
     with caplog.at_level(logging.WARNING, logger="mailgate.milter"):
         rc, ctx = feed(door, slow)
     assert rc == Milter.TEMPFAIL
-    assert ctx._reply[:2] == ("451", "4.7.1")
+    assert ctx._reply[:2] == ("451", "4.3.0")
     assert any("budget" in r.getMessage() and "4XyZ1" in r.getMessage() for r in caplog.records)
     door.fail_mode = "accept"
     rc, _ = feed(door, slow)

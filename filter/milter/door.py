@@ -33,7 +33,7 @@ from mailgate.filter import (
     encode_header_value,
     plan_for,
     refusal_for,
-    reply_text,
+    replies,
 )
 from mailgate.filter.ops.report import Reporter
 from mailgate.filter.store.quarantine import QuarantineStore
@@ -260,9 +260,7 @@ class MailgateMilter(Milter.Base):
         if self.spool_error is not None:
             log.error("%s: tempfail: %s", self.label, self.spool_error)
             verdict = Verdict(Action.TEMPFAIL, reason=self.spool_error)
-            return self._reply_tempfail(
-                "4.3.0", "Local error while receiving, try again later", verdict
-            )
+            return self._reply_tempfail(replies.NOT_RECEIVED, verdict)
         raw = self.raw_message()
         released = self._released(raw, envelope)
         if released is not None:
@@ -285,8 +283,7 @@ class MailgateMilter(Milter.Base):
 
     def _execute(self, verdict: Verdict, raw: bytes, envelope: Envelope) -> Decision:
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            refusal = refusal_for(verdict)
-            reply = self._setreply(refusal.code, refusal.status, refusal.text)
+            reply = self._setreply(refusal_for(verdict))
             answer = Milter.REJECT if verdict.action == Action.REJECT else Milter.TEMPFAIL
             return answer, verdict, {"milter": str(verdict.action), "reply": reply}
         if verdict.action == Action.QUARANTINE:
@@ -317,9 +314,7 @@ class MailgateMilter(Milter.Base):
             # Delivering would break the policy and a 250 would lose the message: tempfail
             # whatever fail_mode says.
             log.error("%s: tempfail: quarantine store failed: %r", self.label, exc)
-            return self._reply_tempfail(
-                "4.3.0", "Message could not be held, try again later", verdict
-            )
+            return self._reply_tempfail(replies.NOT_HELD, verdict)
         log.info("%s: quarantined as %s: %s", self.label, quarantine_id, verdict.reason)
         return Milter.DISCARD, verdict, {"milter": "discard", "quarantine_id": quarantine_id}
 
@@ -330,12 +325,10 @@ class MailgateMilter(Milter.Base):
             return Milter.ACCEPT, verdict, {"milter": "accept", "fail_mode": "accept"}
         log.warning("%s: tempfail (fail_mode tempfail): %s", self.label, why)
         verdict = Verdict(Action.TEMPFAIL, reason=why, engine_error=why)
-        return self._reply_tempfail(
-            "4.7.1", "Message could not be checked, try again later", verdict
-        )
+        return self._reply_tempfail(replies.NOT_SCANNED, verdict)
 
-    def _reply_tempfail(self, status: str, text: str, verdict: Verdict) -> Decision:
-        reply = self._setreply(451, status, text)
+    def _reply_tempfail(self, tempfail: replies.SMTPReply, verdict: Verdict) -> Decision:
+        reply = self._setreply(tempfail)
         return Milter.TEMPFAIL, verdict, {"milter": "tempfail", "reply": reply}
 
     def _outgoing(self, value: str) -> str:
@@ -343,12 +336,12 @@ class MailgateMilter(Milter.Base):
         the colon."""
         return " " + value if self._protocol & Milter.P_HDR_LEADSPC else value
 
-    def _setreply(self, code: int, status: str, text: str) -> str:
-        """Set the SMTP reply; returns it as the client sees it."""
-        text = reply_text(text)
-        # One line, bounded; libmilter drops a reply whose text has a lone '%'.
-        self.setreply(str(code), status, text.replace("%", "%%"))
-        return f"{code} {status} {text}"
+    def _setreply(self, reply: replies.SMTPReply) -> str:
+        """Set the SMTP reply (its text one printable line already); returns it as the client
+        sees it."""
+        # libmilter drops a reply whose text has a lone '%'.
+        self.setreply(str(reply.code), reply.status, reply.text.replace("%", "%%"))
+        return str(reply)
 
     def _released(self, raw: bytes, envelope: Envelope) -> str | None:
         """The quarantine id of a message mailgate is releasing, coming back through this

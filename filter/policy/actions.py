@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from email.header import Header, decode_header, make_header
 
+from mailgate.filter.policy.replies import REFUSAL_DEFAULTS, SMTPReply, reply_text
 from mailgate.filter.policy.verdict import Action, Verdict
 
 _SUBJECT = re.compile(rb"^subject[ \t]*:", re.IGNORECASE)
@@ -67,41 +68,19 @@ class DeliveryPlan:
         return [*lines, f"Subject: {new.strip()}\r\n".encode()]
 
 
-@dataclass(frozen=True)
-class Refusal:
-    code: int
-    status: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
-
-
-_REFUSAL_DEFAULTS = {
-    Action.REJECT: (550, "5.7.1", "Message refused by policy"),
-    Action.TEMPFAIL: (451, "4.7.1", "Message cannot be accepted now, try again later"),
-}
-MAX_REPLY_TEXT = 400  # a reply line must stay under 512 octets (RFC 5321 4.5.3.1.5)
-
-
-def refusal_for(verdict: Verdict) -> Refusal:
+def refusal_for(verdict: Verdict) -> SMTPReply:
     """The SMTP refusal for a reject or tempfail verdict: the rule's code and status when they
     belong to the action's class (lint makes sure they do), the defaults otherwise; the rule's
     reason as one printable line."""
-    action = verdict.action if verdict.action in _REFUSAL_DEFAULTS else Action.TEMPFAIL
-    code, status, text = _REFUSAL_DEFAULTS[action]
+    action = verdict.action if verdict.action in REFUSAL_DEFAULTS else Action.TEMPFAIL
+    default = REFUSAL_DEFAULTS[action]
+    code, status = default.code, default.status
     klass = str(code)[0]
     if verdict.smtp_code is not None and str(verdict.smtp_code).startswith(klass):
         code = verdict.smtp_code
     if verdict.smtp_status is not None and verdict.smtp_status.startswith(klass + "."):
         status = verdict.smtp_status
-    return Refusal(code, status, reply_text(verdict.reason) or text)
-
-
-def reply_text(text: str) -> str:
-    """Text fit for an SMTP reply line: printable, one line, bounded."""
-    printable = "".join(ch if ch.isprintable() else " " for ch in text)
-    return " ".join(printable.split())[:MAX_REPLY_TEXT]
+    return SMTPReply(code, status, reply_text(verdict.reason) or default.text)
 
 
 def plan_for(verdict: Verdict) -> DeliveryPlan:

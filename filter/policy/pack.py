@@ -42,7 +42,6 @@ RULE_KEYS = frozenset(
         "examples",
     }
 )
-DEFAULT_REPLY = {Action.REJECT: (550, "5.7.1"), Action.TEMPFAIL: (451, "4.7.1")}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from mailgate.filter.message.model import Message, ScanLimits
 from mailgate.filter.message.rawheaders import top_headers
 from mailgate.filter.policy.context import ScanContext
 from mailgate.filter.policy.envelope import Envelope
-from mailgate.filter.policy.pack import DEFAULT_REPLY, Pack, PackSource, build_pack
+from mailgate.filter.policy.pack import Pack, PackSource, build_pack
+from mailgate.filter.policy.replies import REFUSAL_DEFAULTS
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
 
 log = logging.getLogger("mailgate.engine")
@@ -127,9 +128,9 @@ class Engine:
         if deciding is not None:
             verdict.action = deciding.action
             verdict.reason = deciding.reason
-            code, status = DEFAULT_REPLY.get(deciding.action, (None, None))
-            verdict.smtp_code = deciding.smtp_code or code
-            verdict.smtp_status = deciding.smtp_status or status
+            default = REFUSAL_DEFAULTS.get(deciding.action)
+            verdict.smtp_code = deciding.smtp_code or (default.code if default else None)
+            verdict.smtp_status = deciding.smtp_status or (default.status if default else None)
         return verdict
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from mailgate.filter.message.model import ScanLimits
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackSource
+from mailgate.filter.policy.replies import NOT_SCANNED
 from mailgate.filter.policy.verdict import Action, Verdict
 from mailgate.filter.scan.confine import Confinement, confine
 from mailgate.filter.scan.engine import Engine
@@ -406,5 +407,9 @@ class ScanPool:
 
 def _engine_failure(why: str) -> Verdict:
     return Verdict(
-        action=Action.TEMPFAIL, reason=why, engine_error=why, smtp_code=451, smtp_status="4.7.1"
+        action=Action.TEMPFAIL,
+        reason=why,
+        engine_error=why,
+        smtp_code=NOT_SCANNED.code,
+        smtp_status=NOT_SCANNED.status,
     )
