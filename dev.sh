@@ -9,8 +9,9 @@ cd "$(dirname "$0")"
 VENV=${MAILGATE_VENV:-.venv}
 
 apt_packages() {
-    # postfix + libmilter-dev: the milter door and its real-Postfix tests; libmagic1: content types
-    local wanted=(postfix libmilter-dev libmagic1 build-essential)
+    # postfix + libmilter-dev: the milter door and its real-Postfix tests; libmagic1: content types;
+    # postgresql: the private servers of the fleet tests (tests/support/postgres.py)
+    local wanted=(postfix libmilter-dev libmagic1 build-essential postgresql)
     local missing=()
     for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from mailgate.filter.policy.units import parse_duration, parse_size
+from mailgate.filter.store.dburl import DatabaseURL, parse_database_url
 
 SEARCH_PATHS = (Path("mailgate.yaml"), Path("/etc/mailgate/mailgate.yaml"))
 
@@ -343,6 +344,10 @@ def packaged_rules_dir() -> Path:
 class Config(_Section):
     # Rule pack folder; None: ./rules beside the config file if it exists, else the packaged pack.
     rules: ConfigPath = None  # type: ignore[assignment]
+    # The fleet (README: Running a fleet): a libpq URL puts the quarantine in PostgreSQL;
+    # None keeps everything local. `node` names this gateway there; None: the host name.
+    database: DatabaseURL | None = None
+    node: str = None  # type: ignore[assignment]
     quarantine: QuarantineConfig = Field(default_factory=dict)
     relay: RelayConfig = Field(default_factory=dict)
     milter: MilterConfig = Field(default_factory=dict)
@@ -360,6 +365,24 @@ class Config(_Section):
             return value
         local = Path((info.context or {}).get("base_dir") or Path.cwd()) / "rules"
         return local if local.is_dir() else packaged_rules_dir()
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database_url(cls, value: Any) -> Any:
+        if value is None or isinstance(value, DatabaseURL):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("a libpq URL such as postgresql://mailgate@db.example.com/mailgate")
+        return parse_database_url(value)  # ValueError names the cause, password masked
+
+    @field_validator("node", mode="before")
+    @classmethod
+    def _node_name(cls, value: Any) -> Any:
+        if value is None:
+            return socket.gethostname()
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,62}", value):
+            raise ValueError(f"not a node name: {value!r} (letters, digits, '.', '_', '-')")
+        return value
 
     @property
     def source(self) -> Path | None:
