@@ -8,6 +8,7 @@ it: `message` (parsing) < `detect` < `policy` < `scan` | `store` < `ops` < the d
 of the filter; `tests/test_layering.py` checks it.
 """
 
+from mailgate.filter.detect.masking import mask_field
 from mailgate.filter.policy import replies
 from mailgate.filter.policy.actions import encode_header_value, plan_for, refusal_for
 from mailgate.filter.policy.envelope import Envelope
@@ -30,6 +31,7 @@ __all__ = [
     "ScanPool",
     "Verdict",
     "encode_header_value",
+    "mask_field",
     "plan_for",
     "refusal_for",
     "replies",

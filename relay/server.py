@@ -29,7 +29,15 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from mailgate.filter import Action, Envelope, Verdict, plan_for, refusal_for, replies
+from mailgate.filter import (
+    Action,
+    Envelope,
+    Verdict,
+    mask_field,
+    plan_for,
+    refusal_for,
+    replies,
+)
 from mailgate.filter.ops.config import Config
 from mailgate.filter.ops.metrics import MetricsServer
 from mailgate.filter.ops.report import Reporter, message_id_of
@@ -475,7 +483,7 @@ class RelayHandler:
         log.debug(  # the audit record is the per-message line
             "%s: from=<%s> rcpt=%d action=%s rules=%s -> %s",
             env.queue_id,
-            env.mail_from,
+            mask_field(env.mail_from),
             len(env.rcpt_tos),
             verdict.action,
             ",".join(verdict.rules) or "-",

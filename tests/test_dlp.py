@@ -282,6 +282,11 @@ FULLWIDTH, ARABIC_INDIC, MATH_BOLD = 0xFF10, 0x0660, 0x1D7CE
         ("IBAN DE89\u00a03704\u00a00044\u00a00532\u00a00130\u00a000", "iban"),
         ("SSN 536\u201190\u20114187", "us_ssn"),  # non-breaking hyphens
         ("Card 4111\u200b1111\u200d1111\u00ad1111", "credit_card"),  # zero-width, soft hyphen
+        # Invisible separator, combining grapheme joiner, Mongolian vowel separator, a
+        # variation selector, a tag character: every Default_Ignorable_Code_Point goes.
+        ("Card 4111\u20631111\u034f1111\u180e1111", "credit_card"),
+        ("Card 4111\ufe0f1111\U000e00201111\u31641111", "credit_card"),
+        ("IBAN DE89\u20643704\u20610044\u17b40532\u206a0130\U0001bca000", "iban"),
     ],
 )
 def test_numbers_written_in_lookalike_characters_are_found(written: str, detector: str) -> None:
@@ -289,6 +294,24 @@ def test_numbers_written_in_lookalike_characters_are_found(written: str, detecto
     sees as a card number is one, whatever code points spell it."""
     assert not DLP_DETECTORS[detector].find(written)  # as written, the detector is blind
     assert DLP_DETECTORS[detector].find(as_read(written))
+
+
+def all_characters() -> str:
+    """Every code point but the surrogates."""
+    return "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+
+
+def test_as_read_drops_exactly_the_default_ignorable_code_points() -> None:
+    """The whole Unicode property, from a maintained source, and nothing else: a character
+    that reads as nothing is one Unicode says renderers show as nothing."""
+    import regex
+
+    everything = all_characters()
+    ignorable = set(regex.findall(r"\p{Default_Ignorable_Code_Point}", everything))
+    assert len(ignorable) > 4000  # the tags and variation selectors are in it
+    assert as_read("".join(sorted(ignorable))) == ""
+    others = "".join(c for c in everything if c not in ignorable)
+    assert len(as_read(others)) == len(others)
 
 
 def test_engine_reads_lookalike_digits_and_masks_them() -> None:

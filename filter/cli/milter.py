@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.logs import setup_logging
 
 if TYPE_CHECKING:
     from mailgate.filter.milter.door import MilterDoor
@@ -50,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # journald adds the time; remote strings (Message-IDs, replies) masked and escaped
+    setup_logging(fmt="%(levelname)s %(name)s: %(message)s")
     try:
         import Milter  # noqa: F401  (pymilter: only checked here, used by .milter)
     except ImportError as exc:

@@ -7,15 +7,17 @@ configuration, or no such message.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
-import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
-from mailgate.filter.detect.masking import mask_sensitive
-from mailgate.filter.message.rawheaders import header_section
+from mailgate.filter.detect.masking import mask_field, mask_sensitive
+from mailgate.filter.message.rawheaders import top_headers
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.logs import json_line, printable, shown
 from mailgate.filter.policy.units import argument, parse_duration, parse_since
 from mailgate.filter.store.quarantine import (
     STATES,
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     show = commands.add_parser("show", help="a message's record, masked hits and headers")
     show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="the record as one JSON object")
     show.set_defaults(func=_guarded(_show))
 
     release = commands.add_parser(
@@ -109,20 +112,29 @@ def _open(args: argparse.Namespace) -> LocalQuarantine:
     return LocalQuarantine(config.quarantine.path)
 
 
-def _printable(text: str) -> str:
-    """Subjects and headers come from senders: no terminal control sequences reach the tty."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+def _masked(r: QuarantineRecord) -> QuarantineRecord:
+    """The record as shown: addresses with any card number, IBAN or SSN in them masked (the
+    store keeps them exact, for the release), and the rest masked again, for records written
+    before their masking was complete."""
+    return dataclasses.replace(
+        r,
+        sender=mask_field(r.sender),
+        recipients=tuple(mask_field(a) for a in r.recipients),
+        message_id=mask_field(r.message_id),
+        subject=mask_sensitive(r.subject),
+        events=tuple(dataclasses.replace(e, reply=mask_sensitive(e.reply)) for e in r.events),
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
     store = _open(args)
     records = store.list(since=args.since, rule=args.rule, state=args.state)
-    for r in records:
+    for r in map(_masked, records):
         if args.json:
-            print(json.dumps(_summary(r), ensure_ascii=False))
+            print(json_line(_summary(r)))
         else:
             print(
-                _printable(
+                printable(
                     f"{r.id}  {r.time:%Y-%m-%d %H:%M:%S}Z  {r.state:<8}  {r.sender or '<>'}  "
                     f"-> {', '.join(r.recipients)}  [{', '.join(r.rules)}]  {r.subject[:60]}"
                 )
@@ -150,9 +162,23 @@ def _summary(r: QuarantineRecord) -> dict[str, object]:
     }
 
 
+def _headers(store: LocalQuarantine, r: QuarantineRecord) -> list[tuple[str, str]]:
+    """Every top-level header, unfolded and decoded as the engine reads it, values masked: a
+    card number split by a fold or inside an encoded word is masked like a plain one."""
+    if r.state == "deleted":
+        return []
+    return [(name, mask_field(value)) for name, value in top_headers(store.raw(r.id))]
+
+
 def _show(args: argparse.Namespace) -> int:
     store = _open(args)
-    r = store.get(args.id)
+    r = _masked(store.get(args.id))
+    headers = _headers(store, r)
+    if args.json:
+        record: dict[str, Any] = r.to_dict()
+        record["headers"] = [[name, value] for name, value in headers]
+        print(json_line(record))
+        return OK
     lines = [
         f"id:          {r.id}",
         f"time:        {r.time.isoformat()}",
@@ -180,12 +206,10 @@ def _show(args: argparse.Namespace) -> int:
     for event in r.events:
         reply = f"  {event.reply}" if event.reply else ""
         lines.append(f"  {event.time.isoformat()}  {event.kind} by {event.actor}{reply}")
-    print("\n".join(_printable(line) for line in lines))
     if r.state != "deleted":
-        print("headers:")
-        headers = header_section(store.raw(r.id)).decode("utf-8", "replace")
-        for line in headers.splitlines():
-            print(f"  {_printable(mask_sensitive(line))}")
+        lines.append("headers:")
+        lines += [f"  {name}: {value}" for name, value in headers]
+    print("\n".join(printable(line) for line in lines))
     return OK
 
 
@@ -197,12 +221,13 @@ def _release(args: argparse.Namespace) -> int:
     from mailgate.relay.release import release_message
 
     result = release_message(config, store, args.id, args.actor)
+    reply = shown(result.reply)  # the next hop's words
     if result.already:
         print(f"{args.id} was already released; nothing sent")
     elif result.released:
-        print(f"released {args.id}: {result.reply}")
+        print(f"released {args.id}: {reply}")
     else:
-        print(f"release of {args.id} failed, still held: {result.reply}", file=sys.stderr)
+        print(f"release of {args.id} failed, still held: {reply}", file=sys.stderr)
     return OK if result.ok else FAILED
 
 

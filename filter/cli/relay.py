@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 
 from mailgate.filter import PackError, PackReloader
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.logs import setup_logging
 from mailgate.filter.ops.report import ForwardingReporter
 from mailgate.filter.ops.service import scan_pool_for
 from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.check_next_hop:
         return check_next_hop(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()  # remote strings (command words, replies) masked and escaped
     # aiosmtpd logs every command at INFO: too much for a busy relay, and not free.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     if config.relay.processes > 1:

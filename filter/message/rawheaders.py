@@ -2,13 +2,16 @@
 
 For the places that need a header or two before or without the engine's full parse: the
 quarantine record (Subject, Message-ID), the audit log, message files without an envelope,
-and messages too hostile to parse.
+and messages too hostile to parse. Values are unfolded as RFC 5322 says (the line break
+goes, the whitespace stays) and decoded by `headers.decode_header`, the engine's decoder.
 """
 
 from __future__ import annotations
 
 import re
-from email.header import decode_header, make_header
+
+from mailgate.filter.message.charsets import decode_bytes
+from mailgate.filter.message.headers import decode_header
 
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 HEAD_LIMIT = 256 << 10  # no header section worth reading is longer
@@ -29,13 +32,23 @@ def top_headers(raw: bytes) -> list[tuple[str, str]]:
         if line[:1] in (b" ", b"\t"):
             if headers:
                 name, value = headers[-1]
-                joined = f"{value} {_text(line).strip()}".strip()
-                headers[-1] = (name, joined[:VALUE_LIMIT])
+                headers[-1] = (name, (value + _text(line))[:VALUE_LIMIT])
             continue
         name, colon, value = line.partition(b":")
         if colon and name and not name[:1].isspace():
-            headers.append((_text(name).strip(), _text(value).strip()[:VALUE_LIMIT]))
-    return headers
+            headers.append((_text(name).strip(), _text(value)[:VALUE_LIMIT]))
+    return [(name, value.strip()) for name, value in headers]
+
+
+def decoded(value: str) -> str:
+    """A header value as text (RFC 2047 words decoded, unfolded), bounded, as the engine
+    reads it: an unknown charset falls back to UTF-8 or Latin-1, never to the raw word."""
+    return decode_header(value, VALUE_LIMIT)
+
+
+def decoded_headers(raw: bytes) -> list[tuple[str, str]]:
+    """`top_headers` with each value decoded, as `Message.headers` holds them."""
+    return [(name, decoded(value)) for name, value in top_headers(raw)]
 
 
 def first_header(raw: bytes, name: str) -> str:
@@ -44,13 +57,5 @@ def first_header(raw: bytes, name: str) -> str:
     return next((v for k, v in top_headers(raw) if k.lower() == wanted), "")
 
 
-def decoded(value: str) -> str:
-    """An RFC 2047 header value as text; the value as it is when it does not decode."""
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:
-        return value
-
-
 def _text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
+    return decode_bytes(data, "utf-8")

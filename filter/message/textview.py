@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
+from array import array
+
+import regex
 
 from mailgate.filter.message.charsets import decode_bytes
-from mailgate.filter.message.html import INVISIBLE, INVISIBLE_CHARS, html_to_text
+from mailgate.filter.message.html import INVISIBLE, html_to_text
 
 # Attachment extensions whose content is text a reader would see.
 TEXT_EXTENSIONS = frozenset(
@@ -41,16 +45,48 @@ def _read_as_table() -> dict[int, str]:
     return table
 
 
-# Zero-width characters and soft hyphens are not seen, so they go (the part texts have
-# lost them already; the Subject and file names have not).
-_READ_AS: dict[int, str | None] = {**_read_as_table(), **dict.fromkeys(map(ord, INVISIBLE_CHARS))}
+def ignorable_characters() -> str:
+    """Every Default_Ignorable_Code_Point (zero-width characters, soft hyphen, joiners, bidi
+    and invisible operators, variation selectors, Hangul fillers, tags...): Unicode's own
+    list of what a renderer shows as nothing, kept current by the `regex` module's tables.
+    Outside the planes searched here Unicode assigns and reserves none."""
+    planes = (range(0x80, 0xD800), range(0xE000, 0x20000), range(0xE0000, 0xE1000))
+    points = array("I", [point for plane in planes for point in plane])  # 4 bytes each
+    candidates = points.tobytes().decode(f"utf-32-{sys.byteorder[0]}e")
+    return "".join(regex.findall(r"\p{Default_Ignorable_Code_Point}+", candidates))
+
+
+# Characters nobody sees are not read (the part texts have lost the common ones already;
+# the Subject, names and headers have not): a card number with U+2063 between its groups is
+# the number a reader sees.
+_READ_AS: dict[int, str | None] = {
+    **_read_as_table(),
+    **dict.fromkeys(map(ord, ignorable_characters())),
+}
 
 
 def as_read(text: str) -> str:
     """The text as the detectors read it: a card number typed in fullwidth digits, with
-    no-break spaces between its groups or zero-width characters inside is the number a
+    no-break spaces between its groups or invisible characters inside is the number a
     reader sees."""
     return text if text.isascii() else text.translate(_READ_AS)
+
+
+def as_read_mapped(text: str) -> tuple[str, list[int]]:
+    """`as_read(text)` and, for each of its characters, the index in `text` it was read from
+    (plus `len(text)` at the end), so that what a detector finds in the reading can be masked
+    in the original. Every character reads as at most one character."""
+    if text.isascii():
+        return text, list(range(len(text) + 1))
+    read: list[str] = []
+    origins: list[int] = []
+    for index, char in enumerate(text):
+        seen = _READ_AS.get(ord(char), char)
+        if seen is not None:
+            read.append(seen)
+            origins.append(index)
+    origins.append(len(text))
+    return "".join(read), origins
 
 
 def looks_like_text(sample: bytes) -> bool:

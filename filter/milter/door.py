@@ -31,6 +31,7 @@ from mailgate.filter import (
     Envelope,
     Verdict,
     encode_header_value,
+    mask_field,
     plan_for,
     refusal_for,
     replies,
@@ -400,9 +401,9 @@ class MailgateMilter(Milter.Base):
 
     @property
     def label(self) -> str:
-        """Which message, for the log: queue id and Message-ID."""
+        """Which message, for the log: queue id and Message-ID, masked as the audit masks it."""
         queue_id = self.macro("i")
-        message_id = _unfold(self.header_value("message-id") or "").strip()
+        message_id = mask_field(self.header_value("message-id") or "")
         return f"queue id {queue_id or '-'} Message-ID {message_id or '-'}"
 
 

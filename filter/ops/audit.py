@@ -3,12 +3,13 @@
 A record explains a verdict after the fact: who sent what to whom, which rules hit and where,
 which pack judged it, and what became of the message. Hit samples are masked by the engine
 before they get here; nothing here adds a value from the message beyond the envelope, the
-Message-ID, and the masked evidence. The Subject is deliberately not logged.
+Message-ID, and the masked evidence. The Subject is deliberately not logged. Addresses and
+the Message-ID are identifiers a card number can be written into: they are recorded with the
+sensitive run masked (`mask_field`), the rest kept, so the trail still names the mailbox.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -16,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailgate.filter.detect.masking import mask_sensitive
+from mailgate.filter.detect.masking import mask_field, mask_sensitive
+from mailgate.filter.ops.logs import json_line
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 
@@ -41,10 +43,10 @@ def audit_record(
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "door": door,
         "queue_id": envelope.queue_id,
-        "message_id": mask_sensitive(message_id),  # an id can be built from anything
+        "message_id": mask_field(message_id),  # an id can be built from anything
         "client_address": envelope.client_address,
-        "sender": envelope.mail_from,
-        "recipients": list(envelope.rcpt_tos),
+        "sender": mask_field(envelope.mail_from),
+        "recipients": [mask_field(r) for r in envelope.rcpt_tos],
         "size": size,
         "action": str(verdict.action),
         "reason": verdict.reason,
@@ -63,7 +65,8 @@ def audit_record(
         ],
         "timings": {stage: round(seconds, 6) for stage, seconds in verdict.timings.items()},
         "pack_version": verdict.pack_version,
-        "outcome": outcome,
+        # A next hop's reply can quote what it was sent (an address, a line of the message).
+        "outcome": {k: mask_sensitive(v) if isinstance(v, str) else v for k, v in outcome.items()},
     }
     hit_rules = [*verdict.rules, *verdict.monitor]
     if hit_rules and actions:
@@ -92,7 +95,7 @@ class AuditLog:
         return path.open("a", encoding="utf-8", buffering=1)  # line-buffered
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = json_line(record) + "\n"
         with self._lock:
             try:
                 self._stream.write(line)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from email.header import Header, decode_header, make_header
+from email.header import Header
 
+from mailgate.filter.message.headers import decode_rfc2047, unfold
 from mailgate.filter.policy.replies import REFUSAL_DEFAULTS, SMTPReply, reply_text
 from mailgate.filter.policy.verdict import Action, Verdict
 
@@ -29,7 +30,7 @@ class DeliveryPlan:
         if not self.subject_prefix:
             return None
         raw_subject = (raw_subject or "").strip()
-        if _decoded(raw_subject).startswith(self.subject_prefix):
+        if decode_rfc2047(unfold(raw_subject)).startswith(self.subject_prefix):
             return None
         return encode_header_value(self.subject_prefix) + raw_subject
 
@@ -107,13 +108,6 @@ def encode_header_value(value: str) -> str:
     if value.isascii():
         return value
     return Header(value, "utf-8").encode()
-
-
-def _decoded(value: str) -> str:
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:
-        return value
 
 
 def _split_head(raw: bytes) -> tuple[bytes, bytes, bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from mailgate.filter.detect.masking import mask_sensitive
 from mailgate.filter.message.mime import parse_message
 from mailgate.filter.message.model import Message, ScanLimits
-from mailgate.filter.message.rawheaders import top_headers
+from mailgate.filter.message.rawheaders import decoded_headers, top_headers
 from mailgate.filter.policy.context import ScanContext
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import Pack, PackSource, build_pack
@@ -88,7 +88,7 @@ class Engine:
         """Verdict for a message the engine could not look into at all (overrun, out of
         memory, crash): only envelope, headers, size and `unscannable` rules can hold. Runs
         in the doors' process, so it reads no content: no detector, no YARA."""
-        message = Message(raw=raw, headers=top_headers(raw), unscannable={reason})
+        message = Message(raw=raw, headers=decoded_headers(raw), unscannable={reason})
         return self.evaluate(ScanContext(message, envelope, self.pack, content=False))
 
     def evaluate(self, ctx: ScanContext) -> Verdict:

@@ -35,8 +35,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from mailgate.filter.detect.masking import mask_sensitive
-from mailgate.filter.message.rawheaders import decoded, first_header
+from mailgate.filter.detect.masking import mask_field, mask_sensitive
+from mailgate.filter.message.rawheaders import first_header
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.store.durable import fsync_dir, new_id, write_durably
@@ -383,9 +383,11 @@ class LocalQuarantine:
         self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
     ) -> str:
         # Listed and shown to reviewers: no card numbers, however the header spelled them.
+        # Listed and shown to reviewers: no card numbers, however the header spelled them.
         if subject is None:
-            subject = decoded(first_header(raw, "Subject"))
-        subject = mask_sensitive(subject)  # listed and shown to reviewers: no card numbers
+            subject = mask_field(first_header(raw, "Subject"))
+        else:
+            subject = mask_sensitive(subject)
         qid = new_id()
         final = self._file(qid)
         write_durably(final, self.tmp_dir, [raw])
@@ -413,7 +415,7 @@ class LocalQuarantine:
                         now,
                         envelope.door,
                         envelope.queue_id,
-                        mask_sensitive(first_header(raw, "Message-ID")),
+                        mask_field(first_header(raw, "Message-ID")),
                         envelope.mail_from,
                         json.dumps(list(envelope.rcpt_tos)),
                         envelope.client_address,
@@ -536,7 +538,8 @@ class LocalQuarantine:
         db.execute(
             "INSERT INTO events (id, time, kind, actor, reply, reason, node) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (qid, _now(), kind, actor, reply, mask_sensitive(reason), self.node),
+            # A next hop's reply can quote an address or a line of the message.
+            (qid, _now(), kind, actor, mask_sensitive(reply), mask_sensitive(reason), self.node),
         )
 
     def record_activity(
