@@ -26,7 +26,7 @@ from email.utils import format_datetime, localtime
 from typing import Any, Protocol
 
 import aiosmtplib
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailgate.filter import (
@@ -82,6 +82,13 @@ class RelaySMTP(SMTP):
         self.client_cert_names: tuple[str, ...] = ()
         self.nexthop: NextHopSession | None = None  # open from MAIL until the transaction ends
         self.busy = False  # a DATA transaction is being judged or delivered
+        # Connection slots (Relay.admit): a client that still owes an accepted certificate
+        # holds its slot on a deadline, and gives way first when slots run short.
+        self.owes_certificate = False
+        self.tls_started = False
+        self.connected_at = 0.0
+        self.dismissed = False
+        self._certificate_deadline: asyncio.TimerHandle | None = None
         self._counted = False
         super().__init__(relay.handler, **kwargs)
 
@@ -94,29 +101,82 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
             self._counted = True
-            self.relay.connections += 1
             self.relay.sessions.add(self)
             peer = transport.get_extra_info("peername")
             self.client_ip = _ip(peer[0]) if isinstance(peer, tuple) else None
+            self.connected_at = asyncio.get_running_loop().time()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._counted = False
-            self.relay.connections -= 1
             self.relay.sessions.discard(self)
+        self.certificate_presented()
         if not self.busy:
             self.relay.handler.end_transaction(self)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        refusal = self.relay.refusal_at_connect(self.client_ip)
+        refusal = self.relay.admit(self)
         if refusal is not None:
             await self.push(refusal)
             assert self.transport is not None
             self.transport.close()
             return
         await super()._handle_client()
+
+    def owe_certificate(self, deadline: float) -> None:
+        """Until `deadline` seconds from now, this client must have presented an accepted
+        certificate. Unlike the idle timer, no command (NOOP included) extends it."""
+        self.owes_certificate = True
+        self._certificate_deadline = asyncio.get_running_loop().call_later(
+            deadline,
+            self.dismiss,
+            str(replies.NO_CERTIFICATE_IN_TIME.format(seconds=deadline)),
+        )
+
+    def certificate_presented(self) -> None:
+        self.owes_certificate = False
+        if self._certificate_deadline is not None:
+            self._certificate_deadline.cancel()
+            self._certificate_deadline = None
+
+    def dismiss(self, reply: str) -> None:
+        """Say `reply` and close, whatever the session is doing: its slot is taken back.
+        During a TLS handshake nothing can be said; the connection is just closed."""
+        if self.dismissed or self.transport is None:
+            return
+        self.dismissed = True
+        log.info("%s: %s", self.client_ip, reply)
+        if not self._close_in_handshake():
+            self.transport.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        log.info("%s: idle timeout", self.client_ip)
+        if not self._close_in_handshake():
+            super()._timeout_cb()
+
+    def _close_in_handshake(self) -> bool:
+        """Close a connection whose STARTTLS handshake has not finished, and say whether it
+        was one. Closing the TLS layer then would end the handshake as if it had succeeded
+        and never report the connection lost: the session would wait for a command forever,
+        holding its slot. So the socket is aborted and the session ended here."""
+        if self._tls_protocol is None or self.session is None or self.session.ssl is not None:
+            return False
+        assert self._original_transport is not None
+        self._original_transport.abort()
+        self.connection_lost(None)
+        return True
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            # RFC 3207 4.2: no second STARTTLS in a TLS session (aiosmtpd would start one).
+            await self.push(str(replies.TLS_ACTIVE))
+            return
+        self.tls_started = True
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
@@ -267,9 +327,12 @@ class RelayHandler:
         return str(replies.BYE)
 
     def handle_STARTTLS(self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope) -> bool:
-        # The handshake has already verified any certificate against client_ca; what it may
-        # do is decided at RCPT, where the client hears why.
+        # The handshake has already verified any certificate against client_ca; a name in
+        # client_names ends the deadline (Relay.admit). What the client may do is decided at
+        # RCPT, where it hears why.
         server.client_cert_names = certificate_names((session.ssl or {}).get("peercert"))
+        if self.relay.certificate_accepted(server.client_cert_names):
+            server.certificate_presented()
         return True
 
     def end_transaction(self, server: RelaySMTP) -> None:
@@ -537,7 +600,6 @@ class Relay:
         self.reporter = reporter
         self.handler = RelayHandler(self)
         self.tls_context = server_context(config.relay.tls)
-        self.connections = 0
         self._server: asyncio.Server | None = None
         self.sessions: set[RelaySMTP] = set()
         # Readiness: the next hop has answered at least once (or there is none).
@@ -579,28 +641,51 @@ class Relay:
 
     # --- policy ----------------------------------------------------------------------------
 
-    def refusal_at_connect(
-        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-    ) -> str | None:
+    def admit(self, server: RelaySMTP) -> str | None:
+        """None if this new connection may have a session: its address is in accept_from
+        and a slot is free. With client_names, a client holds its slot on a deadline until
+        it presents an accepted certificate, and such clients share a quarter of the slots,
+        each address a quarter of that: when a share is full, its longest-waiting client
+        that has not begun STARTTLS gives way (421). A crowd of certless connections thus
+        cannot keep the certified client out, whatever address the crowd comes from."""
         relay = self.config.relay
-        if self.connections > relay.max_connections:
+        if not self._network_allowed(server.client_ip):
+            return str(replies.NOT_ALLOWED.format(ip=server.client_ip, hostname=relay.hostname))
+        live = [s for s in self.sessions if not s.dismissed and s is not server]
+        full = len(live) >= relay.max_connections
+        if not relay.tls.client_names:
+            return str(replies.TOO_MANY_CONNECTIONS) if full else None
+        waiting = [s for s in live if s.owes_certificate]
+        share, per_address = certless_shares(relay.max_connections)
+        same_address = [s for s in waiting if s.client_ip == server.client_ip]
+        if len(same_address) >= per_address:
+            _longest_waiting(same_address).dismiss(
+                str(replies.TOO_MANY_WITHOUT_CERTIFICATE_FROM.format(ip=server.client_ip))
+            )
+        elif waiting and (full or len(waiting) >= share):
+            _longest_waiting(_largest_group(waiting)).dismiss(
+                str(replies.TOO_MANY_WITHOUT_CERTIFICATE)
+            )
+        elif full:
             return str(replies.TOO_MANY_CONNECTIONS)
-        if self._network_allowed(ip) or relay.tls.client_ca is not None:
-            return None
-        return str(replies.NOT_ALLOWED.format(ip=ip, hostname=relay.hostname))
+        server.owe_certificate(relay.tls.client_cert_timeout)
+        return None
+
+    def certificate_accepted(self, names: tuple[str, ...]) -> bool:
+        allowed = {name.lower().rstrip(".") for name in self.config.relay.tls.client_names}
+        return not allowed.isdisjoint(names)
 
     def relay_refusal(self, server: RelaySMTP) -> str | None:
-        """None if this client may relay: its network is in accept_from, or (with client_ca)
-        its verified certificate carries a name from client_names."""
-        if self._network_allowed(server.client_ip):
-            return None
-        tls = self.config.relay.tls
-        if tls.client_ca is None:
+        """None if this client may relay: its network is in accept_from and, when
+        client_names is set, its verified certificate carries one of those names, wherever
+        it connects from (no network is exempt)."""
+        if not self._network_allowed(server.client_ip):
             return str(replies.DENIED_NETWORK.format(ip=server.client_ip))
+        if not self.config.relay.tls.client_names:
+            return None
         if not server.client_cert_names:
             return str(replies.DENIED_NO_CERTIFICATE)
-        allowed = {name.lower().rstrip(".") for name in tls.client_names}
-        if allowed.intersection(server.client_cert_names):
+        if self.certificate_accepted(server.client_cert_names):
             return None
         names = ", ".join(server.client_cert_names)
         return str(replies.DENIED_CERTIFICATE_NAME.format(names=names))
@@ -764,6 +849,26 @@ class Relay:
             self.metrics_server.stop()
         if self.reporter is not None and self.reporter.audit is not None:
             self.reporter.audit.close()
+
+
+def certless_shares(max_connections: int) -> tuple[int, int]:
+    """(slots for all clients that still owe a certificate, slots for one address of them)."""
+    share = max(1, max_connections // 4)
+    return share, max(1, share // 4)
+
+
+def _longest_waiting(sessions: list[RelaySMTP]) -> RelaySMTP:
+    """Who gives way: one that has not begun STARTTLS before one in its handshake, then the
+    oldest (a client that is just negotiating is spared)."""
+    return min(sessions, key=lambda s: (s.tls_started, s.connected_at))
+
+
+def _largest_group(sessions: list[RelaySMTP]) -> list[RelaySMTP]:
+    """The sessions of the client address holding the most of them."""
+    groups: dict[object, list[RelaySMTP]] = {}
+    for session in sessions:
+        groups.setdefault(session.client_ip, []).append(session)
+    return max(groups.values(), key=len)
 
 
 def next_hop_error_kind(failed: NextHopError) -> str:

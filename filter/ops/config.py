@@ -178,7 +178,11 @@ class InboundTLS(_Section):
     key: ConfigPath | None = None
     require: bool = False  # refuse MAIL before STARTTLS
     client_ca: ConfigPath | None = None  # verify client certificates against this bundle
-    client_names: list[str] = []  # accepted client certificate names (with client_ca)
+    # Set: every client must present a verified certificate carrying one of these names.
+    client_names: list[str] = []
+    # With client_names: from connecting to presenting an accepted certificate (commands such
+    # as NOOP do not extend it), so certless clients cannot hold connection slots for long.
+    client_cert_timeout: Seconds = 20.0
 
     @model_validator(mode="after")
     def _consistent(self) -> InboundTLS:
@@ -190,6 +194,10 @@ class InboundTLS(_Section):
             raise ValueError("client_ca needs cert and key (client certificates need STARTTLS)")
         if self.client_names and self.client_ca is None:
             raise ValueError("client_names needs client_ca to verify the certificates against")
+        if self.client_ca and not self.client_names:
+            # Not "any certificate from client_ca": a CA bundle such as the system's issues
+            # certificates to everyone, so the names that may relay are always spelled out.
+            raise ValueError("client_ca needs client_names: the certificate names that may relay")
         return self
 
 
