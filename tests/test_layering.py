@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RANK = {"message": 0, "detect": 1, "policy": 2, "scan": 3, "store": 3, "ops": 5, "cli": 7}
 SEAM_RANK = 4  # mailgate.filter itself: imports scan and store, below ops
-DOORS = {"milter", "relay"}
+DOORS = {"milter", "relay", "console"}
 DOOR_RANK = 6
 DOOR_MAY_IMPORT = {"seam", "store", "ops"}
 

@@ -13,6 +13,7 @@ from typing import Any
 from mailgate.filter.ops.audit import audit_record
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.report import message_id_of
+from mailgate.filter.ops.review import explain
 from mailgate.filter.ops.rulediff import Sample, files_corpus, quarantine_corpus, replay
 from mailgate.filter.ops.rulestats import collect, table
 from mailgate.filter.policy.envelope import Envelope
@@ -131,25 +132,6 @@ def check_record(
     actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
     record = audit_record("check", envelope, message_id_of(raw), len(raw), verdict, {}, actions)
     return {"file": file, **record}
-
-
-def explain(file: str, verdict: Verdict, engine: Engine) -> str:
-    rules = {r.id: r for r in engine.pack.rules}
-    lines = [f"{file}: {str(verdict.action).upper()}"]
-    if verdict.unscannable:
-        lines.append(f"  could not look inside: {', '.join(verdict.unscannable)}")
-    if not verdict.rules and not verdict.monitor:
-        lines.append("  no rule hit")
-    for rule_id in verdict.rules + verdict.monitor:
-        rule = rules[rule_id]
-        mode = "monitor, no action taken" if rule.mode == "monitor" else "enforce"
-        lines.append(f"  rule {rule_id} ({mode}) -> {rule.action}: {rule.reason}")
-        for hit in verdict.hits:
-            if hit.rule == rule_id:
-                count = f"{hit.count} x " if hit.count > 1 else ""
-                lines.append(f"    {hit.detector} in {hit.where}: {count}{hit.sample}")
-    lines.append(f"  pack {verdict.pack_version}, {verdict.timings.get('total', 0) * 1000:.1f} ms")
-    return "\n".join(lines)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:

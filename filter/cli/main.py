@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "mailgate.filter.cli.quarantine",  # quarantine list/show/release/delete/purge
     "mailgate.filter.cli.relay",  # relay
     "mailgate.filter.cli.milter",  # milter
+    "mailgate.filter.cli.console",  # console, console adduser/deluser/token
 )
 
 

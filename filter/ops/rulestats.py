@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from mailgate.filter.policy.verdict import Action
@@ -75,6 +75,44 @@ def collect(
                 if mode == "monitor" and would is not None and verdict is not None:
                     entry.would_change += would > verdict
     return stats
+
+
+@dataclass
+class Daily:
+    """Hits per rule and day (the review console's charts) and the pack each node ran last."""
+
+    days: list[date]  # oldest first, UTC
+    hits: dict[str, list[int]]  # rule -> messages it hit (enforce or monitor) per day
+    versions: dict[str, str] = field(default_factory=dict)  # node -> its latest pack version
+
+    @property
+    def mixed_versions(self) -> bool:
+        return len(set(self.versions.values())) > 1
+
+
+def daily(lines: Iterable[str], days: int = 14, now: datetime | None = None) -> Daily:
+    """Count audit lines of the last `days` days (today included) per rule and day. A record
+    without a `node` counts for the node "" (a single gateway)."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    first = today - timedelta(days=days - 1)
+    result = Daily([first + timedelta(days=n) for n in range(days)], {})
+    latest: dict[str, str] = {}
+    for line in lines:
+        record = _record(line)
+        when = _time(record.get("time")) if record else None
+        if record is None or when is None:
+            continue
+        day = when.astimezone(UTC).date()
+        if not first <= day <= today:
+            continue
+        for rule in {*(record.get("rules") or []), *(record.get("monitor") or [])}:
+            result.hits.setdefault(rule, [0] * days)[(day - first).days] += 1
+        node = str(record.get("node") or "")
+        stamp = str(record.get("time"))
+        if record.get("pack_version") and stamp >= latest.get(node, ""):
+            latest[node] = stamp
+            result.versions[node] = str(record["pack_version"])
+    return result
 
 
 def _record(line: str) -> dict[str, Any] | None:

@@ -10,11 +10,12 @@ from mailgate.filter.ops.config import Config
 from mailgate.filter.scan.confine import Confinement
 
 
-def scan_pool_for(config: Config) -> ScanPool:
-    """The worker pool `engine:` describes, for the pack in `rules`."""
+def scan_pool_for(config: Config, workers: int | None = None) -> ScanPool:
+    """The worker pool `engine:` describes, for the pack in `rules`; `workers` overrides
+    `engine.workers` for a process that scans only now and then (the review console)."""
     return ScanPool(
         config.rules,
-        workers=config.engine.workers,
+        workers=workers or config.engine.workers,
         time_budget=config.engine.time_budget,
         memory_budget=config.engine.memory_budget,
         confinement=Confinement(user=config.engine.user, landlock=config.engine.confine),

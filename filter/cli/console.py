@@ -1,0 +1,214 @@
+"""`mailgate console [--config FILE]`: serve the review console; `console adduser|deluser|token`
+manage who may use it.
+
+Exit codes: 0 done; 1 the server could not start; 2 usage or bad configuration (including a
+listen address the console refuses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import ipaddress
+import sys
+from functools import partial
+from typing import TYPE_CHECKING
+
+from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
+from mailgate.filter.store.quarantine import LocalQuarantine
+
+if TYPE_CHECKING:
+    from mailgate.filter import ScanPool
+    from mailgate.filter.console.users import UsersFile
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "console",
+        help="the web console for reviewers (and its users)",
+        description="Serve the review console on console.listen, or manage its users and "
+        "API tokens (the console extra: pip install 'mailgate[console]').",
+    )
+    add_config_argument(parser)
+    parser.set_defaults(func=_serve)
+    commands = parser.add_subparsers(dest="console_command", metavar="ACTION")
+
+    adduser = commands.add_parser(
+        "adduser",
+        help="add a user or replace its password and role (password from stdin or a prompt)",
+    )
+    adduser.add_argument("name")
+    adduser.add_argument("--role", required=True, choices=("auditor", "reviewer", "admin"))
+    adduser.set_defaults(func=_adduser)
+
+    deluser = commands.add_parser("deluser", help="remove a user")
+    deluser.add_argument("name")
+    deluser.set_defaults(func=_deluser)
+
+    token = commands.add_parser(
+        "token", help="make an API token for NAME (printed once; replaces its old token)"
+    )
+    token.add_argument("name")
+    token.add_argument("--role", required=True, choices=("auditor", "reviewer", "admin"))
+    token.add_argument("--delete", action="store_true", help="remove NAME's token instead")
+    token.set_defaults(func=_token)
+
+    for command in (adduser, deluser, token):
+        add_config_argument(command)
+
+
+def refusal(config: Config) -> str | None:
+    """Why the console must not serve this configuration, or None. Off loopback, passwords
+    and session cookies would cross the network in clear unless TLS or a proxy that
+    terminates it (and signs users in) stands in front."""
+    console = config.console
+    host = console.listen.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or console.tls is not None or console.trusted_proxy is not None:
+        return None
+    return (
+        f"console.listen is {console.listen}, not a loopback address: passwords and session "
+        "cookies would cross the network unencrypted. Set console.tls (cert and key), or "
+        "console.trusted_proxy for a reverse proxy that terminates TLS, or listen on 127.0.0.1."
+    )
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return USAGE
+    why = refusal(config)
+    if why is not None:
+        print(f"mailgate console: refusing to start: {why}", file=sys.stderr)
+        return USAGE
+    try:
+        import uvicorn
+
+        from mailgate.filter.console.app import create_app
+    except ImportError as exc:
+        print(
+            f"mailgate console: {exc.name} is missing: pip install 'mailgate[console]'",
+            file=sys.stderr,
+        )
+        return FAILED
+    from mailgate.filter.ops.service import scan_pool_for
+    from mailgate.relay.release import release_message
+
+    store = LocalQuarantine(config.quarantine.path)
+
+    async def start_pool() -> ScanPool:
+        pool = scan_pool_for(config, workers=1)  # "Try a message" only: one worker will do
+        await pool.start()
+        return pool
+
+    release = partial(release_message, config, store)
+    app = create_app(config, store, release, start_pool)
+    tls = config.console.tls
+    print(
+        f"mailgate console on {'https' if tls else 'http'}://{config.console.listen}/",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app,
+        host=config.console.listen.host,
+        port=config.console.listen.port,
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
+        log_level="warning",
+        server_header=False,
+        # The client address comes from the socket; the trusted proxy's headers are read by
+        # the console itself, only from the networks it lists.
+        proxy_headers=False,
+    )
+    return OK
+
+
+def _users(args: argparse.Namespace) -> UsersFile | None:
+    from mailgate.filter.console.users import UsersFile
+
+    config = _config(args)
+    return None if config is None else UsersFile(config.console.users)
+
+
+def _read_password() -> str | None:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != first:
+            print("mailgate console: the passwords differ", file=sys.stderr)
+            return None
+        password = first
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("mailgate console: a password needs at least 8 characters", file=sys.stderr)
+        return None
+    return password
+
+
+def _adduser(args: argparse.Namespace) -> int:
+    from mailgate.filter.console.users import UsersFileError
+
+    users = _users(args)
+    if users is None:
+        return USAGE
+    password = _read_password()
+    if password is None:
+        return USAGE
+    try:
+        new = users.set_user(args.name, args.role, password)
+    except (UsersFileError, OSError) as exc:
+        print(f"mailgate console: {exc}", file=sys.stderr)
+        return USAGE
+    verb = "added" if new else "updated"
+    print(f"{verb} {args.name} ({args.role}) in {users.path}")
+    return OK
+
+
+def _deluser(args: argparse.Namespace) -> int:
+    users = _users(args)
+    if users is None:
+        return USAGE
+    if not users.delete_user(args.name):
+        print(f"mailgate console: no user {args.name!r} in {users.path}", file=sys.stderr)
+        return USAGE
+    print(f"deleted {args.name} from {users.path}")
+    return OK
+
+
+def _token(args: argparse.Namespace) -> int:
+    from mailgate.filter.console.users import UsersFileError
+
+    users = _users(args)
+    if users is None:
+        return USAGE
+    if args.delete:
+        if not users.delete_token(args.name):
+            print(f"mailgate console: no token {args.name!r}", file=sys.stderr)
+            return USAGE
+        print(f"deleted the token of {args.name}")
+        return OK
+    try:
+        token = users.new_token(args.name, args.role)
+    except (UsersFileError, OSError) as exc:
+        print(f"mailgate console: {exc}", file=sys.stderr)
+        return USAGE
+    print(token)
+    print(
+        f"token for {args.name} ({args.role}); shown once, kept only as a hash. "
+        "Send it as 'Authorization: Bearer <token>'.",
+        file=sys.stderr,
+    )
+    return OK

@@ -1,0 +1,8 @@
+"""`mailgate console`: the web console where reviewers work through held mail and watch rules.
+
+A door like the relay and the milter: it imports only the public seam (`mailgate.filter`),
+`filter.store` (the `QuarantineStore` it reads and writes) and `filter.ops` (configuration,
+the masked view of a message, rule statistics); a release goes through the function the CLI
+hands it (`relay.release.release_message`), so the console has no release logic of its own.
+Pages are rendered on the server (Starlette, Jinja2) and need no JavaScript.
+"""
