@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email import errors as email_errors
 from email import feedparser
 from email import message as email_message
@@ -42,6 +42,13 @@ _TEXT_HEADER_END = re.compile(r"\r?\n\r?\n")
 _LONG_LINE = re.compile(rb"[^\n]{%d,}" % (MAX_HEADER_LINE + 1))
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _BOUNDARY_LINE = re.compile(r"^--([^\s]{1,200}?)(--)?[ \t]*\r?$", re.MULTILINE)
+# Content-Transfer-Encoding as mail clients read it: its first word ("base64; x=y" is base64).
+_FIRST_WORD = re.compile(r"\s*([^\s;()]+)")
+_UU_ENCODINGS = ("x-uuencode", "uuencode", "x-uue", "uue")
+_UU_BEGIN = re.compile(rb"^begin[ \t]+[0-7]{1,4}[ \t]+([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
+# uudecode and mail clients take every character modulo 64 and a line's bytes as its length
+# character says, ignoring what follows: decoded the same way, nothing is refused or dropped.
+_UU_CHARS = bytes.maketrans(bytes(range(256)), bytes(((c - 32) & 63) + 32 for c in range(256)))
 # Defects after which the parser saw a multipart's body as one opaque blob.
 _HIDDEN_CONTENT_DEFECTS = (
     email_errors.StartBoundaryNotFoundDefect,
@@ -138,7 +145,8 @@ def _body(entity: email_message.Message) -> object:
 
 def _transfer_encoding(entity: email_message.Message) -> str:
     value = raw_header(entity, "content-transfer-encoding")
-    return value.strip().lower()[:64] if value is not None else ""
+    word = _FIRST_WORD.match(value) if value is not None else None
+    return word.group(1).lower()[:64] if word else ""
 
 
 def _cut_long_header_lines(raw: bytes, limits: ScanLimits) -> tuple[bytes, bool]:
@@ -198,25 +206,57 @@ def decode_transfer(body: str, encoding: str) -> bytes:
     raw = body.encode("utf-8", "surrogateescape")
     if encoding == "quoted-printable":
         return binascii.a2b_qp(raw)
-    if encoding in ("x-uuencode", "uuencode", "x-uue"):
+    if encoding in _UU_ENCODINGS:
         return _decode_uu(raw)
     return raw
 
 
 def _decode_uu(raw: bytes) -> bytes:
-    out: list[bytes] = []
-    inside = False
-    for line in raw.splitlines():
-        if not inside:
-            inside = line.startswith(b"begin ")
-        elif line.strip() in (b"end", b"`"):
-            break
-        else:
-            try:
-                out.append(binascii.a2b_uu(line))
-            except binascii.Error:
-                continue
-    return b"".join(out)
+    """A part declared uuencoded: its files decoded, with any text around them kept (a
+    client that does not decode shows that text); without a begin line, the body as it is,
+    which is what such a client shows."""
+    pieces: list[bytes] = []
+    position = 0
+    for _name, content, start, end in uuencoded_files(raw):
+        if raw[position:start].strip():
+            pieces.append(raw[position:start])
+        pieces.append(content)
+        position = end
+    if not position:
+        return raw
+    if raw[position:].strip():
+        pieces.append(raw[position:])
+    return b"".join(pieces)
+
+
+def uuencoded_files(data: bytes) -> Iterator[tuple[str, bytes, int, int]]:
+    """(name, content, start, end) of each uuencoded file in `data`: from a "begin MODE
+    NAME" line to the "end" line, or to the end of the data."""
+    position = 0
+    while (begin := _UU_BEGIN.search(data, position)) is not None:
+        name = begin.group(1).decode("utf-8", "replace")
+        lines: list[bytes] = []
+        cursor = begin.end() + 1
+        end = len(data)
+        while cursor < len(data):
+            newline = data.find(b"\n", cursor)
+            stop = len(data) if newline < 0 else newline + 1
+            line = data[cursor:stop].rstrip(b"\r\n")
+            cursor = stop
+            if line.strip() == b"end":
+                end = stop
+                break
+            lines.append(_uu_line(line))
+        yield name, b"".join(lines), begin.start(), end
+        position = end
+
+
+def _uu_line(line: bytes) -> bytes:
+    if not line:
+        return b""
+    count = (line[0] - 32) & 63
+    encoded = line[1 : 1 + (count + 2) // 3 * 4].translate(_UU_CHARS)
+    return binascii.a2b_uu(bytes([count + 32]) + encoded)
 
 
 def _guess_boundary(body: str) -> str | None:
@@ -428,6 +468,27 @@ class _Walker:
                 folded=is_folded(part),
             )
             self.inspector.set_text(part, text)
+            if ctype == "text/plain" and encoding not in _UU_ENCODINGS and b"begin " in payload:
+                self.parts.extend(self._inline_files(payload, path, depth))
+
+    def _inline_files(self, payload: bytes, path: str, depth: int) -> list[Part]:
+        """uuencoded files in a plain text body: Outlook and Thunderbird show them as
+        attachments, so they are read as attachments (path "1/name")."""
+        found: list[Part] = []
+        for name, content, _start, _end in uuencoded_files(payload):
+            part = self._new_part(f"{path}/{name}")
+            if part is None:
+                break
+            self.budget.charge_bytes(len(content))
+            part.filename = name
+            part.extensions = extensions_of(name)
+            part.is_attachment = True
+            part.payload = content
+            part.size = len(content)
+            part.depth = depth
+            found.append(part)
+            found.extend(self.inspector.inspect(part, None))
+        return found
 
 
 def parse_message(raw: bytes, limits: ScanLimits | None = None) -> Message:
