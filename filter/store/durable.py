@@ -32,6 +32,17 @@ def write_durably(final: Path, tmp_dir: Path, chunks: Iterable[bytes], mode: int
     fsync_dir(final.parent)
 
 
+def remove_older(folder: Path, cutoff: datetime) -> None:
+    """Remove the files in `folder` last written before `cutoff`: leftovers of writes that a
+    crash interrupted. A younger file may be another process's write in flight."""
+    for path in folder.iterdir():
+        try:
+            if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
+                path.unlink()
+        except FileNotFoundError:  # finished (renamed) or removed meanwhile
+            continue
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
