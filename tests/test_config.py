@@ -237,6 +237,12 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ("quarantine:\n  release_to: {port: 26}\n", 2, "quarantine.release_to", "host"),
         ("relay:\n  accepted_domains: []\n", 2, "relay.accepted_domains", "every sender"),
         ("relay:\n  fail_open: perhaps\n", 2, "relay.fail_open", "boolean"),
+        ('relay:\n  hostname: "gate\\r\\nX-Evil: 1"\n', 2, "relay.hostname", "not a host name"),
+        ("relay:\n  idle_timeout: 99999999999d\n", 2, "relay.idle_timeout", "duration too long"),
+        ("relay:\n  data_timeout: .inf\n", 2, "relay.data_timeout", "not a duration"),
+        ("quarantine:\n  retention: -1\n", 2, "quarantine.retention", "must not be negative"),
+        ("engine:\n\n  memory_budget: 99999999999T\n", 3, "engine.memory_budget", "too large"),
+        ("relay:\n  max_message_size: " + "9" * 4000 + "\n", 2, "relay.max_message_size", "large"),
     ],
 )
 def test_error_names_file_line_and_key(
@@ -256,7 +262,7 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
 
 def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
     msg = error_of(tmp_path, "relay:\n  max_recipients: 5\n  max_recipients: 6\n")
-    assert msg.endswith("line 3: relay.max_recipients: duplicate key")
+    assert msg.endswith("line 3: relay.max_recipients: duplicate key (first on line 2)")
 
 
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:

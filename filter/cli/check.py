@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +22,42 @@ from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.scan.engine import Engine, envelope_from_headers
 from mailgate.filter.scan.examples import run_examples
 
+RULES_HELP = "rule pack folder (default: the configuration's rules, as the relay and milter use)"
 
-def default_rules_dir() -> Path:
-    """./rules when present, else the pack shipped with mailgate."""
-    local = Path("rules")
-    if local.is_dir() and any(local.glob("*.yaml")):
-        return local
-    return Path(str(files("mailgate.rules")))
+
+def rules_dir(args: argparse.Namespace) -> Path | None:
+    """--rules, else the pack the relay and the milter would use here (the configuration's
+    `rules`, whose default is ./rules or the shipped pack): one choice for every command."""
+    if args.rules is not None:
+        return args.rules
+    try:
+        return load_config(args.config).rules
+    except ConfigError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser("check", help="judge message files and explain the verdicts")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    check.add_argument("--rules", type=Path, help="rule pack folder (default: ./rules or shipped)")
+    check.add_argument("--rules", type=Path, help=RULES_HELP)
     check.add_argument("--json", action="store_true", help="one JSON object per message")
     check.add_argument("--sender", help="envelope sender (default: the From header)")
     check.add_argument(
         "--recipient", action="append", help="envelope recipient (repeatable; default: To/Cc/Bcc)"
     )
+    add_config_argument(check)
     check.set_defaults(func=cmd_check)
 
     rules = subparsers.add_parser("rules", help="lint and test the rule pack")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
     lint = rules_sub.add_parser("lint", help="check every rule and YARA file")
-    lint.add_argument("--rules", type=Path)
+    lint.add_argument("--rules", type=Path, help=RULES_HELP)
+    add_config_argument(lint)
     lint.set_defaults(func=cmd_lint)
     test = rules_sub.add_parser("test", help="run every rule's hit and miss examples")
-    test.add_argument("--rules", type=Path)
+    test.add_argument("--rules", type=Path, help=RULES_HELP)
+    add_config_argument(test)
     test.set_defaults(func=cmd_test)
     stats = rules_sub.add_parser(
         "stats",
@@ -92,16 +100,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     diff.set_defaults(func=cmd_diff)
 
 
-def _load(rules_dir: Path | None) -> Engine | None:
+def _load(folder: Path | None) -> Engine | None:
+    if folder is None:
+        return None
     try:
-        return Engine(Pack.load(rules_dir or default_rules_dir()))
+        return Engine(Pack.load(folder))
     except PackError as exc:
         print(f"mailgate: the rule pack does not load:\n{exc}", file=sys.stderr)
         return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    engine = _load(args.rules)
+    engine = _load(rules_dir(args))
     if engine is None:
         return 2
     missing = [f for f in args.files if not f.is_file()]
@@ -135,27 +145,31 @@ def check_record(
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    rules_dir = args.rules or default_rules_dir()
+    folder = rules_dir(args)
+    if folder is None:
+        return 2
     try:
-        pack = build_pack(PackSource.read(rules_dir))
+        pack = build_pack(PackSource.read(folder))
     except PackError as exc:
         for problem in exc.problems:
             print(problem)
-        print(f"{len(exc.problems)} problem(s) in {rules_dir}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {folder}", file=sys.stderr)
         return 1
     print(
-        f"{rules_dir}: {len(pack.rules)} rules, {len(pack.yara.files)} YARA files, "
+        f"{folder}: {len(pack.rules)} rules, {len(pack.yara.files)} YARA files, "
         f"pack version {pack.version}: OK"
     )
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    rules_dir = args.rules or default_rules_dir()
-    engine = _load(rules_dir)
+    folder = rules_dir(args)
+    if folder is None:
+        return 2
+    engine = _load(folder)
     if engine is None:
         return 1
-    ran, failures = run_examples(engine, Path(rules_dir))
+    ran, failures = run_examples(engine, folder)
     for failure in failures:
         print(f"FAIL {failure}")
     print(f"{ran - len(failures)} of {ran} examples passed")

@@ -14,7 +14,9 @@ M/MB/MiB, G/GB/GiB all count in powers of 1024 ('50MB' = 50 MiB); a plain number
 or one unit of ms, s, m, h, d, w ('30d', '10s', '5m').
 
 A bad file raises ConfigError naming the file, the line and the key path
-(`mailgate.yaml: line 12: relay.next_hop.tls: ...`); unknown keys are errors.
+(`mailgate.yaml: line 12: relay.next_hop.tls: ...`); unknown keys are errors. The YAML is read
+by the loader rule packs use (policy/yamlsource), which also refuses keys given twice and
+aliases that expand without bound.
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from mailgate.filter.policy.units import parse_duration, parse_size
+from mailgate.filter.policy.yamlsource import YamlError, dotted, line_at, load_yaml
 from mailgate.filter.store.dburl import DatabaseURL, parse_database_url
 
 SEARCH_PATHS = (Path("mailgate.yaml"), Path("/etc/mailgate/mailgate.yaml"))
@@ -228,6 +229,14 @@ class RelayConfig(_Section):
         # gethostname, not getfqdn: loading the config must not wait on DNS.
         return socket.gethostname() if value is None else value
 
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_is_one_word(cls, value: str) -> str:
+        # It reaches the SMTP greeting and the Received header: a CR/LF would add lines.
+        if not value or any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError(f"not a host name: {value!r:.80} (no spaces or control characters)")
+        return value
+
     @field_validator("accepted_domains", mode="before")
     @classmethod
     def _domains(cls, value: Any) -> Any:
@@ -349,8 +358,19 @@ def packaged_rules_dir() -> Path:
     return Path(str(importlib.resources.files("mailgate.rules")))
 
 
+def default_rules_dir(base_dir: Path) -> Path:
+    """The pack every command uses when none is named: `rules` in base_dir (the config file's
+    folder, else the working directory) when that folder exists, else the packaged pack.
+
+    An existing but empty folder is chosen too, and then refuses to load, saying so: judging
+    with the packaged pack instead would silently apply a policy nobody chose here.
+    """
+    local = Path(base_dir) / "rules"
+    return local if local.is_dir() else packaged_rules_dir()
+
+
 class Config(_Section):
-    # Rule pack folder; None: ./rules beside the config file if it exists, else the packaged pack.
+    # Rule pack folder; None: default_rules_dir, the choice of every command.
     rules: ConfigPath = None  # type: ignore[assignment]
     # The fleet (README: Running a fleet): a libpq URL puts the quarantine in PostgreSQL;
     # None keeps everything local. `node` names this gateway there; None: the host name.
@@ -371,8 +391,7 @@ class Config(_Section):
     def _default_rules(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None:
             return value
-        local = Path((info.context or {}).get("base_dir") or Path.cwd()) / "rules"
-        return local if local.is_dir() else packaged_rules_dir()
+        return default_rules_dir((info.context or {}).get("base_dir") or Path.cwd())
 
     @field_validator("database", mode="before")
     @classmethod
@@ -433,87 +452,40 @@ def load_config(path: Path | None = None) -> Config:
 
 def parse_config(text: str, source: Path) -> Config:
     """Validate YAML text; relative paths resolve against source's folder."""
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else {}
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError(f"{source}: {where}YAML syntax error: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: YAML error: {exc}") from None
-    finally:
-        loader.dispose()
+        data = load_yaml(text)
+    except YamlError as exc:
+        where = f"line {exc.line}: " if exc.line else ""
+        key = f"{dotted(exc.path)}: " if exc.path else ""
+        raise ConfigError(f"{source}: {where}{key}{exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: line 1: the file must be a mapping of keys (rules:, relay:…)")
-    lines = dict(_key_lines(root)) if root is not None else {}
-    _check_duplicate_keys(root, source)
     base_dir = Path(source).resolve().parent
     try:
         config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, lines)) from None
+        raise ConfigError(_describe(exc, source, data)) from None
     config._source = Path(source)
     return config
 
 
-def _key_lines(
-    node: yaml.Node, prefix: tuple[str | int, ...] = ()
-) -> Iterator[tuple[tuple[str | int, ...], int]]:
-    """Yield (key path, 1-based line) for every key and list item under node."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = (*prefix, str(key_node.value))
-            yield path, key_node.start_mark.line + 1
-            yield from _key_lines(value_node, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = (*prefix, index)
-            yield path, item.start_mark.line + 1
-            yield from _key_lines(item, path)
-
-
-def _check_duplicate_keys(node: yaml.Node | None, source: Path, prefix: str = "") -> None:
-    """PyYAML silently keeps the last of two equal keys; an admin deserves to hear of it."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            dotted = f"{prefix}.{key}" if prefix else key
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(f"{source}: line {line}: {dotted}: duplicate key")
-            seen.add(key)
-            _check_duplicate_keys(value_node, source, dotted)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item, source, prefix)
-
-
-def _describe(exc: ValidationError, source: Path, lines: dict[tuple[str | int, ...], int]) -> str:
+def _describe(exc: ValidationError, source: Path, data: Any) -> str:
     messages = []
     for error in exc.errors(include_url=False):
         # Keep only the parts of loc that are keys or list indexes in the file; pydantic adds
         # union member names ("function-after[...]") that mean nothing to an admin.
         loc = tuple(part for part in error["loc"] if isinstance(part, int) or "[" not in part)
-        line = None
-        for depth in range(len(loc), 0, -1):
-            line = lines.get(loc[:depth])
-            if line is not None:
-                break
-        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-        dotted = dotted.lstrip(".") or "(top level)"
+        line = line_at(data, loc)
+        key = dotted(loc) or "(top level)"
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             reason = "unknown key"
         elif error["type"] != "value_error" and not isinstance(error.get("input"), dict | list):
-            reason = f"{reason} (got {error.get('input')!r})"  # our own messages quote it
+            reason = f"{reason} (got {error.get('input')!r:.80})"  # our own messages quote it
         where = f"line {line}: " if line else ""
-        messages.append(f"{source}: {where}{dotted}: {reason}")
+        messages.append(f"{source}: {where}{key}: {reason}")
     return "\n".join(messages)
 
 

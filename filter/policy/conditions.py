@@ -85,6 +85,14 @@ def _only_keys(spec: dict[str, Any], allowed: Iterable[str], key: str) -> None:
         )
 
 
+def _flag(spec: dict[str, Any], key: str, where: str) -> bool | None:
+    """An optional true/false option: a string such as 'no' would otherwise read as true."""
+    value = spec.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ConditionError(f"{where}: expected true or false, got {value!r:.40}")
+    return value
+
+
 def _mapping(spec: Any, key: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConditionError(f"{key}: expected a mapping of options")
@@ -107,7 +115,7 @@ class HeaderCondition(Condition):
         if ("regex" in spec) == ("exists" in spec):
             raise ConditionError("header: give exactly one of 'regex' or 'exists'")
         self.regex = _compile_regex(spec["regex"], "header.regex") if "regex" in spec else None
-        self.exists = bool(spec.get("exists", True))
+        self.exists = _flag(spec, "exists", "header.exists") is not False
 
     def evaluate(self, ctx: ScanContext) -> Result:
         values = ctx.message.header(self.name)
@@ -169,7 +177,9 @@ class BodyCondition(Condition):
             raise ConditionError("body: 'regex' is required")
         self.pattern_id = compiler.add_pattern(pattern, "body.regex")
         validator = spec.get("validator")
-        if validator is not None and validator not in VALIDATORS:
+        if validator is not None and (
+            not isinstance(validator, str) or validator not in VALIDATORS
+        ):
             raise ConditionError(
                 f"body.validator: unknown validator {validator!r} "
                 f"(known: {', '.join(sorted(VALIDATORS))})"
@@ -202,7 +212,7 @@ class DlpCondition(Condition):
         spec = _mapping(spec, "dlp")
         _only_keys(spec, {"type", "min_count"}, "dlp")
         self.detector = spec.get("type")
-        if self.detector not in DLP_DETECTORS:
+        if not isinstance(self.detector, str) or self.detector not in DLP_DETECTORS:
             raise ConditionError(
                 f"dlp: unknown detector {self.detector!r} "
                 f"(known: {', '.join(sorted(DLP_DETECTORS))})"
@@ -277,8 +287,8 @@ class AttachmentCondition(Condition):
         self.detected = [t.lower() for t in _string_list(spec.get("detected_type", []) or [], "t")]
         self.declared = [t.lower() for t in _string_list(spec.get("declared_type", []) or [], "t")]
         self.name = _compile_regex(spec["name"], "attachment.name") if "name" in spec else None
-        self.encrypted = spec.get("encrypted")
-        self.macros = spec.get("macros")
+        self.encrypted = _flag(spec, "encrypted", "attachment.encrypted")
+        self.macros = _flag(spec, "macros", "attachment.macros")
         self.size_over = (
             _size(spec["size_over"], "attachment.size_over") if "size_over" in spec else None
         )
@@ -374,7 +384,12 @@ class YaraCondition(Condition):
             raise ConditionError("yara: give exactly one of 'rule', 'tag' or 'any'")
         self.rule = spec.get("rule")
         self.tag = spec.get("tag")
-        self.any = bool(spec.get("any"))
+        self.any = _flag(spec, "any", "yara.any")
+        for key in ("rule", "tag"):
+            if key in spec and not isinstance(spec[key], str):
+                raise ConditionError(f"yara.{key}: expected a name, got {spec[key]!r:.40}")
+        if self.any is False:
+            raise ConditionError("yara.any: write 'any: true' (false would never hold)")
 
     def missing_reference(self, scanner: Any) -> str | None:
         """Why this condition can never hold with the pack's YARA files, or None."""

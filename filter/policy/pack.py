@@ -2,11 +2,15 @@
 
 A pack is built from a snapshot of its files (name -> bytes), so what was linted is exactly
 what runs, even if someone edits the folder meanwhile; its version is a hash of that snapshot.
+The snapshot holds the rule files (*.yaml, *.yml), the YARA files compiled on their own
+(yara/*.yar, yara/*.yara) and those below yara/ that they may include; nothing outside the
+folder. A pack is bounded (LIMITS): a pack over a limit is refused before it is parsed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,13 @@ from mailgate.filter.policy.conditions import (
     parse_condition,
 )
 from mailgate.filter.policy.verdict import Action, TagAction
-from mailgate.filter.policy.yamlsource import LineDict, YamlError, line_of, load_yaml
+from mailgate.filter.policy.yamlsource import (
+    YamlError,
+    control_character,
+    dotted,
+    line_of,
+    load_yaml,
+)
 
 RULE_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
@@ -42,6 +52,23 @@ RULE_KEYS = frozenset(
         "examples",
     }
 )
+RULE_FILES = ("*.yaml", "*.yml")
+# yara/*.yar(a) are compiled, each in its own namespace; those in subfolders only included.
+YARA_FILES = ("yara/**/*.yar", "yara/**/*.yara")
+
+
+@dataclass(frozen=True)
+class PackLimits:
+    """How large a pack may be. Parsing YAML costs about a second per megabyte, so a pack
+    is refused by its size before it is parsed, and by its rule count before rules compile."""
+
+    files: int = 1000
+    rule_bytes: int = 2 << 20  # all rule files together
+    yara_bytes: int = 16 << 20  # all YARA files together
+    rules: int = 5000
+
+
+LIMITS = PackLimits()
 
 
 @dataclass(frozen=True)
@@ -88,21 +115,24 @@ class PackSource:
     root: Path | None = None  # where examples are looked up; None for in-memory packs
 
     @classmethod
-    def read(cls, root: Path) -> PackSource:
+    def read(cls, root: Path, limits: PackLimits = LIMITS) -> PackSource:
         root = Path(root)
         if not root.is_dir():
             raise PackError([Problem(str(root), None, None, "rule pack folder not found")])
-        files = {}
-        for path in sorted(
-            [
-                *root.glob("*.yaml"),
-                *root.glob("*.yml"),
-                *root.glob("yara/*.yar"),
-                *root.glob("yara/*.yara"),
-            ]
-        ):
-            files[path.relative_to(root).as_posix()] = path.read_bytes()
-        return cls(files, root)
+        inside = root.resolve()
+        paths = sorted({p for pattern in (*RULE_FILES, *YARA_FILES) for p in root.glob(pattern)})
+        sizes = {}
+        for path in paths:
+            name = path.relative_to(root).as_posix()
+            if not path.resolve().is_relative_to(inside):
+                raise PackError([Problem(str(path), None, None, "links outside the pack folder")])
+            if not path.is_file():
+                raise PackError([Problem(str(path), None, None, "not a regular file")])
+            sizes[name] = path.stat().st_size
+        problems = _over_limits(sizes, limits, root)
+        if problems:
+            raise PackError(problems)
+        return cls({name: (root / name).read_bytes() for name in sizes}, root)
 
     @property
     def version(self) -> str:
@@ -113,6 +143,25 @@ class PackSource:
 
     def label(self, name: str) -> str:
         return str(self.root / name) if self.root else name
+
+
+def _over_limits(sizes: dict[str, int], limits: PackLimits, root: Path | None) -> list[Problem]:
+    """What in a pack's files (name -> bytes) exceeds the limits."""
+    where = str(root) if root else "."
+    rule_bytes = sum(n for name, n in sizes.items() if name.endswith((".yaml", ".yml")))
+    yara_bytes = sum(n for name, n in sizes.items() if name.startswith("yara/"))
+    problems = []
+    if len(sizes) > limits.files:
+        problems.append(f"{len(sizes)} files; a pack holds at most {limits.files}")
+    if rule_bytes > limits.rule_bytes:
+        problems.append(
+            f"rule files of {rule_bytes} bytes; at most {limits.rule_bytes} bytes together"
+        )
+    if yara_bytes > limits.yara_bytes:
+        problems.append(
+            f"YARA files of {yara_bytes} bytes; at most {limits.yara_bytes} bytes together"
+        )
+    return [Problem(where, None, None, f"pack too large: {p}") for p in problems]
 
 
 @dataclass
@@ -128,21 +177,26 @@ class Pack:
         return build_pack(PackSource.read(root))
 
 
-def build_pack(source: PackSource) -> Pack:
+def build_pack(source: PackSource, limits: PackLimits = LIMITS) -> Pack:
     """Compile a pack; raise PackError listing every problem found (not just the first)."""
-    problems: list[Problem] = []
+    problems = _over_limits({n: len(d) for n, d in source.files.items()}, limits, source.root)
+    if problems:
+        raise PackError(problems)
     compiler = PackCompiler()
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     yaml_files = [n for n in source.files if n.endswith((".yaml", ".yml"))]
     if not yaml_files:
         problems.append(Problem(source.label("."), None, None, "no rule files (*.yaml) found"))
+    documents = []
+    count = 0
     for name in yaml_files:
         label = source.label(name)
         try:
             document = load_yaml(source.files[name])
         except YamlError as exc:
-            problems.append(Problem(label, exc.line, None, f"YAML syntax error: {exc}"))
+            where = f"{dotted(exc.path)}: " if exc.path else ""
+            problems.append(Problem(label, exc.line, None, f"{where}{exc}"))
             continue
         if document is None:
             continue
@@ -153,6 +207,12 @@ def build_pack(source: PackSource) -> Pack:
                 )
             )
             continue
+        count += len(document["rules"])
+        if count > limits.rules:
+            message = f"pack too large: more than {limits.rules} rules"
+            raise PackError([Problem(label, line_of(document, "rules"), None, message)])
+        documents.append((name, label, document))
+    for name, label, document in documents:
         for spec in document["rules"]:
             rule = _parse_rule(spec, name, label, compiler, problems)
             if rule is None:
@@ -169,10 +229,13 @@ def build_pack(source: PackSource) -> Pack:
                 continue
             seen[rule.id] = f"{label}:{rule.line}"
             rules.append(rule)
-    yara_sources = {n: d for n, d in source.files.items() if n.startswith("yara/")}
+    yara_texts = {
+        n: d.decode("utf-8", "replace") for n, d in source.files.items() if n.startswith("yara/")
+    }
     try:
-        yara = YaraScanner.from_sources(
-            {source.label(n): d.decode("utf-8", "replace") for n, d in yara_sources.items()}
+        yara = YaraScanner(
+            {source.label(n): text for n, text in yara_texts.items() if n.count("/") == 1},
+            includes={n.removeprefix("yara/"): text for n, text in yara_texts.items()},
         )
     except YaraError as exc:
         problems.append(Problem(exc.file, exc.line, None, f"YARA: {exc.reason}"))
@@ -217,12 +280,17 @@ def _parse_rule(
         problem(f"unknown rule key {key!r} (allowed: {', '.join(sorted(RULE_KEYS))})", key)
     mode = spec.get("mode", "enforce")
     if mode not in ("enforce", "monitor"):
-        problem(f"mode must be 'enforce' or 'monitor', not {mode!r}", "mode")
-    try:
-        action = Action.parse(str(spec.get("action", "")))
-    except KeyError:
+        problem(f"mode must be 'enforce' or 'monitor', not {_short(mode)}", "mode")
+    action_name = spec.get("action", "")
+    if isinstance(action_name, str) and action_name.upper() in Action.__members__:
+        action = Action.parse(action_name)
+    else:
         problem("action must be one of accept, tag, quarantine, reject, tempfail", "action")
         action = Action.ACCEPT
+    description = _text(spec, "description", "", "\t\n", problem)
+    # Without a reason, the description stands in, on one line (an SMTP reply, a log line).
+    default_reason = " ".join(description.split()) or (rule_id if isinstance(rule_id, str) else "")
+    reason = _text(spec, "reason", default_reason, "", problem)
 
     def conditions(key: str) -> list[Condition]:
         items = spec.get(key)
@@ -246,7 +314,7 @@ def _parse_rule(
 
     tag = None
     if "tag" in spec:
-        tag = _parse_tag(spec["tag"], lambda m: problem(m, "tag"))
+        tag = _parse_tag(spec["tag"], lambda m, at=None: problem(m, "tag", at))
         if action is not Action.TAG:
             problem("'tag' options belong to rules with action: tag", "tag")
     elif action is Action.TAG:
@@ -257,18 +325,17 @@ def _parse_rule(
             if action is not act:
                 problem(f"'{key}' options belong to rules with action: {key}", key)
             smtp_code, smtp_status = _parse_reply(spec[key], first, lambda m, k=key: problem(m, k))
-    reason = spec.get("reason", spec.get("description", rule_id))
-    examples = _parse_examples(spec.get("examples"), lambda m: problem(m, "examples"))
+    examples = _parse_examples(spec.get("examples"), name, lambda m: problem(m, "examples"))
     if len(problems) > before:
         return None
     return Rule(
         id=rule_id,
-        description=str(spec.get("description", "")),
+        description=description,
         mode=mode,
         when=AllOf(when),
         unless=AnyOf(unless) if unless else None,
         action=action,
-        reason=str(reason),
+        reason=reason,
         tag=tag,
         smtp_code=smtp_code,
         smtp_status=smtp_status,
@@ -278,7 +345,28 @@ def _parse_rule(
     )
 
 
+def _text(spec: dict[str, Any], key: str, default: str, allowed: str, problem: Any) -> str:
+    """spec[key] as a string without control characters (but those in `allowed`)."""
+    value = spec.get(key, default)
+    if not isinstance(value, str):
+        problem(f"{key} must be a string (quote it), not {_short(value)}", key)
+        return default
+    bad = control_character(value, allowed)
+    if bad is not None:
+        problem(f"{key}: control character {bad!r} not allowed", key)
+        return default
+    return value
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, bounded (repr of a big structure is itself big)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _parse_tag(spec: Any, problem: Any) -> TagAction | None:
+    """The tag options; a value with a control character would end the header line and
+    start another (CR/LF: a Bcc: header), so lint refuses them."""
     keys = {"subject_prefix", "headers", "add_recipients"}
     if not isinstance(spec, dict) or not set(spec) <= keys:
         problem(
@@ -294,17 +382,37 @@ def _parse_tag(spec: Any, problem: Any) -> TagAction | None:
     if not isinstance(prefix, str) or not isinstance(headers, dict):
         problem("tag: subject_prefix is a string and headers a mapping")
         return None
-    bad = [
-        k for k, v in headers.items() if not _is_header_name(k) or "\n" in str(v) or "\r" in str(v)
-    ]
-    if bad:
-        problem(f"tag: bad header {bad[0]!r}")
+    if not isinstance(recipients, list):
+        problem("tag: add_recipients is an address or a list of addresses")
         return None
-    wrong = [r for r in recipients if not isinstance(r, str) or not _ADDRESS.fullmatch(r)]
-    if wrong:
-        problem(f"tag: add_recipients: {wrong[0]!r} is not an address like archive@example.com")
-        return None
-    return TagAction(prefix, tuple((str(k), str(v)) for k, v in headers.items()), tuple(recipients))
+    values = [("subject_prefix", prefix, line_of(spec, "subject_prefix"))]
+    for name, value in headers.items():
+        if not _is_header_name(name):
+            problem(f"tag: bad header name {_short(name)}", line_of(headers, name))
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            problem(
+                f"tag: header {name}: the value is a string (quote it), not {_short(value)}",
+                line_of(headers, name),
+            )
+            return None
+        values.append((f"header {name}", str(value), line_of(headers, name)))
+    for index, recipient in enumerate(recipients):
+        at = line_of(recipients, index) or line_of(spec, "add_recipients")
+        if not isinstance(recipient, str) or not _ADDRESS.fullmatch(recipient):
+            problem(
+                f"tag: add_recipients: {_short(recipient)} is not an address like "
+                "archive@example.com",
+                at,
+            )
+            return None
+        values.append(("add_recipients", recipient, at))
+    for what, value, at in values:
+        bad = control_character(value)
+        if bad is not None:
+            problem(f"tag: {what}: control character {bad!r} not allowed", at)
+            return None
+    return TagAction(prefix, tuple((k, str(v)) for k, v in headers.items()), tuple(recipients))
 
 
 def _is_header_name(name: Any) -> bool:
@@ -327,10 +435,12 @@ def _parse_reply(spec: Any, first: str, problem: Any) -> tuple[int | None, str |
     return code, (str(status) if status is not None else None)
 
 
-def _parse_examples(spec: Any, problem: Any) -> dict[str, list[str]]:
+def _parse_examples(spec: Any, rule_file: str, problem: Any) -> dict[str, list[str]]:
+    """hit and miss example paths, relative to the rule file's folder and inside the pack
+    (`rules test` and every reload read them)."""
     if spec is None:
         return {"hit": [], "miss": []}
-    if not isinstance(spec, LineDict | dict) or not set(spec) <= {"hit", "miss"}:
+    if not isinstance(spec, dict) or not set(spec) <= {"hit", "miss"}:
         problem("examples: expected {hit: [file.eml], miss: [file.eml]}")
         return {"hit": [], "miss": []}
     out = {}
@@ -338,8 +448,12 @@ def _parse_examples(spec: Any, problem: Any) -> dict[str, list[str]]:
         value = spec.get(key, []) or []
         if isinstance(value, str):
             value = [value]
-        if not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problem(f"examples.{key}: expected a list of file paths")
             value = []
+        for path in value:
+            inside = posixpath.normpath(posixpath.join(posixpath.dirname(rule_file), path))
+            if posixpath.isabs(path) or inside == ".." or inside.startswith("../"):
+                problem(f"examples.{key}: {path!r} is outside the pack folder")
         out[key] = list(value)
     return out

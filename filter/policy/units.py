@@ -1,11 +1,17 @@
-"""Sizes ('50MB', '10 KiB') and durations ('30d', '10s') as people write them in config files."""
+"""Sizes ('50MB', '10 KiB') and durations ('30d', '10s') as people write them in config files.
+
+Both are bounded (MAX_SIZE, MAX_DURATION): past them a value is a typo, and it would overflow
+a timer, a date or a resource limit far from the line that set it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -13,48 +19,57 @@ T = TypeVar("T")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_SIZE = 1 << 50  # 1 PiB
+MAX_DURATION = timedelta(days=36500)  # a century (now minus it is still a date)
 
 
-def parse_size(value: str | int) -> int:
-    """Bytes from an int or a string such as '50MB', '512 MiB', '10k'. Units are binary (1K=1024),
-    as mail size limits have always been counted."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"size must not be negative: {value}")
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"not a size: {value!r} (write e.g. 512, 10KB, 50MB, 1GB)")
-    unit = (m.group(2) or "").lower().rstrip("b").rstrip("i")
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+def parse_size(value: str | int | float) -> int:
+    """Bytes from a number or a string such as '50MB', '512 MiB', '10k'. Units are binary
+    (1K=1024), as mail size limits have always been counted."""
+    number, unit = _number(value, "size", _SIZE, "512, 10KB, 50MB, 1GB")
+    size = number * _SIZE_UNITS[(unit or "").lower().rstrip("b").rstrip("i")]
+    if size > MAX_SIZE:
+        raise ValueError(f"size too large: {value!r:.40} (at most {MAX_SIZE >> 40} TiB)")
+    return int(size)
 
 
 def parse_duration(value: str | int | float) -> timedelta:
     """A duration from seconds or a string such as '30d', '10s', '5m', '250ms'."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (write e.g. 10s, 5m, 12h, 30d)")
-    return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()])
+    number, unit = _number(value, "duration", _DURATION, "10s, 5m, 12h, 30d")
+    seconds = number * _DURATION_UNITS[(unit or "s").lower()]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration too long: {value!r:.40} (at most {MAX_DURATION.days}d)")
+    return timedelta(seconds=float(seconds))
+
+
+def _number(
+    value: object, what: str, syntax: re.Pattern[str], examples: str
+) -> tuple[Decimal, str | None]:
+    """The amount (exact: no float overflow) and the unit as written; not negative."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a {what}: {value!r:.40}")
+    if isinstance(value, str):
+        m = syntax.match(value)
+        if not m:
+            raise ValueError(f"not a {what}: {value!r:.40} (write e.g. {examples})")
+        return Decimal(m.group(1)), m.group(2)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a {what}: {value!r}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative: {value}")
+    return Decimal(value), None
 
 
 def parse_since(text: str) -> datetime:
     """An age ('1d', '12h') back from now, or an ISO date/time (naive means local time)."""
-    try:
+    if _DURATION.match(text):
         return datetime.now(UTC) - parse_duration(text)
-    except ValueError:
-        pass
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"not an age or a date: {text!r} (e.g. 1d, 12h, 2024-06-01, 2024-06-01T08:00)"
+            f"not an age or a date: {text!r:.40} (e.g. 1d, 12h, 2024-06-01, 2024-06-01T08:00)"
         ) from None
     return moment if moment.tzinfo else moment.astimezone()
 

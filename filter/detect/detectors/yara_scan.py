@@ -4,11 +4,16 @@ The rule files are compiled once, each in a namespace named after its file stem.
 object gets the externals `filename`, `extension` (the last one) and `mime_type` (detected type,
 else declared type), which rules declare nothing for: they are defined here with '' defaults.
 yara-python releases the GIL while it scans.
+
+`include "x.yar"` reads from the `includes` given (the rule pack's yara/ folder, already in
+memory), never from the disk: an include cannot open a file outside the pack, and what is
+included is part of the pack's version like any other file of it.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -48,8 +53,11 @@ class YaraMatch:
 class YaraScanner:
     """Compiled YARA rules; `scan` is safe to call from several threads."""
 
-    def __init__(self, sources: Mapping[str, str]) -> None:
-        """`sources` maps a file label (its path) to the YARA source text."""
+    def __init__(
+        self, sources: Mapping[str, str], includes: Mapping[str, str] | None = None
+    ) -> None:
+        """`sources` maps a file label (its path) to the YARA source text; `includes` maps the
+        names `include` may use (paths relative to the pack's yara/ folder) to their text."""
         namespaces: dict[str, str] = {}
         for label in sources:
             stem = PurePath(label).stem
@@ -60,10 +68,13 @@ class YaraScanner:
         self._rules: yara.Rules | None = None
         if namespaces:
             by_namespace = {stem: sources[label] for stem, label in namespaces.items()}
+            include = _Includes(includes or {})
             try:
-                self._rules = yara.compile(sources=by_namespace, externals=EXTERNALS)
+                self._rules = yara.compile(
+                    sources=by_namespace, externals=EXTERNALS, include_callback=include
+                )
             except yara.Error as exc:
-                raise _locate(sources, exc) from exc
+                raise _locate(sources, include, exc) from exc
         rules = list(self._rules) if self._rules is not None else []
         self.rule_names = frozenset(r.identifier for r in rules)
         self.tags = frozenset(t for r in rules for t in r.tags)
@@ -137,15 +148,38 @@ def _targets(message: Message) -> Iterator[tuple[str, bytes, dict[str, str], Par
         yield part.where, part.payload, externals, part
 
 
-def _locate(sources: Mapping[str, str], exc: yara.Error) -> YaraError:
+class _Includes:
+    """yara's include callback: the text of an included file, from the pack only."""
+
+    def __init__(self, files: Mapping[str, str]) -> None:
+        self.files = files
+        self.refused: tuple[str, str] | None = None  # (name, why) of the last include refused
+
+    def __call__(self, requested: str, including: str | None, namespace: str) -> str | None:
+        name = posixpath.normpath(requested)
+        if posixpath.isabs(name) or name == ".." or name.startswith("../"):
+            self.refused = (requested, "only files inside the pack's yara/ folder")
+            return None
+        if name not in self.files:
+            self.refused = (requested, "no such .yar file in the pack's yara/ folder")
+            return None
+        return self.files[name]
+
+
+def _locate(sources: Mapping[str, str], include: _Includes, exc: yara.Error) -> YaraError:
     """yara reports 'line N: reason' without the file when compiling several sources:
     compile each alone to find the one at fault."""
     for label, text in sources.items():
+        include.refused = None
         try:
-            yara.compile(source=text, externals=EXTERNALS)
+            yara.compile(source=text, externals=EXTERNALS, include_callback=include)
         except yara.Error as single:
             m = _ERROR_LOCATION.match(str(single))
-            if m is None:
-                return YaraError(label, None, str(single))
-            return YaraError(label, int(m["line"]), m["reason"])
+            line, reason = (int(m["line"]), m["reason"]) if m else (None, str(single))
+            if include.refused is not None:
+                requested, why = include.refused
+                reason = f"include {requested!r}: {why}"
+                at = text.find(f'"{requested}"')
+                line = text.count("\n", 0, at) + 1 if at >= 0 else line  # yara's is one late
+            return YaraError(label, line, reason)
     return YaraError(", ".join(sources), None, str(exc))
