@@ -265,6 +265,12 @@ def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
     assert msg.endswith("line 3: relay.max_recipients: duplicate key (first on line 2)")
 
 
+def test_a_file_past_the_size_bound_is_refused_unparsed(tmp_path: Path) -> None:
+    # A megabyte of one comment: valid YAML, but no configuration is that large.
+    msg = error_of(tmp_path, "#" * (1 << 20) + "\n")
+    assert msg == f"{tmp_path / 'mailgate.yaml'}: larger than 1 MiB: not a mailgate.yaml"
+
+
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:
     assert "mapping" in error_of(tmp_path, "- relay\n")
 

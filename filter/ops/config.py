@@ -50,6 +50,7 @@ from mailgate.filter.policy.yamlsource import YamlError, dotted, line_at, load_y
 from mailgate.filter.store.dburl import DatabaseURL, parse_database_url
 
 SEARCH_PATHS = (Path("mailgate.yaml"), Path("/etc/mailgate/mailgate.yaml"))
+MAX_BYTES = 1 << 20  # the example with every key is 10 KB; YAML parses at about 1 s per MB
 
 
 class ConfigError(Exception):
@@ -444,7 +445,11 @@ def load_config(path: Path | None = None) -> Config:
         if path is None:
             return default_config()
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            raw = file.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_BYTES >> 20} MiB: not a mailgate.yaml")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     return parse_config(text, source=Path(path))
