@@ -10,8 +10,9 @@ VENV=${MAILGATE_VENV:-.venv}
 
 apt_packages() {
     # postfix + libmilter-dev: the milter door and its real-Postfix tests; libmagic1: content types;
-    # postgresql: the private servers of the fleet tests (tests/support/postgres.py)
-    local wanted=(postfix libmilter-dev libmagic1 build-essential postgresql)
+    # postgresql: the private servers of the fleet tests (tests/support/postgres.py);
+    # chromium + chromium-driver: the console's browser tests (tests/test_console_browser.py)
+    local wanted=(postfix libmilter-dev libmagic1 build-essential postgresql chromium chromium-driver)
     local missing=()
     for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return 0
@@ -40,13 +41,23 @@ venv() {
 case "${1:-}" in
 run)
     shift
-    venv ""
-    exec "$VENV/bin/mailgate" relay "$@"
+    if [ -n "${MAILGATE_CONSOLE:-}" ]; then
+        # MAILGATE_CONSOLE=1: the review console beside the relay, same configuration
+        # (embedded default: http://127.0.0.1:8025/), stopped with it.
+        venv console
+        "$VENV/bin/mailgate" console &
+        console_pid=$!
+        trap 'kill "$console_pid" 2>/dev/null' EXIT
+        "$VENV/bin/mailgate" relay "$@"
+    else
+        venv ""
+        exec "$VENV/bin/mailgate" relay "$@"
+    fi
     ;;
 test)
     shift
     apt_packages
-    if dpkg -s libmilter-dev >/dev/null 2>&1; then venv "milter,test"; else venv test; fi
+    if dpkg -s libmilter-dev >/dev/null 2>&1; then venv "milter,test,console"; else venv "test,console"; fi
     "$VENV/bin/ruff" check filter relay tests bench
     "$VENV/bin/ruff" format --check filter relay tests bench
     exec "$VENV/bin/pytest" "$@"
