@@ -412,3 +412,22 @@ def test_bad_config_is_reported_before_anything_starts(tmp_path: Path) -> None:
     result = run_mailgate("milter", "--config", str(config))
     assert result.returncode == 2
     assert "milter.socket" in result.stderr and "line 2" in result.stderr
+
+
+def test_a_bare_cr_in_a_header_value_is_read_as_a_space(
+    door: MilterDoor, scanner: RecordingScanner
+) -> None:
+    # Decided (issue 10 #19): Postfix hands milter and next hop a space for a bare CR in a
+    # header; the door reads it so for any MTA, so the engine judges the header that goes
+    # out (one X-Note) and not a second Subject that no recipient sees.
+    ctx = connect(door)
+    assert ctx._envfrom("<alice@example.com>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.org>") == Milter.CONTINUE
+    assert ctx._header("X-Note", " one\rSubject: please reject-me") == Milter.CONTINUE
+    assert ctx._header("Subject", " fine") == Milter.CONTINUE
+    assert ctx._eoh() == Milter.CONTINUE
+    assert ctx._feed_body(io.BytesIO(b"Hello Bob\r\n")) == Milter.CONTINUE
+    assert ctx._eom() == Milter.ACCEPT
+    ctx._close()
+    raw, _envelope = scanner.calls[-1]
+    assert raw.startswith(b"X-Note: one Subject: please reject-me\r\nSubject: fine\r\n\r\n")

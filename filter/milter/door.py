@@ -209,10 +209,12 @@ class MailgateMilter(Milter.Base):
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
         # With leading space negotiated the value is exactly what followed the colon; folded
-        # lines come joined by a bare LF.
+        # lines come joined by a bare LF. A bare CR ends no line in a header (RFC 5322):
+        # Postfix passes a space instead, so it is read as one here whatever the MTA, and
+        # "X-A: 1\rSubject: 2" stays the one header the next hop receives.
         if value[:1] not in (b" ", b"\t"):
             value = b" " + value
-        value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        value = value.replace(b"\r\n", b"\n").replace(b"\r", b" ").replace(b"\n", b"\r\n")
         self._write(name.encode("ascii", "surrogateescape") + b":" + value + b"\r\n")
         if name.lower() in _REMEMBERED_HEADERS:
             self.headers.append((name, value.decode("utf-8", "replace")))
