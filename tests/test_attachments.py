@@ -7,9 +7,13 @@ import random
 from collections.abc import Callable
 
 import pytest
-from support.msgs import simple_msg
-from support.pdfs import make_encrypted_pdf, make_pdf, pdf_with_extras, show
-from support.samples import (
+
+from mailgate.filter.message.mime import parse_message
+from mailgate.filter.message.model import Message, Part, ScanLimits
+from mailgate.filter.message.readers.dispatch import detect_type
+from tests.support.outlook_msg import simple_msg
+from tests.support.pdfs import make_encrypted_pdf, make_pdf, pdf_with_extras, show
+from tests.support.samples import (
     EICAR,
     VISA_TEST_CARD,
     aes_zip,
@@ -39,10 +43,6 @@ from support.samples import (
     zip_bytes,
     zipcrypto_zip,
 )
-
-from mailgate.filter.message.mime import parse_message
-from mailgate.filter.message.model import Message, Part, ScanLimits
-from mailgate.filter.message.readers.dispatch import detect_type
 
 
 def parse_attachment(payload: bytes, filename: str, limits: ScanLimits | None = None) -> Message:

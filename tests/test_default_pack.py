@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support.build_examples import examples
 
 from mailgate.filter.scan.engine import Engine, envelope_from_headers
 from mailgate.filter.scan.examples import run_examples
+from tests.support.build_examples import examples
+from tests.support.cli import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
-MAILGATE = [sys.executable, "-m", "mailgate.filter.cli"]
 
 # What the default pack must decide for every golden message (README: The default rule pack).
 EXPECTED = {
@@ -64,8 +61,8 @@ EXPECTED = {
     "macros-renamed-docx.eml": "quarantine",
     "confidential.eml": "tag",
     "too-deep.eml": "quarantine",
+    "duplicate-subject.eml": "quarantine",
 }
-CARD_DIGITS = re.compile(r"(?:\d[ -]?){13,19}")
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +107,9 @@ def test_tag_plan_for_confidential(engine: Engine) -> None:
     assert out.count(b"Subject:") == 1
 
 
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MAILGATE, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-def test_check_json_masks_every_sensitive_value() -> None:
+def test_check_json_masks_every_sensitive_value(capsys: pytest.CaptureFixture[str]) -> None:
     files = sorted(str(p) for p in (RULES / "examples").glob("*.eml"))
-    result = run("check", "--json", "--rules", str(RULES), *files)
+    result = run_in_process(capsys, "check", "--json", "--rules", str(RULES), *files)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == len(files)
@@ -135,34 +128,38 @@ def test_check_json_masks_every_sensitive_value() -> None:
     assert samples and all("*" in s for s in samples)
 
 
-def test_check_explains_in_plain_text() -> None:
-    result = run("check", "--rules", str(RULES), str(RULES / "examples" / "card-plain.eml"))
+def test_check_explains_in_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_in_process(
+        capsys, "check", "--rules", str(RULES), str(RULES / "examples" / "card-plain.eml")
+    )
     assert result.returncode == 0
     assert "QUARANTINE" in result.stdout and "card-number" in result.stdout
     assert "**** **** **** 1111" in result.stdout
     assert "4111 1111 1111 1111" not in result.stdout
 
 
-def test_check_missing_file_and_broken_pack_exit_2(tmp_path: Path) -> None:
-    result = run("check", "--rules", str(RULES), str(tmp_path / "nope.eml"))
+def test_check_missing_file_and_broken_pack_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(capsys, "check", "--rules", str(RULES), str(tmp_path / "nope.eml"))
     assert result.returncode == 2 and "nope.eml" in result.stderr
     (tmp_path / "bad.yaml").write_text(
         "rules:\n  - id: x\n    when: [{nope: 1}]\n    action: reject\n"
     )
     eml = RULES / "examples" / "plain-business.eml"
-    result = run("check", "--rules", str(tmp_path), str(eml))
+    result = run_in_process(capsys, "check", "--rules", str(tmp_path), str(eml))
     assert result.returncode == 2 and "bad.yaml:3" in result.stderr
 
 
-def test_lint_and_test_commands(tmp_path: Path) -> None:
-    assert run("rules", "lint", "--rules", str(RULES)).returncode == 0
-    assert run("rules", "test", "--rules", str(RULES)).returncode == 0
+def test_lint_and_test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_in_process(capsys, "rules", "lint", "--rules", str(RULES)).returncode == 0
+    assert run_in_process(capsys, "rules", "test", "--rules", str(RULES)).returncode == 0
     (tmp_path / "p.yaml").write_text(
         "rules:\n  - id: dup\n    when: [{size_over: 1}]\n    action: reject\n"
         "  - id: dup\n    when: [{size_over: 2}]\n    action: reject\n"
         "  - id: slow\n    when: [{subject: {regex: '(a+)+$'}}]\n    action: reject\n"
     )
-    lint = run("rules", "lint", "--rules", str(tmp_path))
+    lint = run_in_process(capsys, "rules", "lint", "--rules", str(tmp_path))
     assert lint.returncode == 1
     assert "p.yaml:5: [dup] duplicate rule id" in lint.stdout
     assert "p.yaml:9: [slow] subject.regex" in lint.stdout
@@ -171,7 +168,7 @@ def test_lint_and_test_commands(tmp_path: Path) -> None:
         "    examples: {hit: [small.eml], miss: [small.eml]}\n"
     )
     (tmp_path / "small.eml").write_bytes(b"Subject: hi\r\n\r\nsmall\r\n")
-    test = run("rules", "test", "--rules", str(tmp_path))
+    test = run_in_process(capsys, "rules", "test", "--rules", str(tmp_path))
     assert test.returncode == 1
     assert "[big]" in test.stdout and "small.eml: expected hit" in test.stdout
     assert "'size_over: 1MB' did not hold" in test.stdout

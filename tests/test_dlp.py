@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.samples import attachment_part, mime_message, text_message, text_part
 
 from mailgate.filter.detect.detectors import Match
 from mailgate.filter.detect.detectors.registry import DLP_DETECTORS
@@ -13,17 +12,14 @@ from mailgate.filter.detect.validators import luhn
 from mailgate.filter.message.textview import as_read
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.scan.engine import Engine
+from tests.support.cards import card_number
+from tests.support.samples import attachment_part, mime_message, text_message, text_part
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
 
 card = DLP_DETECTORS["credit_card"]
 iban = DLP_DETECTORS["iban"]
 ssn = DLP_DETECTORS["us_ssn"]
-
-
-def with_check_digit(prefix: str, length: int) -> str:
-    payload = prefix + "3" * (length - len(prefix) - 1)
-    return next(payload + d for d in "0123456789" if luhn(payload + d))
 
 
 def grouped(number: str, sizes: tuple[int, ...], separator: str) -> str:
@@ -43,21 +39,21 @@ def values(found: list[Match], text: str) -> list[str]:
 ISSUER_NUMBERS = {
     "visa 16": "4111111111111111",
     "visa 13": "4222222222222",
-    "visa 19": with_check_digit("4", 19),
+    "visa 19": card_number("4", 19),
     "mastercard": "5555555555554444",
     "mastercard 2-series": "2223000048400011",
     "amex": "378282246310005",
     "discover 6011": "6011111111111117",
-    "discover 65": with_check_digit("65", 16),
-    "discover 644": with_check_digit("644", 16),
+    "discover 65": card_number("65", 16),
+    "discover 644": card_number("644", 16),
     "diners 14": "30569309025904",
-    "diners 36": with_check_digit("36", 14),
+    "diners 36": card_number("36", 14),
     "jcb": "3530111333300000",
     "unionpay": "6200000000000005",
-    "unionpay 19": with_check_digit("62", 19),
+    "unionpay 19": card_number("62", 19),
     "maestro 6759": "6759649826438453",
-    "maestro 5018": with_check_digit("5018", 16),
-    "maestro 13": with_check_digit("6304", 13),
+    "maestro 5018": card_number("5018", 16),
+    "maestro 13": card_number("6304", 13),
 }
 
 
@@ -78,8 +74,8 @@ def test_every_issuer_plain(name: str) -> None:
         "3056 930902 5904",  # Diners 4-6-4
         "4222 2222 2222 2",  # Visa 13 as 4-4-4-1
         "6200 0000 0000 0005",
-        grouped(with_check_digit("62", 19), (4, 4, 4, 4, 3), " "),
-        grouped(with_check_digit("4", 19), (4, 4, 4, 4, 3), "-"),
+        grouped(card_number("62", 19), (4, 4, 4, 4, 3), " "),
+        grouped(card_number("4", 19), (4, 4, 4, 4, 3), "-"),
     ],
 )
 def test_grouped_formats(written: str) -> None:

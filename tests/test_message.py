@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from support.pdfs import make_pdf, show
-from support.samples import (
+
+from mailgate.filter.message.headers import decode_rfc2047, extensions_of, parse_params
+from mailgate.filter.message.html import html_to_text
+from mailgate.filter.message.mime import parse_message
+from mailgate.filter.message.model import Message, ScanLimits
+from tests.support.pdfs import make_pdf, show
+from tests.support.samples import (
     VISA_TEST_CARD,
     MimePart,
     attachment_part,
@@ -17,11 +22,6 @@ from support.samples import (
     text_message,
     text_part,
 )
-
-from mailgate.filter.message.headers import decode_rfc2047, extensions_of, parse_params
-from mailgate.filter.message.html import html_to_text
-from mailgate.filter.message.mime import parse_message
-from mailgate.filter.message.model import Message, ScanLimits
 
 
 def only_text(msg: Message) -> str:
@@ -399,7 +399,7 @@ def test_wrong_declared_boundary_is_recovered_from_the_body() -> None:
 
 
 def multipart_body_with(boundary: str) -> bytes:
-    from support.samples import multipart_body
+    from tests.support.samples import multipart_body
 
     return multipart_body(
         [text_part("card " + VISA_TEST_CARD), attachment_part(b"MZ\x90\x00", "evil.exe")],

@@ -4,19 +4,14 @@ hop), scraped over HTTP while it runs: the counts the test's own messages must p
 from __future__ import annotations
 
 import json
-import smtplib
 
 import pytest
-from support.relay_fixtures import (  # noqa: F401
-    bg_fixture,
-    make_relay_fixture,
-    pack_fixture,
-    pool_fixture,
-    sink_fixture,
-)
-from support.relay_harness import message
-from support.scrape import get, scrape, value, wait_for
-from support.smtp_sink import free_port
+
+from tests.support.net import free_port
+from tests.support.samples import message
+from tests.support.scrape import get, scrape, value
+from tests.support.smtp_client import send
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,19 +34,11 @@ def test_metrics_count_what_the_messages_did(make_relay, sink, pool) -> None:
         audit={"path": "audit.jsonl"},
     )
     assert get(port, "/healthz") == (200, "ok\n")
-    wait_for(lambda: get(port, "/readyz")[0] == 200, 30, "the relay to be ready")
+    wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "the relay to be ready")
     assert get(port, "/nope")[0] == 404
 
-    replies = {}
     with relay.client() as client:
-        client.ehlo()
-        for subject in SUBJECTS:
-            assert client.mail("alice@example.com")[0] == 250
-            assert client.rcpt("bob@example.org")[0] == 250
-            try:
-                replies[subject] = client.data(message(subject))[0]
-            except smtplib.SMTPDataError as refused:
-                replies[subject] = refused.smtp_code
+        replies = {subject: send(client, message(subject))[0] for subject in SUBJECTS}
     assert replies == {
         "hello": 250,
         "hello again": 250,
@@ -95,7 +82,7 @@ def test_relay_is_not_ready_while_the_next_hop_is_down(make_relay) -> None:
     )
     assert get(port, "/healthz")[0] == 200
     # The startup probe finds nothing listening: counted, and not ready.
-    wait_for(
+    wait_until(
         lambda: value(scrape(port), "mailgate_next_hop_errors_total", kind="connect") >= 1,
         30,
         "the probe's failure to be counted",

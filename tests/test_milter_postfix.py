@@ -11,29 +11,28 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import smtplib
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.packs import DOOR_TEST_PACK
-from support.postfix import MilterProcess, PostfixInstance, free_port, missing_binaries, wait_until
-from support.recording_sink import RecordingSink
 
 from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineRecord
 from mailgate.filter.store.release_mark import RELEASE_HEADER
+from tests.support.cli import mailgate_process, run_mailgate
+from tests.support.packs import write_pack
+from tests.support.postfix import PostfixInstance, missing_binaries, shared_temp_dir
+from tests.support.processes import ChildProcess
+from tests.support.samples import message
+from tests.support.smtp_client import send_to
+from tests.support.smtp_sink import SmtpSink
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or bool(missing_binaries()),
     reason="needs root and Postfix (see README: Testing)",
 )
-
-PACK = DOOR_TEST_PACK
 
 WAIT = 30  # seconds: upper bound for anything to reach the sink or the log
 
@@ -41,20 +40,20 @@ WAIT = 30  # seconds: upper bound for anything to reach the sink or the log
 @dataclass
 class Stack:
     postfix: PostfixInstance
-    milter: MilterProcess
-    sink: RecordingSink
+    milter: ChildProcess
+    socket: Path
+    sink: SmtpSink
     store: LocalQuarantine
     config: Path
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    # Not pytest's tmp_path: smtpd runs as `postfix` and must reach the socket's folder.
-    work = Path(tempfile.mkdtemp(prefix="mailgate-milter-test-"))
-    work.chmod(0o755)
-    sink = RecordingSink(free_port())
+    # smtpd runs as `postfix` and must reach the socket's folder.
+    work = shared_temp_dir("mailgate-milter-test-")
+    sink = SmtpSink()
     postfix: PostfixInstance | None = None
-    milter: MilterProcess | None = None
+    milter: ChildProcess | None = None
     try:
         sink.start()
         socket = work / "run" / "milter.sock"
@@ -70,8 +69,7 @@ def stack() -> Iterator[Stack]:
             },
             listeners={"tempfail": {}, "accept": {"milter_default_action": "accept"}},
         )
-        (work / "pack").mkdir()
-        (work / "pack" / "rules.yaml").write_text(PACK)
+        write_pack(work / "pack")
         config = work / "mailgate.yaml"
         config.write_text(
             f"""\
@@ -90,10 +88,12 @@ engine:
   workers: 1
 """
         )
-        milter = MilterProcess(config, socket, work / "milter.log")
+        milter = mailgate_process(
+            "milter", "--config", str(config), log=work / "milter.log", ready=socket.exists
+        )
         milter.start()
         postfix.start()
-        yield Stack(postfix, milter, sink, LocalQuarantine(work / "quarantine"), config)
+        yield Stack(postfix, milter, socket, sink, LocalQuarantine(work / "quarantine"), config)
     finally:
         try:
             if postfix is not None:
@@ -111,25 +111,8 @@ def token() -> str:
 
 
 def compose(subject: str, token: str, body: str = "Hello Bob,\r\nnumbers attached.\r\n") -> bytes:
-    return (
-        f"From: Alice <alice@example.com>\r\nTo: Bob <bob@example.org>\r\n"
-        f"Subject: {subject}\r\nMessage-ID: <{token}@client.example.com>\r\n\r\n{body}"
-    ).encode()
-
-
-def send(port: int, raw: bytes) -> tuple[int, str]:
-    """One SMTP transaction; the first reply that is not a success, or the final one."""
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example.com", timeout=60) as s:
-        s.ehlo()
-        code, text = s.mail("alice@example.com")
-        if code == 250:
-            code, text = s.rcpt("bob@example.org")
-        if code == 250:
-            try:
-                code, text = s.data(raw)
-            except smtplib.SMTPDataError as refused:
-                code, text = refused.smtp_code, refused.smtp_error
-        return code, text.decode(errors="replace")
+    """A message the sink finds by `token`, its Message-ID."""
+    return message(subject, body, message_id=f"<{token}@client.example.com>")
 
 
 def delivered_body(text: str) -> str:
@@ -154,15 +137,15 @@ def held(store: LocalQuarantine, token: str) -> list[QuarantineRecord]:
 def test_refused_in_the_smtp_session_with_the_rules_text(
     stack: Stack, token: str, subject: str, reply: str
 ) -> None:
-    code, text = send(stack.postfix.ports["tempfail"], compose(subject, token))
-    assert f"{code} {text}" == reply
+    code, text = send_to(stack.postfix.ports["tempfail"], compose(subject, token))
+    assert f"{code} {text.decode()}" == reply
     assert not stack.sink.with_header("Message-ID", token)
 
 
 def test_tagged_message_arrives_with_header_and_subject(stack: Stack, token: str) -> None:
-    code, text = send(stack.postfix.ports["tempfail"], compose("please tag-me", token))
+    code, text = send_to(stack.postfix.ports["tempfail"], compose("please tag-me", token))
     assert code == 250, text
-    message = stack.sink.wait_for("Message-ID", token, WAIT).message
+    message = stack.sink.wait_for_header("Message-ID", token, WAIT).message
     assert message["X-Mailgate-Test"] == "yes"
     assert message["Subject"] == "[TAGGED] please tag-me"
     assert delivered_body(message.get_content()) == "Hello Bob,\nnumbers attached.\n"
@@ -170,9 +153,9 @@ def test_tagged_message_arrives_with_header_and_subject(stack: Stack, token: str
 
 def test_quarantined_message_is_held_and_release_delivers_it(stack: Stack, token: str) -> None:
     body = "Quarterly figures, confidential.\r\n"
-    code, text = send(stack.postfix.ports["tempfail"], compose("quarantine-me", token, body))
+    code, text = send_to(stack.postfix.ports["tempfail"], compose("quarantine-me", token, body))
     assert code == 250, text  # the sender sees success ...
-    queue_id = re.search(r"queued as (\w+)", text)
+    queue_id = re.search(r"queued as (\w+)", text.decode())
     [record] = held(stack.store, token)  # ... because it is stored before the 250
     assert record.state == "held"
     assert record.door == "milter"
@@ -187,14 +170,10 @@ def test_quarantined_message_is_held_and_release_delivers_it(stack: Stack, token
     raw_held = stack.store.raw(record.id)
     assert raw_held.endswith(compose("quarantine-me", token, body).split(b"\r\n\r\n", 1)[1])
 
-    release = subprocess.run(
-        [sys.executable, "-c", "from mailgate.filter.cli.main import main; main()",
-         "quarantine", "release", record.id, "--config", str(stack.config)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    release = run_mailgate("quarantine", "release", record.id, "--config", str(stack.config))
     assert release.returncode == 0, release.stdout + release.stderr
 
-    delivered = stack.sink.wait_for("Message-ID", token, WAIT)
+    delivered = stack.sink.wait_for_header("Message-ID", token, WAIT)
     assert delivered.message["Subject"] == "quarantine-me"
     assert delivered.message[RELEASE_HEADER] is None  # the milter strips the spent mark
     assert delivered.content.replace(b"\r\n", b"\n").endswith(body.replace("\r\n", "\n").encode())
@@ -220,29 +199,29 @@ def test_concurrent_sessions_all_get_their_verdict(stack: Stack, token: str) -> 
     subjects = [f"load {n} card 4111 1111 1111 1111" for n in range(60)]
     with ThreadPoolExecutor(max_workers=20) as clients:
         replies = list(
-            clients.map(lambda s: send(port, compose(s, f"{token}-{s.split()[1]}")), subjects)
+            clients.map(lambda s: send_to(port, compose(s, f"{token}-{s.split()[1]}")), subjects)
         )
     assert [code for code, _ in replies] == [250] * len(subjects)
     assert stack.milter.process is not None and stack.milter.process.poll() is None
     for subject in subjects:  # each judged by mailgate and delivered
-        stack.sink.wait_for("Message-ID", f"{token}-{subject.split()[1]}@", WAIT)
-    assert send(port, compose("please reject-me", token))[0] == 550  # still serving
+        stack.sink.wait_for_header("Message-ID", f"{token}-{subject.split()[1]}@", WAIT)
+    assert send_to(port, compose("please reject-me", token))[0] == 550  # still serving
 
 
 def test_with_mailgate_stopped_milter_default_action_applies(stack: Stack, token: str) -> None:
     status = stack.milter.stop()
     try:
-        assert status == 0, stack.milter.log.read_text()  # SIGTERM is a clean stop
-        assert not stack.milter.socket.exists()
+        assert status == 0, stack.milter.log_text()  # SIGTERM is a clean stop
+        assert not stack.socket.exists()
 
-        code, text = send(stack.postfix.ports["tempfail"], compose("hello", token))
+        code, text = send_to(stack.postfix.ports["tempfail"], compose("hello", token))
         assert 400 <= code < 500, f"{code} {text}"
         assert not stack.sink.with_header("Message-ID", token)
 
         # milter_default_action=accept: delivered unscanned, even what the rules would refuse.
-        code, text = send(stack.postfix.ports["accept"], compose("please reject-me", token))
+        code, text = send_to(stack.postfix.ports["accept"], compose("please reject-me", token))
         assert code == 250, text
-        message = stack.sink.wait_for("Message-ID", token, WAIT).message
+        message = stack.sink.wait_for_header("Message-ID", token, WAIT).message
         assert message["Subject"] == "please reject-me"
     finally:
         stack.milter.start()

@@ -2,51 +2,47 @@
 libmilter's context and drives the callbacks in the order Postfix does; a real ScanPool (worker
 processes, a tiny rule pack) judges, and a real LocalQuarantine stores."""
 
+# ruff: noqa: E402 (the imports below the check for pymilter need it)
+
 from __future__ import annotations
 
 import io
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import Milter
 import pytest
-from Milter import testctx
-from support.packs import DOOR_TEST_PACK
 
-from mailgate.filter.milter.door import EngineThread, MailgateMilter, MilterDoor
+from tests.support.skips import NEEDS_PYMILTER
+
+Milter = pytest.importorskip("Milter", reason=NEEDS_PYMILTER, exc_type=ImportError)
+
+from mailgate.filter.milter.door import MailgateMilter, MilterDoor
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.scan.pool import ScanPool
 from mailgate.filter.store.quarantine import LocalQuarantine, new_id
 from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
+from tests.support import samples
+from tests.support.background_loop import BackgroundLoop
+from tests.support.cli import run_mailgate
+from tests.support.milter_ctx import connect, feed, header, no_reply_is_continue
+from tests.support.packs import DOOR_TEST_PACK, subject_rule, write_pack
 
-PACK = (
-    DOOR_TEST_PACK
-    + """\
-  - id: percent-word
-    when: [{subject: {regex: '(?i)percent-me'}}]
-    action: reject
-    reason: 100% not allowed
-"""
+PACK = DOOR_TEST_PACK + subject_rule(
+    "percent-word", "percent-me", "reject", "reason: 100% not allowed"
 )
-
-MACROS = {
-    "i": "4XyZ1",
-    "j": "mx.example.net",
-    "{auth_authen}": "alice",
-    "{tls_version}": "TLSv1.3",
-    "{client_addr}": "192.0.2.10",
-}
 
 
 def message(subject: str, body: str = "Hello Bob,\n\nthe report is attached.\n") -> bytes:
-    return (
-        f"From: Alice <alice@example.com>\nTo: bob@example.org\nSubject: {subject}\n"
-        f"Message-ID: <m-{abs(hash(subject))}@example.com>\n\n{body}"
-    ).encode()
+    """The door tests' message: its Message-ID says which subject it had."""
+    return samples.message(
+        subject,
+        body,
+        sender="Alice <alice@example.com>",
+        to="bob@example.org",
+        message_id=f"<m-{abs(hash(subject))}@example.com>",
+    )
 
 
 class RecordingScanner:
@@ -62,28 +58,18 @@ class RecordingScanner:
 
 
 @pytest.fixture(autouse=True)
-def no_reply_is_continue(monkeypatch: pytest.MonkeyPatch) -> None:
-    # TestCtx stops a message at any answer other than CONTINUE; libmilter does not wait for
-    # the answers of no-reply steps at all. pymilter's own Milter.test does the same.
-    monkeypatch.setattr(Milter, "NOREPLY", Milter.CONTINUE)
+def no_reply_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_reply_is_continue(monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[EngineThread]:
-    thread = EngineThread()
-    thread.start()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def pool(engine: EngineThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScanPool]:
-    pack = tmp_path_factory.mktemp("pack")
-    (pack / "rules.yaml").write_text(PACK)
-    scan_pool = ScanPool(pack, workers=1, time_budget=10)
-    engine.run(scan_pool.start(), timeout=60)
+def pool(bg: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScanPool]:
+    scan_pool = ScanPool(
+        write_pack(tmp_path_factory.mktemp("pack"), PACK), workers=1, time_budget=10
+    )
+    bg.run(scan_pool.start(), timeout=60)
     yield scan_pool
-    engine.run(scan_pool.close(), timeout=30)
+    bg.run(scan_pool.close(), timeout=30)
 
 
 @pytest.fixture
@@ -104,32 +90,6 @@ def door(scanner: RecordingScanner, store: LocalQuarantine) -> MilterDoor:
         release_secret=load_or_create_secret(store.path),
         time_budget=30,
     )
-
-
-def connect(door: MilterDoor, macros: dict[str, str] = MACROS) -> testctx.TestCtx:
-    Milter.factory = door.factory
-    ctx = testctx.TestCtx()
-    for name, value in macros.items():
-        ctx._setsymval(name, value)
-    assert ctx._connect(host="client.example.com", helo="helo.example.com", ip="192.0.2.10") == (
-        Milter.CONTINUE
-    )
-    return ctx
-
-
-def feed(door: MilterDoor, raw: bytes, rcpts: tuple[str, ...] = ("bob@example.org",)):
-    """Feed one message through a fresh connection; (return code, context)."""
-    ctx = connect(door)
-    rc = ctx._feedFile(io.BytesIO(raw), "alice@example.com", *rcpts)
-    ctx._close()
-    return rc, ctx
-
-
-def header(ctx: testctx.TestCtx, name: str) -> str | None:
-    """The header's value after the milter's changes. TestCtx's chgheader appends the new
-    value instead of replacing the old one, so the last value is the current one."""
-    values = ctx._msg.get_all(name)
-    return None if not values else str(values[-1]).strip()
 
 
 # --------------------------------------------------------------------------- negotiation
@@ -292,7 +252,6 @@ def test_large_message_spills_to_disk_and_arrives_whole(
     ("fail_mode", "expected"), [("tempfail", Milter.TEMPFAIL), ("accept", Milter.ACCEPT)]
 )
 def test_engine_unavailable_follows_fail_mode(
-    engine: EngineThread,
     store: LocalQuarantine,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -323,7 +282,7 @@ def test_engine_overrun_follows_fail_mode(
     own): fail_mode decides, and the pool is serving again right after."""
     door = MilterDoor(scanner=pool, store=store, time_budget=0.05)
     slow = message("anything", "<p>" + "<b>x</b> 1234 " * 300_000 + "</p>")
-    slow = slow.replace(b"\n\n", b"\nContent-Type: text/html\n\n", 1)
+    slow = slow.replace(b"\r\n\r\n", b"\r\nContent-Type: text/html\r\n\r\n", 1)
     with caplog.at_level(logging.WARNING, logger="mailgate.milter"):
         rc, ctx = feed(door, slow)
     assert rc == Milter.TEMPFAIL
@@ -393,14 +352,9 @@ def test_invalid_release_mark_is_scanned_as_usual(
 # ------------------------------------------------------------------------------ command
 
 
-def run_mailgate(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    code = f"{prelude}from mailgate.filter.cli.main import main; main({list(args)!r})"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-
-
 def test_missing_pymilter_says_what_to_install(tmp_path: Path) -> None:
     # An interpreter where `import Milter` fails, as on a relay-only install.
-    result = run_mailgate("milter", prelude="import sys; sys.modules['Milter'] = None; ")
+    result = run_mailgate("milter", without=["Milter"])
     assert result.returncode == 69
     assert "apt-get install libmilter-dev" in result.stderr
     assert "pip install 'mailgate[milter]'" in result.stderr

@@ -9,8 +9,19 @@ import struct
 
 import olefile
 import pytest
-from support.cfb import cfb_file
-from support.msgs import (
+
+from mailgate.filter.message.budget import ScanBudget
+from mailgate.filter.message.model import ScanLimits
+from mailgate.filter.message.readers.outlook import (
+    EMBEDDED_MARKER,
+    MsgFacts,
+    decompress_rtf,
+    is_msg,
+    msg_facts,
+)
+from mailgate.filter.message.rtf import rtf_to_text
+from tests.support.cfb import cfb_file
+from tests.support.outlook_msg import (
     ATTACH_DATA,
     ATTACH_FILENAME,
     ATTACH_LONG_FILENAME,
@@ -36,18 +47,7 @@ from support.msgs import (
     Msg,
     msg_file,
 )
-from support.samples import VISA_TEST_CARD, ole_file, pe_executable
-
-from mailgate.filter.message.budget import ScanBudget
-from mailgate.filter.message.model import ScanLimits
-from mailgate.filter.message.readers.outlook import (
-    EMBEDDED_MARKER,
-    MsgFacts,
-    decompress_rtf,
-    is_msg,
-    msg_facts,
-)
-from mailgate.filter.message.rtf import rtf_to_text
+from tests.support.samples import VISA_TEST_CARD, pe_executable
 
 IBAN = "DE89 3704 0044 0532 0130 00"
 
@@ -337,9 +337,9 @@ def test_truncated_message_is_malformed(keep: float) -> None:
 
 
 def test_directory_too_deep_for_olefile_is_malformed() -> None:
-    # samples.ole_file links siblings as one chain; olefile walks it recursively.
+    # Siblings linked as one chain; olefile walks it recursively.
     streams = {f"__substg1.0_{0x8000 + i:04X}001F": b"a\x00" for i in range(1200)}
-    data = ole_file({"__properties_version1.0": bytes(32), **streams})
+    data = cfb_file({"__properties_version1.0": bytes(32), **streams}, chained_siblings=True)
     assert facts_of(data).unscannable == {"malformed"}
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pypdfium2 as pdfium
 import pytest
-from support.pdfs import (
+
+from mailgate.filter.message.budget import ScanBudget
+from mailgate.filter.message.model import ScanLimits
+from mailgate.filter.message.readers import pdf
+from mailgate.filter.message.readers.pdf import PAGE_SEPARATOR, is_pdf, pdf_facts
+from tests.support.pdfs import (
     build_pdf,
     make_encrypted_pdf,
     make_pdf,
@@ -12,11 +17,6 @@ from support.pdfs import (
     pdf_with_extras,
     show,
 )
-
-from mailgate.filter.message.budget import ScanBudget
-from mailgate.filter.message.model import ScanLimits
-from mailgate.filter.message.readers import pdf
-from mailgate.filter.message.readers.pdf import PAGE_SEPARATOR, is_pdf, pdf_facts
 
 CARD = "4111 1111 1111 1111"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,29 +14,20 @@ from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackError, PackSource
 from mailgate.filter.policy.verdict import Action
 from mailgate.filter.scan.pool import ScanPool
+from tests.support.packs import BLOCK_WORD, write_pack
+from tests.support.samples import message
 
 ENV = Envelope("alice@corp.example", ("bob@partner.example",), door="relay")
-PACK = """
-rules:
-  - id: block-word
-    when: [{subject: {regex: '(?i)reject-me'}}]
-    action: reject
-    reason: Subject contains a blocked word
+PACK = (
+    "rules:\n"
+    + BLOCK_WORD
+    + """\
   - id: unscannable
     when: [{unscannable: [timeout, over_budget, malformed]}]
     action: quarantine
     reason: Could not be scanned
 """
-
-
-def message(subject: str, body: bytes = b"hello\r\n") -> bytes:
-    return f"From: a@corp.example\r\nSubject: {subject}\r\n\r\n".encode() + body
-
-
-def write_pack(folder: Path, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "policy.yaml").write_text(textwrap.dedent(text))
-    return folder
+)
 
 
 def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
@@ -158,8 +148,8 @@ def test_pool_that_cannot_answer_says_so(tmp_path: Path) -> None:
 def test_hostile_messages_all_get_a_verdict_within_the_budget(tmp_path: Path) -> None:
     """Every hostile message of the parser's corpus, through real workers and the shipped pack:
     a verdict for each, none an engine failure, and the pool still serving afterwards."""
-    from support import samples
-    from test_parse_robustness import HOSTILE
+    from tests.support import samples
+    from tests.support.hostile import HOSTILE
 
     corpus = dict(HOSTILE)
     corpus["zip-bomb"] = samples.mime_message(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import smtplib
 from typing import Any
 
 import pytest
-from support.relay_harness import message
-from support.smtp_sink import SmtpSink, free_port
 
 from mailgate.filter.scan.pool import ScanPool
+from tests.support.net import free_port
+from tests.support.samples import message
+from tests.support.smtp_client import send
+from tests.support.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,22 +19,6 @@ def next_hop(port: int, **settings: Any) -> dict[str, Any]:
     return {
         "next_hop": {"host": "127.0.0.1", "port": port, "tls": "none", "timeout": 5, **settings}
     }
-
-
-def send(
-    client: smtplib.SMTP,
-    raw: bytes,
-    sender: str = "alice@example.com",
-    rcpts: tuple[str, ...] = ("bob@example.org",),
-) -> tuple[int, bytes]:
-    """MAIL, RCPT..., DATA on an open session; the final (code, text)."""
-    client.ehlo_or_helo_if_needed()
-    code, text = client.mail(sender)
-    assert code == 250, text
-    for rcpt in rcpts:
-        code, text = client.rcpt(rcpt)
-        assert code == 250, text
-    return client.data(raw)
 
 
 def test_accepted_message_reaches_next_hop_with_received_header(make_relay, sink):
@@ -214,8 +199,8 @@ def test_line_and_header_limits(make_relay, sink):
     with relay.client() as client:
         code, text = send(client, message(body="z" * 1200 + "\r\n"))
         assert (code, text[:5]) == (554, b"5.6.0")
-        big_header = "".join(f"X-Filler-{n}: {'h' * 900}\r\n" for n in range(3))
-        code, text = send(client, message(extra=big_header))
+        big_header = [(f"X-Filler-{n}", "h" * 900) for n in range(3)]
+        code, text = send(client, message(extra_headers=big_header))
         assert (code, text[:5]) == (552, b"5.3.4")
     assert sink.received == []
 

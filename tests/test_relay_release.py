@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from support.relay_harness import message
 
 from mailgate.filter.store.quarantine import QuarantineError
 from mailgate.filter.store.release_mark import (
@@ -13,18 +12,16 @@ from mailgate.filter.store.release_mark import (
     verify_mark,
 )
 from mailgate.relay.release import release_message
+from tests.support.samples import message
+from tests.support.smtp_client import send, send_to
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def hold(relay, rcpts=("bob@example.org", "carol@example.org")) -> str:
     with relay.client() as client:
-        client.ehlo()
-        assert client.mail("alice@example.com")[0] == 250
-        for rcpt in rcpts:
-            assert client.rcpt(rcpt)[0] == 250
-        code, text = client.data(message("quarantine-me please"))
-    assert code == 250
+        code, text = send(client, message("quarantine-me please"), rcpts=rcpts)
+    assert code == 250, text
     return text.decode().rsplit(" ", 1)[-1]
 
 
@@ -120,10 +117,7 @@ def test_forged_release_mark_is_just_a_header(make_relay, sink):
     qid = "20240101T000000000Z-aaaaaaaaaaaaaaaa"
     forged = f"{RELEASE_HEADER}: v1; id={qid}; t=1; mac={'0' * 64}\r\n"
     with relay.client() as client:
-        client.ehlo()
-        client.mail("alice@example.com")
-        client.rcpt("bob@example.org")
-        code, text = client.data(forged.encode() + message("quarantine-me please"))
+        code, text = send(client, forged.encode() + message("quarantine-me please"))
     assert code == 250
     assert b"quarantine as" in text
     assert sink.received == []
@@ -138,17 +132,10 @@ def test_a_release_mark_works_once_and_only_for_the_held_envelope(make_relay, si
     [got] = sink.wait_for(1)
     marked = got.content  # carries the mark: the sink is not a mailgate door
 
-    def send(sender: str, rcpt: str) -> bytes:
-        with relay.client() as client:
-            client.ehlo()
-            client.mail(sender)
-            client.rcpt(rcpt)
-            code, text = client.data(marked)
-        assert code == 250
-        return text
-
-    assert b"quarantine as" in send("alice@example.com", "bob@example.org")  # replayed
-    assert b"quarantine as" in send("mallory@example.com", "boss@competitor.example")
+    replayed = send_to(relay.port, marked)
+    elsewhere = send_to(relay.port, marked, "mallory@example.com", ("boss@competitor.example",))
+    for code, text in (replayed, elsewhere):
+        assert code == 250 and b"quarantine as" in text
     assert len(sink.received) == 1  # neither went out unscanned
 
 
@@ -159,9 +146,7 @@ def test_a_mark_for_a_held_message_does_not_reach_other_recipients(make_relay, s
     original = relay.store.raw(qid)
     marked = f"{RELEASE_HEADER}: {make_mark(secret, qid, original)}\r\n".encode() + original
     with relay.client() as client:
-        client.ehlo()
-        client.mail("alice@example.com")
-        client.rcpt("eve@elsewhere.example")  # not among the held message's recipients
-        code, text = client.data(marked)
+        # eve is not among the held message's recipients.
+        code, text = send(client, marked, rcpts=("eve@elsewhere.example",))
     assert code == 250 and b"quarantine as" in text
     assert sink.received == []

@@ -1,26 +1,22 @@
-"""TLS on both sides with trustme certificates, client-certificate relaying, the open-relay
-checks, and `mailgate relay --check-next-hop`."""
+"""TLS on both sides with trustme certificates, the open-relay checks, and `mailgate relay
+--check-next-hop` (who may relay with a client certificate: test_relay_access)."""
 
 from __future__ import annotations
 
-import argparse
 import smtplib
 import ssl
-from pathlib import Path
 
 import pytest
-from support.certs import CLIENT_NAME, SERVER_NAME, KeyPair, Pki, make_pki
-from support.relay_harness import message, write_config
-from support.smtp_sink import BackgroundLoop, SmtpSink
 
-from mailgate.filter.cli import relay as cli
+from tests.support.background_loop import BackgroundLoop
+from tests.support.certs import CLIENT_NAME, SERVER_NAME, KeyPair, Pki, client_context
+from tests.support.cli import run_in_process
+from tests.support.relay_harness import tls_relay_settings, write_config
+from tests.support.samples import message
+from tests.support.smtp_client import send, send_to
+from tests.support.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(name="pki", scope="module")
-def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(name="tls_sink")
@@ -38,16 +34,6 @@ def hop(sink: SmtpSink, pki: Pki, mode: str) -> dict:
     if mode == "verify_name":
         settings["tls_name"] = SERVER_NAME
     return {"next_hop": settings}
-
-
-def deliver(relay) -> tuple[int, bytes]:
-    with relay.client() as client:
-        client.ehlo()
-        code, text = client.mail("alice@example.com")
-        if code != 250:
-            return code, text
-        assert client.rcpt("bob@example.org")[0] == 250
-        return client.data(message())
 
 
 # (mode, the next hop's certificate or None for no STARTTLS, delivered?, encrypted?)
@@ -78,7 +64,7 @@ CASES = [
 )
 def test_next_hop_tls_modes(make_relay, pki, tls_sink, mode, delivered, encrypted):
     relay = make_relay(hop(tls_sink, pki, mode))
-    code, text = deliver(relay)
+    code, text = send_to(relay.port, message())
     if delivered:
         assert code == 250, text
         [got] = tls_sink.wait_for(1)
@@ -89,74 +75,46 @@ def test_next_hop_tls_modes(make_relay, pki, tls_sink, mode, delivered, encrypte
         assert tls_sink.received == []
 
 
-def client_context(pki: Pki, cert: KeyPair | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    context.check_hostname = False
-    if cert is not None:
-        context.load_cert_chain(cert.cert, cert.key)
-    return context
-
-
-def inbound(pki: Pki, sink: SmtpSink, **tls: object) -> dict:
-    return {
-        "tls": {"cert": str(pki.right_name.cert), "key": str(pki.right_name.key), **tls},
-        "next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none", "timeout": 5},
-    }
-
-
 def test_inbound_starttls_required_before_mail(make_relay, pki, sink):
-    relay = make_relay(inbound(pki, sink, require=True))
+    relay = make_relay(tls_relay_settings(pki, sink.port, require=True))
     with relay.client() as client:
         client.ehlo()
         assert client.has_extn("starttls")
         assert client.mail("alice@example.com")[0] == 530
         client.starttls(context=client_context(pki))
         client.ehlo()
-        assert client.mail("alice@example.com")[0] == 250
-        assert client.rcpt("bob@example.org")[0] == 250
-        assert client.data(message())[0] == 250
+        assert send(client, message())[0] == 250
     [got] = sink.wait_for(1)
     assert b"with ESMTPS id" in got.content
     assert b"(using TLSv1." in got.content
 
 
+def test_starttls_inside_tls_is_a_bad_sequence(make_relay, pki, sink):
+    relay = make_relay(tls_relay_settings(pki, sink.port))
+    with relay.client() as client:
+        client.ehlo()
+        client.starttls(context=client_context(pki))
+        client.ehlo()
+        assert not client.has_extn("starttls")
+        # RFC 3207 4.2: no second handshake inside the first (aiosmtpd answered 220).
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 Error: TLS already active")
+        assert send(client, message())[0] == 250  # the session goes on, still encrypted
+    [got] = sink.wait_for(1)
+    assert b"with ESMTPS id" in got.content
+
+
 def client_cert_relay(make_relay, pki, sink):
     return make_relay(
         {
-            **inbound(pki, sink, client_ca=str(pki.ca), client_names=[CLIENT_NAME]),
+            **tls_relay_settings(pki, sink.port, client_ca=str(pki.ca), client_names=[CLIENT_NAME]),
             "accept_from": ["127.0.0.1/32"],
         }
     )
 
 
-@pytest.mark.parametrize(
-    ("cert", "expected"),
-    [
-        (None, (550, b"5.7.1 Relaying denied: a client certificate is required")),
-        ("client_other", (550, b"5.7.1 Relaying denied: certificate name intruder.example.test")),
-        ("client", (250, b"")),
-    ],
-)
-def test_client_certificate_decides_relaying_outside_accept_from(
-    make_relay, pki, sink, cert, expected
-):
-    relay = client_cert_relay(make_relay, pki, sink)
-    with relay.client(source="127.0.0.2") as client:
-        client.ehlo()
-        client.starttls(context=client_context(pki, getattr(pki, cert) if cert else None))
-        client.ehlo()
-        assert client.mail("alice@example.com")[0] == 250
-        code, text = client.rcpt("bob@example.org")
-        assert code == expected[0]
-        assert text.startswith(expected[1])
-        if code == 250:
-            assert client.data(message())[0] == 250
-    assert len(sink.received) == (1 if expected[0] == 250 else 0)
-
-
 def test_client_certificate_from_an_untrusted_ca_fails_the_handshake(make_relay, pki, sink):
     relay = client_cert_relay(make_relay, pki, sink)
-    with relay.client(source="127.0.0.2") as client:
+    with relay.client() as client:
         client.ehlo()
         with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
             client.starttls(context=client_context(pki, pki.client_untrusted))
@@ -175,7 +133,7 @@ def test_open_relay_attempt_from_outside_accept_from_is_refused_at_connect(make_
         relay.client(source="127.0.0.2")
     assert refused.value.smtp_code == 554
     assert b"127.0.0.2 is not allowed to relay" in refused.value.smtp_error
-    assert deliver(relay)[0] == 250  # 127.0.0.1 still may
+    assert send_to(relay.port, message())[0] == 250  # 127.0.0.1 still may
     assert len(sink.wait_for(1)) == 1
     assert sink.connections == 1  # the refused client never caused a next-hop session
 
@@ -192,18 +150,11 @@ def test_connections_beyond_the_limit_are_turned_away(make_relay, sink):
         second.close()
 
 
-def run_check(config_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(["relay", "--config", str(config_path), "--check-next-hop"])
-    status = args.func(args)
-    return status, capsys.readouterr().out
-
-
 @pytest.mark.parametrize("tls_sink", ["right_name"], indirect=True)
 def test_check_next_hop_shows_the_certificate_and_passes(tmp_path, pack, pki, tls_sink, capsys):
     config = write_config(tmp_path, pack, hop(tls_sink, pki, "verify_name"))
-    status, out = run_check(config.source, capsys)
+    result = run_in_process(capsys, "relay", "--config", str(config.source), "--check-next-hop")
+    status, out = result.returncode, result.stdout
     assert status == 0, out
     assert "sink.example.test" in out  # banner
     assert "STARTTLS:      offered" in out
@@ -217,7 +168,8 @@ def test_check_next_hop_shows_the_certificate_and_passes(tmp_path, pack, pki, tl
 @pytest.mark.parametrize("tls_sink", ["wrong_name"], indirect=True)
 def test_check_next_hop_says_why_the_check_fails(tmp_path, pack, pki, tls_sink, capsys):
     config = write_config(tmp_path, pack, hop(tls_sink, pki, "verify_name"))
-    status, out = run_check(config.source, capsys)
+    result = run_in_process(capsys, "relay", "--config", str(config.source), "--check-next-hop")
+    status, out = result.returncode, result.stdout
     assert status == 1
     assert "names:         wrong.example.test" in out  # still shown, though it fails
     assert "check:         FAIL: 451 4.7.5" in out

@@ -14,43 +14,39 @@ import queue
 import re
 import shutil
 import signal
-import smtplib
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from support.postfix import PostfixInstance, free_port, missing_binaries
-from support.recording_sink import RecordingSink
-from support.relay_fixtures import bg_fixture  # noqa: F401
-from support.relay_harness import RunningRelay, message, start_pool, write_config
-from support.scrape import get, scrape, value, wait_for
-from support.smtp_sink import BackgroundLoop
 
 from mailgate.filter.ops.metrics import Metrics
 from mailgate.filter.policy.pack import PackSource
 from mailgate.filter.scan.reload import PackReloader, ReloadResult
+from tests.support.background_loop import BackgroundLoop
+from tests.support.cli import mailgate_process
+from tests.support.net import free_port
+from tests.support.packs import BLOCK_WORD, subject_rule
+from tests.support.postfix import PostfixInstance, missing_binaries, shared_temp_dir
+from tests.support.relay_harness import RunningRelay, start_pool, write_config
+from tests.support.samples import message
+from tests.support.scrape import get, scrape, value
+from tests.support.smtp_client import connect, send
+from tests.support.smtp_sink import SmtpSink
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-PACK = """\
-rules:
-  - id: block-word
-    when: [{subject: {regex: '(?i)reject-me'}}]
-    action: reject
-    reason: Subject contains a blocked word
-    examples: {hit: [examples/reject.eml], miss: [examples/hello.eml]}
-"""
-GOOD = (
-    PACK
-    + """\
-  - id: block-new
-    when: [{subject: {regex: '(?i)forbidden-now'}}]
-    action: reject
-    reason: Newly forbidden
-    examples: {hit: [examples/forbidden.eml], miss: [examples/hello.eml]}
-"""
+# The door test pack's block-word rule, with examples: a reload runs them.
+PACK = (
+    "rules:\n"
+    + BLOCK_WORD
+    + "    examples: {hit: [examples/reject.eml], miss: [examples/hello.eml]}\n"
+)
+GOOD = PACK + subject_rule(
+    "block-new",
+    "forbidden-now",
+    "reject",
+    "reason: Newly forbidden",
+    "examples: {hit: [examples/forbidden.eml], miss: [examples/hello.eml]}",
 )
 BROKEN = {
     "bad YAML": (GOOD + "  - id: [oops\n", r"rules\.yaml:\d+: YAML syntax error"),
@@ -80,21 +76,6 @@ def write_pack(folder: Path, text: str) -> str:
     staged.write_text(text)
     os.replace(staged, folder / "rules.yaml")
     return PackSource.read(folder).version
-
-
-def data_reply(client: smtplib.SMTP, raw: bytes) -> tuple[int, str]:
-    try:
-        code, text = client.data(raw)
-    except smtplib.SMTPDataError as refused:
-        code, text = refused.smtp_code, refused.smtp_error
-    return code, text.decode(errors="replace")
-
-
-def send(client: smtplib.SMTP, raw: bytes) -> tuple[int, str]:
-    """One transaction on an open session: the DATA reply."""
-    assert client.mail("alice@example.com")[0] == 250
-    assert client.rcpt("bob@example.org")[0] == 250
-    return data_reply(client, raw)
 
 
 # -------------------------------------------------------------------------------- relay
@@ -130,7 +111,7 @@ def test_relay_serves_a_good_change_and_refuses_broken_ones(
             assert (result.result, result.version, result.trigger) == ("success", second, "change")
             assert pool.pack_version == second != first
 
-            assert data_reply(client, message("forbidden-now")) == (550, "5.7.1 Newly forbidden")
+            assert client.data(message("forbidden-now")) == (550, b"5.7.1 Newly forbidden")
             assert send(client, message("hello again"))[0] == 250
 
             for what, (text, problem) in BROKEN.items():
@@ -142,7 +123,7 @@ def test_relay_serves_a_good_change_and_refuses_broken_ones(
                 assert all(p.startswith(f"{pack}/rules.yaml:") for p in result.problems), what
                 # The old pack keeps judging, in the same session.
                 assert pool.pack_version == second
-                assert send(client, message("forbidden-now")) == (550, "5.7.1 Newly forbidden")
+                assert send(client, message("forbidden-now")) == (550, b"5.7.1 Newly forbidden")
                 assert send(client, message("reject-me"))[0] == 550
 
         # A SIGHUP-style request with nothing changed since the last good pack is a no-op.
@@ -168,12 +149,9 @@ def test_relay_serves_a_good_change_and_refuses_broken_ones(
     reason="needs root and Postfix (see README: Testing)",
 )
 def test_milter_behind_postfix_reloads_on_sighup_without_dropping_a_session() -> None:
-    from support.postfix import MilterProcess
-
-    # Not pytest's tmp_path: smtpd runs as `postfix` and must reach the socket's folder.
-    work = Path(tempfile.mkdtemp(prefix="mailgate-reload-test-"))
-    work.chmod(0o755)
-    sink = RecordingSink(free_port())
+    # smtpd runs as `postfix` and must reach the socket's folder.
+    work = shared_temp_dir("mailgate-reload-test-")
+    sink = SmtpSink().start()
     socket = work / "run" / "milter.sock"
     metrics_port = free_port()
     postfix = PostfixInstance(
@@ -196,15 +174,19 @@ metrics: {{listen: '127.0.0.1:{metrics_port}'}}
 audit: {{path: audit.jsonl}}
 """
     )
-    milter = MilterProcess(work / "mailgate.yaml", socket, work / "milter.log")
+    milter = mailgate_process(
+        "milter",
+        "--config",
+        str(work / "mailgate.yaml"),
+        log=work / "milter.log",
+        ready=socket.exists,
+    )
     try:
-        sink.start()
         milter.start()
         postfix.start()
         assert get(metrics_port, "/readyz")[0] == 200
         assert value(scrape(metrics_port), "mailgate_pack_info", version=first) == 1
-        with smtplib.SMTP("127.0.0.1", postfix.ports["smtp"], timeout=60) as client:
-            client.ehlo("client.example.com")
+        with connect(postfix.ports["smtp"], timeout=60) as client:
             assert send(client, message("forbidden-now"))[0] == 250
             assert client.mail("alice@example.com")[0] == 250
             assert client.rcpt("bob@example.org")[0] == 250
@@ -212,26 +194,26 @@ audit: {{path: audit.jsonl}}
             second = write_pack(work / "pack", GOOD)
             assert milter.process is not None
             milter.process.send_signal(signal.SIGHUP)
-            wait_for(
+            wait_until(
                 lambda: value(scrape(metrics_port), "mailgate_pack_info", version=second),
                 WAIT,
                 "the milter to serve the new pack",
             )
-            assert data_reply(client, message("forbidden-now")) == (550, "5.7.1 Newly forbidden")
+            assert client.data(message("forbidden-now")) == (550, b"5.7.1 Newly forbidden")
 
             write_pack(work / "pack", BROKEN["bad regex"][0])
             milter.process.send_signal(signal.SIGHUP)
-            wait_for(
+            wait_until(
                 lambda: value(scrape(metrics_port), "mailgate_reloads_total", result="failure"),
                 WAIT,
                 "the milter to refuse the broken pack",
             )
-            assert send(client, message("forbidden-now")) == (550, "5.7.1 Newly forbidden")
+            assert send(client, message("forbidden-now")) == (550, b"5.7.1 Newly forbidden")
         samples = scrape(metrics_port)
         assert value(samples, "mailgate_reloads_total", result="success") == 1
         assert value(samples, "mailgate_pack_info", version=second) == 1
         assert value(samples, "mailgate_messages_total", door="milter", action="reject") == 2
-        log = milter.log.read_text()
+        log = milter.log_text()
         assert "[bad-regex] subject.regex" in log and "pack/rules.yaml:" in log
         audit = (work / "audit.jsonl").read_text()
         assert audit.count('"door":"milter"') == 3
@@ -240,7 +222,7 @@ audit: {{path: audit.jsonl}}
         try:
             postfix.stop()
         finally:
-            assert milter.stop() == 0, milter.log.read_text()
+            assert milter.stop() == 0, milter.log_text()
             sink.stop()
             shutil.rmtree(work, ignore_errors=True)
 
@@ -258,32 +240,27 @@ def test_relay_process_reloads_on_sighup(tmp_path: Path) -> None:
         audit={"path": "audit.jsonl"},
     )
     assert config.source is not None
-    mailgate = str(Path(sys.executable).with_name("mailgate"))
-    stderr = (tmp_path / "relay.log").open("wb")
-    process = subprocess.Popen(
-        [mailgate, "relay", "--config", str(config.source)], stdout=stderr, stderr=stderr
+    relay = mailgate_process(
+        "relay",
+        "--config",
+        str(config.source),
+        log=tmp_path / "relay.log",
+        ready=lambda: get(metrics_port, "/readyz")[0] == 200,
+        ready_timeout=WAIT,
     )
-
-    def ready() -> bool:
-        assert process.poll() is None, (tmp_path / "relay.log").read_text()
-        try:
-            return get(metrics_port, "/readyz")[0] == 200
-        except OSError:
-            return False
-
     try:
-        wait_for(ready, WAIT, "the relay to be ready")
-        with smtplib.SMTP("127.0.0.1", relay_port, timeout=30) as client:
-            client.ehlo()
+        relay.start()
+        with connect(relay_port) as client:
             assert send(client, message("forbidden-now"))[0] == 250
             second = write_pack(tmp_path / "pack", GOOD)
-            process.send_signal(signal.SIGHUP)
-            wait_for(
+            assert relay.process is not None
+            relay.process.send_signal(signal.SIGHUP)
+            wait_until(
                 lambda: value(scrape(metrics_port), "mailgate_pack_info", version=second),
                 WAIT,
                 "the relay to serve the new pack",
             )
-            assert send(client, message("forbidden-now")) == (550, "5.7.1 Newly forbidden")
+            assert send(client, message("forbidden-now")) == (550, b"5.7.1 Newly forbidden")
         samples = scrape(metrics_port)
         assert value(samples, "mailgate_reloads_total", result="success") == 1
         assert value(samples, "mailgate_messages_total", door="relay", action="reject") == 1
@@ -292,10 +269,6 @@ def test_relay_process_reloads_on_sighup(tmp_path: Path) -> None:
             ("accept", first),
             ("reject", second),
         ]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        assert relay.stop() == 0, relay.log_text()  # SIGTERM: a clean stop
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        stderr.close()
+        relay.stop()

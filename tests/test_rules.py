@@ -10,6 +10,7 @@ from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackError, PackSource, build_pack
 from mailgate.filter.policy.verdict import Action
 from mailgate.filter.scan.engine import Engine
+from tests.support.samples import message
 
 ENV = Envelope(mail_from="alice@corp.example", rcpt_tos=("bob@partner.example",))
 
@@ -18,13 +19,6 @@ def pack(yaml_text: str, **extra: str) -> PackSource:
     files = {"policy.yaml": textwrap.dedent(yaml_text).encode()}
     files.update({name: text.encode() for name, text in extra.items()})
     return PackSource(files)
-
-
-def message(subject: str = "Hello", body: str = "Just text.\n", headers: str = "") -> bytes:
-    return (
-        f"From: Alice <alice@corp.example>\r\nTo: bob@partner.example\r\nSubject: {subject}\r\n"
-        f"{headers}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
-    ).encode()
 
 
 def lint_errors(source: PackSource) -> list[str]:
@@ -113,11 +107,11 @@ def test_any_all_not_and_header_conditions() -> None:
             reason: later
     """)
     )
-    finance = message(headers="X-Department: FINANCE-emea\r\n")
+    finance = message(extra_headers=[("X-Department", "FINANCE-emea")])
     verdict = engine.scan(finance, ENV)
     assert verdict.action is Action.TEMPFAIL
     assert (verdict.smtp_code, verdict.smtp_status) == (451, "4.7.1")
-    held = message(headers="X-Department: finance\r\nX-Legal-Hold: 1\r\n")
+    held = message(extra_headers=[("X-Department", "finance"), ("X-Legal-Hold", "1")])
     assert engine.scan(held, ENV).action is Action.ACCEPT
     other = Envelope("alice@corp.example", ("x@elsewhere.example",))
     assert engine.scan(finance, other).action is Action.ACCEPT

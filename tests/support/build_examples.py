@@ -1,6 +1,6 @@
 """Writes the default pack's example messages (rules/examples/*.eml) from the sample builders.
 
-    cd tests && ../.venv/bin/python -m support.build_examples ../rules/examples
+    .venv/bin/python -m tests.support.build_examples rules/examples
 
 The examples are committed so `mailgate rules test` runs anywhere; this script is how they
 were made, so a reviewer can see exactly what each holds. tests/test_default_pack.py checks
@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import samples as s
-from .msgs import simple_msg
-from .pdfs import make_encrypted_pdf, make_pdf, pdf_with_extras, show
+from tests.support import samples as s
+from tests.support.outlook_msg import simple_msg
+from tests.support.pdfs import make_encrypted_pdf, make_pdf, pdf_with_extras, show
 
 CARD_VISA = "4111 1111 1111 1111"
 CARD_MC = "5555-5555-5555-4444"
@@ -306,6 +306,12 @@ def examples() -> dict[str, bytes]:
             extra_headers=[("X-Classification", "CONFIDENTIAL")],
         ),
         "too-deep.eml": s.nested_messages(12, "the innermost message"),
+        # A second Subject: the one many clients show holds the card number.
+        "duplicate-subject.eml": s.text_message(
+            "Details as discussed.\n",
+            subject="Travel booking",
+            extra_headers=[("Subject", f"Card {CARD_VISA} exp 12/28")],
+        ),
     }
 
 

@@ -4,6 +4,7 @@ certificates. All written as PEM files, since the relay's configuration takes pa
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,3 +64,12 @@ def make_pki(folder: Path) -> Pki:
         client_other=_write(folder, "client-other", ca.issue_cert("intruder.example.test")),
         client_untrusted=_write(folder, "client-untrusted", rogue.issue_cert(CLIENT_NAME)),
     )
+
+
+def client_context(pki: Pki, cert: KeyPair | None = None) -> ssl.SSLContext:
+    """A client's TLS context trusting the test CA (any server name), presenting `cert`."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.check_hostname = False
+    if cert is not None:
+        context.load_cert_chain(cert.cert, cert.key)
+    return context

@@ -1,12 +1,14 @@
-"""A minimal compound file (CFB, [MS-CFB] version 3) writer for tests: olefile only reads.
+"""The one compound file (CFB, [MS-CFB] version 3) writer of the tests: olefile only reads.
+Legacy Office documents, VBA projects, encrypted OOXML and Outlook .msg files are built on it.
 
-Unlike `samples.ole_file` (which pads every stream to 4 KB), streams keep their exact sizes:
-a stream under 4096 bytes lives in the mini stream, as the spec requires and as olefile
-reads it, so a reader that trusts stream sizes (Outlook .msg properties) sees the real data.
+Streams keep their exact sizes: a stream under 4096 bytes lives in the mini stream, as the
+spec requires and as olefile reads it, so a reader that trusts stream sizes (Outlook .msg
+properties) sees the real data.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,9 +68,18 @@ def _pad(data: bytes, unit: int) -> bytes:
     return data + bytes(-len(data) % unit)
 
 
-def cfb_file(streams: Mapping[str, bytes]) -> bytes:
+def _link_chain(entries: list[_Entry], kids: list[int]) -> int:
+    """Hang sorted `kids` as one chain of right siblings, all black: a tree as deep as the
+    storage is wide, which a reader walking it recursively must survive."""
+    for kid, after in itertools.pairwise(kids):
+        entries[kid].right = after
+    return kids[0] if kids else _NOSTREAM
+
+
+def cfb_file(streams: Mapping[str, bytes], *, chained_siblings: bool = False) -> bytes:
     """A compound file holding `streams` ("Storage/Sub/Stream" -> data); storages are
-    created from the paths."""
+    created from the paths. Siblings form a balanced red-black tree, or with
+    `chained_siblings` one degenerate chain (as a damaged or hostile file may)."""
     entries = [_Entry("Root Entry", _ROOT)]
     storages = {"": 0}
     for path, data in streams.items():
@@ -85,8 +96,11 @@ def cfb_file(streams: Mapping[str, bytes]) -> bytes:
         entries.append(_Entry(name, _STREAM, data, size=len(data)))
     for entry in entries:
         kids = sorted(entry.kids, key=lambda i: _sort_key(entries[i]))
-        red_depth = (len(kids) + 1).bit_length() - 1
-        entry.child = _link_tree(entries, kids, 0, red_depth)
+        if chained_siblings:
+            entry.child = _link_chain(entries, kids)
+        else:
+            red_depth = (len(kids) + 1).bit_length() - 1
+            entry.child = _link_tree(entries, kids, 0, red_depth)
 
     # Small streams go to the mini stream (64-byte sectors chained by the mini FAT).
     mini_fat: list[int] = []

@@ -7,7 +7,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .cfb import cfb_file
+from tests.support.cfb import cfb_file
 
 # Property tags (id << 16 | type) used below.
 MESSAGE_CLASS = 0x001A001F

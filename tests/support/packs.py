@@ -1,27 +1,45 @@
-"""The small rule pack the door tests share: one rule per action, keyed by a Subject word."""
+"""Rule packs the tests share: rules keyed by a word in the Subject, the door test pack made of
+them (one rule per action), and writing a pack folder."""
 
 from __future__ import annotations
 
-DOOR_TEST_PACK = """\
-rules:
-  - id: block-word
-    when: [{subject: {regex: '(?i)reject-me'}}]
-    action: reject
-    reason: Subject contains a blocked word
-  - id: hold-word
-    when: [{subject: {regex: '(?i)quarantine-me'}}]
-    action: quarantine
-    reason: Held for review
-  - id: tag-word
-    when: [{subject: {regex: '(?i)tag-me'}}]
-    action: tag
-    tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}
-  - id: copy-word
-    when: [{subject: {regex: '(?i)copy-me'}}]
-    action: tag
-    tag: {add_recipients: [archive@example.org]}
-  - id: busy-word
-    when: [{subject: {regex: '(?i)tempfail-me'}}]
-    action: tempfail
-    reason: Try later
-"""
+from pathlib import Path
+
+
+def subject_rule(rule_id: str, word: str, action: str, *more: str) -> str:
+    """The YAML of one rule taking `action` on a Subject that contains `word` (any case);
+    `more` are further keys of the rule as YAML lines, e.g. "reason: Try later"."""
+    lines = [
+        f"  - id: {rule_id}",
+        f"    when: [{{subject: {{regex: '(?i){word}'}}}}]",
+        f"    action: {action}",
+        *(f"    {line}" for line in more),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+BLOCK_WORD = subject_rule(
+    "block-word", "reject-me", "reject", "reason: Subject contains a blocked word"
+)
+HOLD_WORD = subject_rule("hold-word", "quarantine-me", "quarantine", "reason: Held for review")
+
+DOOR_TEST_PACK = (
+    "rules:\n"
+    + BLOCK_WORD
+    + HOLD_WORD
+    + subject_rule(
+        "tag-word",
+        "tag-me",
+        "tag",
+        "tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}",
+    )
+    + subject_rule("copy-word", "copy-me", "tag", "tag: {add_recipients: [archive@example.org]}")
+    + subject_rule("busy-word", "tempfail-me", "tempfail", "reason: Try later")
+)
+
+
+def write_pack(folder: Path, text: str = DOOR_TEST_PACK, name: str = "rules.yaml") -> Path:
+    """A rule folder holding `text` as its one file; the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder

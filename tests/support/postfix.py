@@ -12,14 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.net import free_port, port_open
+from tests.support.waiting import wait_until
 
 POSTFIX_BINARIES = ("postfix", "postconf", "postqueue", "postsuper")
 
@@ -51,12 +50,12 @@ def missing_binaries() -> list[str]:
     return [name for name in POSTFIX_BINARIES if shutil.which(name) is None]
 
 
-def free_port() -> int:
-    """A loopback port free right now (the small race until Postfix binds it is acceptable
-    in a test)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shared_temp_dir(prefix: str) -> Path:
+    """A fresh folder that Postfix's daemons (user postfix) can traverse: not under pytest's
+    tmp_path, whose folders are 0700. The caller removes it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
 
 
 class PostfixError(RuntimeError):
@@ -75,10 +74,7 @@ class PostfixInstance:
     ports: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Not under pytest's tmp_path: Postfix daemons run as `postfix` and must be able to
-        # traverse every parent folder (pytest's are 0700).
-        self.root = Path(tempfile.mkdtemp(prefix="mailgate-postfix-"))
-        self.root.chmod(0o755)
+        self.root = shared_temp_dir("mailgate-postfix-")
         self.config_dir = self.root / "etc"
         self.queue_dir = self.root / "spool"
         self.data_dir = self.root / "data"
@@ -166,18 +162,14 @@ class PostfixInstance:
         self.run("postfix", "start")
         wait_until(lambda: self.master_pid() is not None, 20, "Postfix master to start")
         for name, port in self.ports.items():
-            wait_until(lambda port=port: _port_open(port), 20, f"Postfix listener {name}")
+            wait_until(lambda port=port: port_open(port), 20, f"Postfix listener {name}")
 
     def master_pid(self) -> int | None:
         try:
             pid = int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return pid if _alive(pid) else None
 
     def stop(self) -> None:
         """Stop this instance whatever state it is in: stop, then abort, then kill its own
@@ -206,69 +198,17 @@ class PostfixInstance:
             return ""
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll `condition` until true; PostfixError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise PostfixError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
+    try:
+        wait_until(lambda: not _alive(pid), timeout, f"process {pid} to exit")
+    except AssertionError:
+        return False
+    return True
 
 
-class MilterProcess:
-    """`mailgate milter --config FILE` as a child process, as an operator would run it."""
-
-    def __init__(self, config: Path, socket: Path, log: Path) -> None:
-        self.config, self.socket, self.log = config, socket, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        script = Path(sys.executable).with_name("mailgate")
-        if script.exists():
-            return [str(script), "milter", "--config", str(self.config)]
-        return [sys.executable, "-c", "from mailgate.filter.cli.main import main; main()", "milter",
-                "--config", str(self.config)]  # fmt: skip
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
-        process = self.process
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"mailgate milter exited:\n{self.log.read_text()}")
-            return self.socket.exists()
-
-        wait_until(ready, 90, "mailgate milter's socket")
-
-    def stop(self) -> int | None:
-        """SIGTERM and wait; the exit status (None if it had to be killed)."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-            return None
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,5 +1,5 @@
-"""pytest fixtures shared by the relay tests. A test module imports the `*_fixture` functions
-it needs; each registers under its short name (bg, pack, pool, sink, make_relay)."""
+"""pytest fixtures shared by the relay tests, registered for every test module by
+tests/conftest.py under their short names (bg, pack, pool, sink, make_relay, pki)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from mailgate.filter.scan.pool import ScanPool
-from support.relay_harness import RunningRelay, start_pool, write_config, write_pack
-from support.smtp_sink import BackgroundLoop, SmtpSink
+from tests.support.background_loop import BackgroundLoop
+from tests.support.certs import Pki, make_pki
+from tests.support.packs import write_pack
+from tests.support.relay_harness import RunningRelay, start_pool, write_config
+from tests.support.smtp_sink import SmtpSink
 
 MakeRelay = Callable[..., RunningRelay]
 
@@ -59,3 +62,8 @@ def make_relay_fixture(
     yield make
     for started in running:
         started.stop()
+
+
+@pytest.fixture(name="pki", scope="module")
+def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))

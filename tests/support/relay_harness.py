@@ -14,16 +14,9 @@ from mailgate.filter.ops.config import Config, load_config
 from mailgate.filter.scan.pool import ScanPool
 from mailgate.filter.store.quarantine import LocalQuarantine
 from mailgate.relay.server import Relay
-from support.packs import DOOR_TEST_PACK
-from support.smtp_sink import BackgroundLoop
-
-TINY_PACK = DOOR_TEST_PACK
-
-
-def write_pack(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rules.yaml").write_text(TINY_PACK)
-    return folder
+from tests.support.background_loop import BackgroundLoop
+from tests.support.certs import Pki
+from tests.support.smtp_client import connect
 
 
 def start_pool(loop: BackgroundLoop, rules: Path) -> ScanPool:
@@ -55,6 +48,15 @@ def write_config(
     return load_config(path)
 
 
+def tls_relay_settings(pki: Pki, next_hop_port: int, **tls: object) -> dict[str, Any]:
+    """`relay:` settings offering STARTTLS with the test server certificate (`tls` adds to
+    them: require, client_ca, ...) and passing mail on, in clear, to a local next hop."""
+    return {
+        "tls": {"cert": str(pki.right_name.cert), "key": str(pki.right_name.key), **tls},
+        "next_hop": {"host": "127.0.0.1", "port": next_hop_port, "tls": "none", "timeout": 5},
+    }
+
+
 class RunningRelay:
     def __init__(self, loop: BackgroundLoop, config: Config, scanner: Any) -> None:
         self.loop = loop
@@ -64,33 +66,13 @@ class RunningRelay:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         loop.run(self.relay.start(sock=sock))
-        self.host, self.port = self.relay.address
+        self.port = self.relay.address[1]
 
     def client(self, source: str = "127.0.0.1", timeout: float = 30.0) -> smtplib.SMTP:
-        smtp = smtplib.SMTP(
-            self.host,
-            self.port,
-            timeout=timeout,
-            source_address=(source, 0),
-            local_hostname="client.example.test",
-        )
-        return smtp
+        return connect(self.port, source, timeout)
 
     def outbox_files(self) -> list[Path]:
         return sorted(self.config.relay.outbox.glob("*.eml"))
 
     def stop(self) -> None:
         self.loop.run(self.relay.stop(grace=1.0))
-
-
-def message(
-    subject: str = "hello",
-    body: str = "Just a test.\r\n",
-    sender: str = "alice@example.com",
-    to: str = "bob@example.org",
-    extra: str = "",
-) -> bytes:
-    return (
-        f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
-        f"Message-ID: <{abs(hash((subject, body)))}@example.com>\r\n{extra}\r\n{body}"
-    ).encode()

@@ -10,6 +10,7 @@ import base64
 import binascii
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -21,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import py7zr
+
+from tests.support.cfb import cfb_file
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 VISA_TEST_CARD = "4111 1111 1111 1111"
@@ -35,19 +38,51 @@ def crlf(text: str | bytes) -> bytes:
 
 
 def headers_block(
-    subject: str = "Test message", extra: Iterable[tuple[str, str]] = (), *, mime: bool = True
+    subject: str = "Test message",
+    extra: Iterable[tuple[str, str]] = (),
+    *,
+    mime: bool = True,
+    sender: str = "Alice Example <alice@example.com>",
+    to: str = "Bob Example <bob@example.org>",
+    message_id: str = "<sample@example.com>",
 ) -> bytes:
     lines = [
-        "From: Alice Example <alice@example.com>",
-        "To: Bob Example <bob@example.org>",
+        f"From: {sender}",
+        f"To: {to}",
         f"Subject: {subject}",
         "Date: Mon, 01 Jan 2024 10:00:00 +0000",
-        "Message-ID: <sample@example.com>",
+        f"Message-ID: {message_id}",
     ]
     if mime:
         lines.append("MIME-Version: 1.0")
     lines.extend(f"{name}: {value}" for name, value in extra)
     return crlf("\n".join(lines) + "\n")
+
+
+_DIGITS_TO_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def message(
+    subject: str = "hello",
+    body: str | bytes = "Just a test.\r\n",
+    *,
+    sender: str = "Alice Example <alice@example.com>",
+    to: str = "Bob Example <bob@example.org>",
+    message_id: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """A plain (not MIME) message as a client submits it, for the door, pool and rule tests:
+    the headers of `headers_block`, then `body` exactly as given, line ends included. Unless
+    given, the Message-ID is made from the subject and body in letters only: the same message
+    has the same id, and no run of digits in it can pass for a card number."""
+    data = body.encode() if isinstance(body, str) else body
+    if message_id is None:
+        digest = hashlib.sha256(subject.encode() + b"\0" + data).hexdigest()[:24]
+        message_id = f"<{digest.translate(_DIGITS_TO_LETTERS)}@example.com>"
+    head = headers_block(
+        subject, extra_headers, mime=False, sender=sender, to=to, message_id=message_id
+    )
+    return head + b"\r\n" + data
 
 
 def text_message(
@@ -369,7 +404,7 @@ def docx_bytes(paragraphs: Iterable[Iterable[str]], *, vba: bool = False) -> byt
         "word/document.xml": f"<w:document {_W}><w:body>{body}</w:body></w:document>".encode(),
     }
     if vba:
-        members["word/vbaProject.bin"] = ole_file({"VBA/dir": b"\x01" * 64, "PROJECT": b"x"})
+        members["word/vbaProject.bin"] = cfb_file({"VBA/dir": b"\x01" * 64, "PROJECT": b"x"})
     return zip_bytes(members)
 
 
@@ -396,7 +431,7 @@ def xlsx_bytes(
         "xl/worksheets/sheet1.xml": sheet.encode(),
     }
     if vba:
-        members["xl/vbaProject.bin"] = ole_file({"VBA/dir": b"\x01" * 64, "PROJECT": b"x"})
+        members["xl/vbaProject.bin"] = cfb_file({"VBA/dir": b"\x01" * 64, "PROJECT": b"x"})
     if macro_sheet:
         members["xl/macrosheets/sheet1.xml"] = f"<xm:macrosheet {_S}/>".encode()
     return zip_bytes(members)
@@ -404,108 +439,22 @@ def xlsx_bytes(
 
 # --------------------------------------------------------------------------- OLE (CFB)
 
-_SECTOR = 512
-_FREE, _END, _FATSECT, _NOSTREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
-
-
-def ole_file(streams: Mapping[str, bytes]) -> bytes:
-    """A compound file (CFB v3) holding `streams` ("Storage/Sub/Stream" -> data). Streams
-    are padded to 4 KB so they live in regular sectors (no mini stream is needed)."""
-    # Directory tree: entry 0 is the root; storages are created on demand.
-    entries: list[dict] = [{"name": "Root Entry", "type": 5, "kids": [], "data": b""}]
-    storages: dict[str, int] = {"": 0}
-    for path, data in streams.items():
-        parent = ""
-        for piece in path.split("/")[:-1]:
-            key = f"{parent}/{piece}" if parent else piece
-            if key not in storages:
-                storages[key] = len(entries)
-                entries[storages[parent]]["kids"].append(len(entries))
-                entries.append({"name": piece, "type": 1, "kids": [], "data": b""})
-            parent = key
-        entries[storages[parent]]["kids"].append(len(entries))
-        padded = data + bytes(max(0, 4096 - len(data)))
-        entries.append({"name": path.split("/")[-1], "type": 2, "kids": [], "data": padded})
-
-    dir_sectors = -(-len(entries) * 128 // _SECTOR)
-    data_sectors = [-(-len(e["data"]) // _SECTOR) for e in entries]
-    total = dir_sectors + sum(data_sectors)
-    fat_sectors = 1
-    while fat_sectors * 128 < total + fat_sectors:
-        fat_sectors += 1
-    fat = [_FATSECT] * fat_sectors
-    first_dir = len(fat)
-    fat += [len(fat) + i + 1 for i in range(dir_sectors - 1)] + [_END]
-    starts = []
-    for count in data_sectors:
-        if count == 0:
-            starts.append(_END)
-            continue
-        starts.append(len(fat))
-        fat += [len(fat) + i + 1 for i in range(count - 1)] + [_END]
-    fat += [_FREE] * (fat_sectors * 128 - len(fat))
-
-    directory = io.BytesIO()
-    for index, entry in enumerate(entries):
-        kids = entry["kids"]
-        # Siblings as a right-leaning chain: valid for readers, no balancing needed.
-        right = _NOSTREAM
-        for parent in entries:
-            if index in parent["kids"]:
-                pos = parent["kids"].index(index)
-                right = parent["kids"][pos + 1] if pos + 1 < len(parent["kids"]) else _NOSTREAM
-        name = entry["name"].encode("utf-16-le") + b"\x00\x00"
-        directory.write(name.ljust(64, b"\x00"))
-        directory.write(struct.pack("<HBB", len(name), entry["type"], 1))
-        directory.write(struct.pack("<III", _NOSTREAM, right, kids[0] if kids else _NOSTREAM))
-        directory.write(bytes(16 + 4 + 16))
-        directory.write(struct.pack("<IQ", starts[index], len(entry["data"])))
-    dir_bytes = directory.getvalue().ljust(dir_sectors * _SECTOR, b"\x00")
-
-    header = struct.pack(
-        "<8s16sHHHHH6sIIIIIIIII",
-        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
-        bytes(16),
-        0x3E,
-        3,
-        0xFFFE,
-        9,
-        6,
-        bytes(6),
-        0,
-        fat_sectors,
-        first_dir,
-        0,
-        4096,
-        _END,
-        0,
-        _END,
-        0,
-    )
-    difat = list(range(fat_sectors)) + [_FREE] * (109 - fat_sectors)
-    header += struct.pack("<109I", *difat)
-    body = struct.pack(f"<{len(fat)}I", *fat) + dir_bytes
-    body += b"".join(
-        e["data"].ljust(n * _SECTOR, b"\x00") for e, n in zip(entries, data_sectors, strict=True)
-    )
-    return header + body
-
 
 def ole_doc_with_vba() -> bytes:
     """A Word 97 .doc (WordDocument stream) with a Macros/VBA storage: has macros."""
-    return ole_file(
+    return cfb_file(
         {"WordDocument": _word_fib(0), "Macros/VBA/dir": b"\x01" * 64, "Macros/PROJECT": b"x"}
     )
 
 
 def ole_doc_plain() -> bytes:
     """A Word 97 .doc without macros or encryption."""
-    return ole_file({"WordDocument": _word_fib(0), "1Table": b"\x00" * 16})
+    return cfb_file({"WordDocument": _word_fib(0), "1Table": b"\x00" * 16})
 
 
 def ole_doc_encrypted() -> bytes:
     """A Word 97 .doc whose FIB has fEncrypted set (password to open)."""
-    return ole_file({"WordDocument": _word_fib(0x0100), "1Table": b"\x00" * 16})
+    return cfb_file({"WordDocument": _word_fib(0x0100), "1Table": b"\x00" * 16})
 
 
 def _word_fib(flags: int) -> bytes:
@@ -526,13 +475,13 @@ def xls_bytes(*, macro_sheet: bool = False, encrypted: bool = False) -> bytes:
     if macro_sheet:
         stream += _biff(0x0085, struct.pack("<IBB", 0, 1, 0x01) + b"\x06\x00Macro1")
     stream += _biff(0x000A, b"")
-    return ole_file({"Workbook": stream})
+    return cfb_file({"Workbook": stream})
 
 
 def encrypted_ooxml() -> bytes:
     """A password-protected .docx/.xlsx as Office writes it: an OLE file with
     EncryptionInfo and EncryptedPackage streams."""
-    return ole_file(
+    return cfb_file(
         {
             "EncryptionInfo": b"\x04\x00\x04\x00" + os.urandom(200),
             "EncryptedPackage": os.urandom(5000),

@@ -1,48 +1,23 @@
-"""A test next hop: aiosmtpd on 127.0.0.1 in a background thread, recording what it accepts,
-with fault modes (down, 4xx/5xx per recipient, refusing DATA, slow, dropping mid-DATA) and
-optional STARTTLS with a given certificate.
-
-`BackgroundLoop` runs an asyncio loop in a daemon thread; the relay tests use it too.
+"""The test SMTP sink: aiosmtpd on 127.0.0.1 recording every message it accepts, as a relay's
+next hop or Postfix's relayhost; with fault modes (4xx/5xx per recipient, refusing MAIL or
+DATA, slow, dropping mid-DATA), optional STARTTLS with a given certificate, and extensions
+turned off on request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
-import threading
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-T = TypeVar("T")
-
-
-class BackgroundLoop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening on it (a next hop that is down)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.background_loop import BackgroundLoop
+from tests.support.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -99,13 +74,16 @@ class _SinkSMTP(SMTP):
 
 
 class SmtpSink:
+    """On the given background loop, or on one of its own (closed by stop())."""
+
     def __init__(
         self,
-        loop: BackgroundLoop,
+        loop: BackgroundLoop | None = None,
         tls: tuple[Path, Path] | None = None,
         extensions_off: tuple[str, ...] = (),
     ) -> None:
-        self.loop = loop
+        self._own_loop = loop is None
+        self.loop = loop or BackgroundLoop()
         self.faults = Faults()
         self.received: list[Received] = []
         self.connections = 0
@@ -116,7 +94,6 @@ class SmtpSink:
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._tls.load_cert_chain(*tls)
         self._server: asyncio.Server | None = None
-        self._changed = threading.Condition()
 
     def _protocol(self) -> _SinkSMTP:
         return _SinkSMTP(
@@ -144,6 +121,8 @@ class SmtpSink:
             self._server.close()
 
         self.loop.run(stop())
+        if self._own_loop:
+            self.loop.close()
 
     def drop_connections(self) -> None:
         """Close every open session, as a next hop does with connections idle too long."""
@@ -157,9 +136,19 @@ class SmtpSink:
         self.loop.run(drop())
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        with self._changed:
-            self._changed.wait_for(lambda: len(self.received) >= count, timeout)
-            return list(self.received)
+        """Every message received, once there are at least `count`."""
+        wait_until(lambda: len(self.received) >= count, timeout, f"{count} message(s)")
+        return list(self.received)
+
+    def with_header(self, name: str, value_part: str) -> list[Received]:
+        return [r for r in self.received if value_part in str(r.message.get(name, ""))]
+
+    def wait_for_header(self, name: str, value_part: str, timeout: float) -> Received:
+        """The first message whose header `name` contains `value_part`."""
+        wait_until(
+            lambda: self.with_header(name, value_part), timeout, f"{name} with {value_part!r}"
+        )
+        return self.with_header(name, value_part)[0]
 
     # --- aiosmtpd hooks ----------------------------------------------------------------------
 
@@ -207,15 +196,13 @@ class SmtpSink:
             return self.faults.data
         content = envelope.original_content or b""
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
-        with self._changed:
-            self.received.append(
-                Received(
-                    mail_from,
-                    tuple(envelope.rcpt_tos),
-                    bytes(content),
-                    tls=session.ssl is not None,
-                    options=tuple(envelope.mail_options),
-                )
+        self.received.append(
+            Received(
+                mail_from,
+                tuple(envelope.rcpt_tos),
+                bytes(content),
+                tls=session.ssl is not None,
+                options=tuple(envelope.mail_options),
             )
-            self._changed.notify_all()
-            return f"250 2.0.0 sink: queued as S{len(self.received)}"
+        )
+        return f"250 2.0.0 sink: queued as S{len(self.received)}"
