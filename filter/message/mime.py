@@ -310,14 +310,33 @@ class _Walker:
         elif isinstance(payload, list) and ctype.startswith("message/"):
             self._attached_message(entity, payload, path or "1", depth, params)
         elif isinstance(payload, list):
+            self._outside_boundaries(entity, "preamble", path, depth)
             for index, child in enumerate(payload, 1):
                 if isinstance(child, email_message.Message):
                     self.walk(child, _child_path(path, index), depth, message_root=False)
+            self._outside_boundaries(entity, "epilogue", path, depth)
         elif ctype.startswith("multipart/") and self._recover_multipart(entity, path, depth):
             return
         else:
             leaf_path = _child_path(path, 1) if message_root else path or "1"
             self._leaf(entity, leaf_path, depth, ctype, params)
+
+    def _outside_boundaries(
+        self, entity: email_message.Message, which: str, path: str, depth: int
+    ) -> None:
+        """A multipart's preamble or epilogue (text before the first or after the last
+        boundary) as a text part: MIME clients hide it, but it leaves with the message and
+        shows in any plain reader, so a card number there leaks like one in the body."""
+        text = getattr(entity, which, None)
+        if not text or text.isspace():
+            return
+        part = self._new_part(f"{path}.{which}" if path else which)
+        if part is None:
+            return
+        part.content_type = "text/plain"
+        part.depth = depth
+        self.parts.append(part)
+        self.inspector.set_text(part, render_text(text.encode("ascii", "surrogateescape"), None))
 
     def _content_type(self, entity: email_message.Message) -> tuple[str, dict[str, str]]:
         value = self._header(entity, "content-type")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -138,8 +139,39 @@ class SubjectCondition(Condition):
         self.regex = _compile_regex(spec.get("regex"), "subject.regex")
 
     def evaluate(self, ctx: ScanContext) -> Result:
-        m = self.regex.search(ctx.message.subject)
-        return [Evidence("subject", "Subject", sample=mask_text(m.group(0)))] if m else None
+        for subject in ctx.message.header("subject"):  # a second Subject is read too
+            m = self.regex.search(subject)
+            if m:
+                return [Evidence("subject", "Subject", sample=mask_text(m.group(0)))]
+        return None
+
+
+# Headers a message has at most once (RFC 5322 3.6; RFC 2045 and 2183 for the ones that say
+# how the body is read). Twice, clients differ in which one they show or use, so what was
+# checked may not be what the recipient sees.
+SINGLETON_HEADERS = (
+    "date", "from", "sender", "reply-to", "to", "cc", "bcc", "message-id", "in-reply-to",
+    "references", "subject", "mime-version", "content-type", "content-transfer-encoding",
+    "content-disposition",
+)  # fmt: skip
+
+
+class DuplicateHeaderCondition(Condition):
+    """`duplicate_header: any` (the singleton headers) or `duplicate_header: [Subject, X-Y]`:
+    a top-level header of one of these names occurs more than once."""
+
+    def __init__(self, spec: Any) -> None:
+        names = _string_list(spec, "duplicate_header")
+        if not names:
+            raise ConditionError("duplicate_header: give `any` or header names")
+        self.names = set(SINGLETON_HEADERS if names == ["any"] else (n.lower() for n in names))
+
+    def evaluate(self, ctx: ScanContext) -> Result:
+        counts = Counter(k.lower() for k, _ in ctx.message.headers)
+        found = sorted(name for name in self.names if counts[name] > 1)
+        if not found:
+            return None
+        return [Evidence("duplicate_header", "headers", len(found), sample=",".join(found))]
 
 
 # --- body: custom regexes and built-in DLP detectors --------------------------------------
@@ -501,6 +533,7 @@ class PackCompiler:
 CONDITION_NAMES = (
     "header",
     "subject",
+    "duplicate_header",
     "body",
     "dlp",
     "sender",
@@ -577,6 +610,7 @@ def _parse_named(name: str, value: Any, line: int | None, compiler: PackCompiler
 _SIMPLE: dict[str, Callable[[Any], Condition]] = {
     "header": HeaderCondition,
     "subject": SubjectCondition,
+    "duplicate_header": DuplicateHeaderCondition,
     "dlp": DlpCondition,
     "attachment": AttachmentCondition,
     "size_over": SizeOverCondition,

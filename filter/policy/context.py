@@ -41,21 +41,25 @@ class ScanContext:
         self.yara_seconds = 0.0
 
     def text_parts(self) -> list[tuple[int, Part]]:
-        """Every text the content conditions read, numbered: the Subject and the attachments'
-        file names (a card number there leaks as surely as one in the body), then each
-        part's text view."""
+        """Every text the content conditions read, numbered: the Subject (every Subject header:
+        clients differ in which one they show), the other top-level headers (display names,
+        X- headers: they leave with the message), the attachments' file names (a card number
+        there leaks as surely as one in the body), then each part's text view."""
         if self._text_parts is None and not self.content:
             self._text_parts = []
         if self._text_parts is None:
             texts = [(i, p) for i, p in enumerate(self.message.parts) if p.text is not None]
+            headers = self.message.headers
+            subjects = "\n".join(v for k, v in headers if k.lower() == "subject")
+            others = "\n".join(f"{k}: {v}" for k, v in headers if k.lower() != "subject")
             names = "\n".join(p.filename for p in self.message.parts if p.filename)
-            if names:
-                texts.insert(0, (-2, Part(path="names", content_type="text/plain", text=names)))
-            subject = self.message.subject
-            if subject:
-                texts.insert(0, (-1, Part(path="subject", content_type="text/plain", text=subject)))
-            self._text_parts = texts
-            self._by_index = dict(texts)
+            read_too = ((-1, "subject", subjects), (-2, "headers", others), (-3, "names", names))
+            self._text_parts = [
+                (index, Part(path=where, content_type="text/plain", text=text))
+                for index, where, text in read_too
+                if text
+            ] + texts
+            self._by_index = dict(self._text_parts)
         return self._text_parts
 
     def _text(self, index: int) -> str:
