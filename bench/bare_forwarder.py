@@ -2,7 +2,7 @@
 compat32: parse, walk every part, decode every payload) and passes it on with a pooled
 aiosmtplib client. No rules, no engine, no policy checks: what any Python relay pays at least.
 
-    /tmp/venv/bin/python bench/bare_forwarder.py LISTEN_PORT NEXT_HOP_PORT [--processes N]
+    .venv/bin/python -m bench.bare_forwarder LISTEN_PORT NEXT_HOP_PORT [--processes N]
 
 --processes N: N processes sharing the port (SO_REUSEPORT), the kernel spreading connections.
 SIGTERM or SIGINT stops it (and its sibling processes).

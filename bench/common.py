@@ -1,21 +1,17 @@
 """Shared pieces of the SMTP benches (bench/milter.py, bench/relay.py): Postfix's load tools
-(`smtp-source`, `smtp-sink`), child processes that are always stopped, a private Postfix
-instance (tests/support/postfix.py, reused as is), CPU accounting and result tables.
+(`smtp-source`, and `smtp-sink` as the next hop), CPU accounting and result tables. Child
+processes, ports, waiting and the private Postfix instance are the tests' (`tests.support`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,31 +19,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.engine import make_message
+from tests.support.net import free_port, port_open
+from tests.support.processes import process_table
+from tests.support.waiting import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from engine import make_message  # noqa: E402  (bench/engine.py's realistic MIME messages)
-from support.postfix import (  # noqa: E402
-    PostfixInstance,
-    free_port,
-    missing_binaries,
-    wait_until,
-)
-
-# Re-exported for milter.py and relay.py.
-__all__ = [
-    "PostfixInstance",
-    "free_port",
-    "missing_binaries",
-    "wait_until",
-]
-
 PYTHON = Path(sys.executable)
-MAILGATE = PYTHON.with_name("mailgate")
 SENDER = "alice@corp.example"
 RECIPIENT = "bob@partner.example"
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP = 60  # messages before each measurement: processes, pools, scan workers, caches
 
 
@@ -73,54 +53,9 @@ def standard_cases(scale: float, sessions: int) -> list[Case]:
     ]
 
 
-def work_dir(prefix: str) -> Path:
-    """A fresh folder that Postfix's daemons (user postfix) can traverse."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
-
-
-class Child:
-    """A child process with its output in a log file; stop() always leaves it dead."""
-
-    def __init__(self, name: str, argv: Sequence[str], log: Path) -> None:
-        self.name, self.argv, self.log = name, list(argv), log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> Child:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=out)
-        return self
-
-    def check_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-class SmtpSink:
-    """`smtp-sink` on a loopback port, counting the messages it has taken (its -c counter)."""
+class SmtpSinkProgram:
+    """Postfix's `smtp-sink` program on a loopback port, counting the messages it has taken
+    (its -c counter). The benches' next hop: a sink in Python would be the bottleneck."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -128,7 +63,7 @@ class SmtpSink:
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
 
-    def start(self) -> SmtpSink:
+    def start(self) -> SmtpSinkProgram:
         # -u: smtp-sink refuses to keep root; -c prints "sess=N quit=N mesg=N\r" as it goes.
         self._process = subprocess.Popen(
             ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{self.port}", "1024"],
@@ -152,12 +87,9 @@ class SmtpSink:
                     break
 
     def wait_for(self, count: int, timeout: float) -> float:
-        """Block until the sink has taken `count` messages in all; the monotonic time then."""
-        deadline = time.monotonic() + timeout
-        while self.messages < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"smtp-sink has {self.messages} of {count} messages")
-            time.sleep(0.005)
+        """Block until the sink has taken `count` messages in all; the monotonic time then
+        (polled often: it ends the measurement)."""
+        wait_until(lambda: self.messages >= count, timeout, f"{count} messages", interval=0.005)
         return time.monotonic()
 
     def stop(self) -> None:
@@ -169,14 +101,6 @@ class SmtpSink:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def smtp_source(
@@ -208,7 +132,7 @@ def smtp_source(
 
 
 def warm_up(
-    sink: SmtpSink, port: int, case: Case, message_file: Path | None, sessions: int
+    sink: SmtpSinkProgram, port: int, case: Case, message_file: Path | None, sessions: int
 ) -> None:
     base = sink.messages
     smtp_source(port, count=WARMUP, sessions=sessions, size=case.size, message_file=message_file)
@@ -241,26 +165,16 @@ class CpuTimes:
 
 
 def tree_cpu(pid: int) -> CpuTimes:
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    table = process_table()
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        children = [p for p, stat in table.items() if stat.ppid == parent and p not in tree]
         tree.update(children)
         frontier += children
     tree.discard(pid)
-    return CpuTimes(times.get(pid, 0.0), sum(times.get(p, 0.0) for p in tree))
+    main = table[pid].cpu_seconds if pid in table else 0.0
+    return CpuTimes(main, sum(table[p].cpu_seconds for p in tree))
 
 
 class HostCpu:
@@ -283,10 +197,6 @@ class HostCpu:
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values)
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -9,7 +9,7 @@ spread over 30 days; the copies have no .eml file, which no list page reads. One
 released. The console runs under uvicorn on 127.0.0.1; a signed-in client times each page
 over a kept-alive connection (`--requests` per page, median and 95th percentile).
 
-    .venv/bin/python bench/console.py [--messages 100000] [--requests 20]
+    .venv/bin/python -m bench.console [--messages 100000] [--requests 20]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import re
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from functools import partial
@@ -26,8 +25,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import percentile, print_table
 from mailgate.filter import Envelope

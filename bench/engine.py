@@ -1,6 +1,6 @@
 """Engine throughput: the default pack against a parse-only baseline, in the same run, one core.
 
-    .venv/bin/python bench/engine.py [--seconds 3]
+    .venv/bin/python -m bench.engine [--seconds 3]   (from the repository root)
 
 Baseline: stdlib `email` with policy.compat32 — parse, walk every part, decode every payload;
 no rules. Reported: messages/s and MB/s for each, and the ratio engine/baseline, for a mix of
@@ -15,7 +15,6 @@ import base64
 import io
 import random
 import struct
-import sys
 import time
 import zipfile
 import zlib
@@ -26,9 +25,7 @@ from pathlib import Path
 
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.scan.engine import Engine
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.pdfs import pdf_with_blob  # the tests' PDF builder
+from tests.support.pdfs import pdf_with_blob
 
 WORDS = (
     "the quarterly report shows revenue growth in all regions please review the attached "

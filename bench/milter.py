@@ -1,6 +1,6 @@
 """Postfix with and without milters: `smtp-source` → private Postfix on loopback → `smtp-sink`.
 
-    /tmp/venv/bin/python bench/milter.py [--scale 1.0] [--rounds 1] [--profile DIR]
+    sudo .venv/bin/python -m bench.milter [--scale 1.0] [--rounds 1] [--profile DIR]
 
 Needs root (Postfix's master) and the postfix package. One Postfix instance, one smtpd
 listener per contender, all in one run:
@@ -30,19 +30,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from common import (
-    MAILGATE,
+from bench.common import (
     PYTHON,
     REPO,
     Case,
-    Child,
     HostCpu,
-    PostfixInstance,
-    SmtpSink,
-    free_port,
+    SmtpSinkProgram,
     mime_message_file,
-    missing_binaries,
-    port_open,
     print_table,
     py_spy,
     remove_tree,
@@ -50,10 +44,13 @@ from common import (
     standard_cases,
     summarise_profile,
     tree_cpu,
-    wait_until,
     warm_up,
-    work_dir,
 )
+from tests.support.cli import mailgate_argv
+from tests.support.net import free_port, port_open
+from tests.support.postfix import PostfixInstance, missing_binaries, shared_temp_dir
+from tests.support.processes import ChildProcess
+from tests.support.waiting import wait_until
 
 SESSIONS = 20
 LATENCY_SIZE = 10 * 1024
@@ -71,7 +68,7 @@ class Result:
 class MilterProcess:
     """A milter child process and its libmilter socket spec (unix:/path or inet:PORT@HOST)."""
 
-    def __init__(self, child: Child, spec: str) -> None:
+    def __init__(self, child: ChildProcess, spec: str) -> None:
         self.child, self.spec = child, spec
 
     @property
@@ -111,17 +108,21 @@ audit:
   path: {folder / "audit.log"}
 """
     )
-    argv = [str(MAILGATE), "milter", "--config", str(config)]
-    return MilterProcess(Child(name, argv, folder / "milter.log"), spec)
+    argv = mailgate_argv("milter", "--config", str(config))
+    return MilterProcess(ChildProcess(name, argv, folder / "milter.log"), spec)
 
 
 def noop_milter(work: Path, spec: str) -> MilterProcess:
-    argv = [str(PYTHON), str(REPO / "bench" / "noop_milter.py"), spec]
-    return MilterProcess(Child("noop", argv, work / "noop.log"), spec)
+    argv = [str(PYTHON), "-m", "bench.noop_milter", spec]
+    return MilterProcess(ChildProcess("noop", argv, work / "noop.log"), spec)
 
 
 def measure(
-    sink: SmtpSink, port: int, case: Case, message_file: Path | None, milter: MilterProcess | None
+    sink: SmtpSinkProgram,
+    port: int,
+    case: Case,
+    message_file: Path | None,
+    milter: MilterProcess | None,
 ) -> Result:
     """One measured send through one listener."""
     cpu_before = tree_cpu(milter.child.pid) if milter else None
@@ -151,14 +152,12 @@ def main() -> int:
     args = parser.parse_args()
     if missing := missing_binaries():
         parser.error(f"needs Postfix: missing {', '.join(missing)}")
-    if not MAILGATE.exists():
-        parser.error(f"no {MAILGATE}: install mailgate into this interpreter's environment")
 
     cases = standard_cases(args.scale, SESSIONS)
 
-    work = work_dir("mailgate-bench-milter-")
+    work = shared_temp_dir("mailgate-bench-milter-")
     (work / "run").mkdir(mode=0o755)
-    sink = SmtpSink()
+    sink = SmtpSinkProgram()
     milters = {
         "noop": noop_milter(work, f"unix:{work / 'run' / 'noop.sock'}"),
         "mailgate-unix": mailgate_milter(work, "mailgate-unix", f"unix:{work / 'run' / 'mg.sock'}"),
@@ -210,7 +209,7 @@ def run_all(
     args: argparse.Namespace,
     cases: list[Case],
     work: Path,
-    sink: SmtpSink,
+    sink: SmtpSinkProgram,
     postfix: PostfixInstance,
     milters: dict[str, MilterProcess],
 ) -> int:

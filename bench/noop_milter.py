@@ -2,7 +2,7 @@
 and at end of message only parses it (stdlib email, compat32: parse, walk every part, decode
 every payload), then accepts. No rules, no verdict, no logging.
 
-    /tmp/venv/bin/python bench/noop_milter.py unix:/path/noop.sock   (or inet:PORT@127.0.0.1)
+    .venv/bin/python -m bench.noop_milter unix:/path/noop.sock   (or inet:PORT@127.0.0.1)
 
 Stops on SIGTERM or SIGINT (libmilter's own signal handling).
 """
@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from email.parser import BytesParser
 from email.policy import compat32
 
-# pymilter's Milter package imports its C extension as `milter`, which bench/milter.py, next to
-# this script and so first on sys.path, would shadow.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
-
-import Milter  # noqa: E402
+import Milter
 
 PARSER = BytesParser(policy=compat32)
 

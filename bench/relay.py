@@ -1,6 +1,6 @@
 """`mailgate relay` against the bare minimum: `smtp-source` → relay → `smtp-sink`.
 
-    /tmp/venv/bin/python bench/relay.py [--scale 1.0] [--rounds 1] [--profile DIR]
+    .venv/bin/python -m bench.relay [--scale 1.0] [--rounds 1] [--profile DIR]
 
 Contenders, all in one run, all delivering to one smtp-sink on loopback:
 
@@ -35,22 +35,17 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from common import (
-    MAILGATE,
+from bench.common import (
     PYTHON,
     RECIPIENT,
     REPO,
     SENDER,
     Case,
-    Child,
     HostCpu,
-    SmtpSink,
-    free_port,
+    SmtpSinkProgram,
     make_message,
     mime_message_file,
-    missing_binaries,
     percentile,
-    port_open,
     print_table,
     py_spy,
     remove_tree,
@@ -58,10 +53,15 @@ from common import (
     standard_cases,
     summarise_profile,
     tree_cpu,
-    wait_until,
     warm_up,
-    work_dir,
 )
+from tests.support.cli import mailgate_argv
+from tests.support.net import free_port, port_open
+from tests.support.postfix import missing_binaries, shared_temp_dir
+from tests.support.processes import ChildProcess
+from tests.support.samples import message
+from tests.support.smtp_client import send_to
+from tests.support.waiting import wait_until
 
 SESSIONS = 20
 CONTENDERS = ("direct", "bare-1", "bare-2", "mailgate", "mailgate-2")
@@ -90,12 +90,14 @@ class LatencyProbe:
         while not self._stop.is_set() and len(self.samples) < LATENCY_CAP:
             start = time.monotonic()
             try:
-                with smtplib.SMTP("127.0.0.1", self.port, "probe.bench.test", timeout=60) as smtp:
-                    smtp.sendmail(SENDER, [RECIPIENT], self.message)
-                    self.samples.append(time.monotonic() - start)
+                code, text = send_to(self.port, self.message, SENDER, (RECIPIENT,))
             except (OSError, smtplib.SMTPException) as exc:
                 self.errors.append(repr(exc))
                 return
+            if code != 250:
+                self.errors.append(f"{code} {text.decode(errors='replace')}")
+                return
+            self.samples.append(time.monotonic() - start)
 
     def __enter__(self) -> LatencyProbe:
         self._thread.start()
@@ -110,14 +112,14 @@ def probe_message(case: Case) -> bytes:
     """What the latency probe sends: the case's kind and size of message."""
     if case.mime_size is not None:
         return make_message(random.Random(case.mime_size), case.mime_size, "attachment")
-    head = f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: latency probe\r\n\r\n"
-    line = b"La de da de da " * 4 + b"\r\n"
-    return head.encode() + line * ((case.size or 0) // len(line) + 1)
+    line = "La de da de da " * 4 + "\r\n"
+    body = line * ((case.size or 0) // len(line) + 1)
+    return message("latency probe", body, sender=f"<{SENDER}>", to=f"<{RECIPIENT}>")
 
 
 def mailgate_relay(
     work: Path, port: int, sink_port: int, name: str = "mailgate", processes: int = 1
-) -> Child:
+) -> ChildProcess:
     folder = work / name
     folder.mkdir(mode=0o755)
     config = folder / "mailgate.yaml"
@@ -138,22 +140,24 @@ audit:
   path: {folder / "audit.log"}
 """
     )
-    argv = [str(MAILGATE), "relay", "--config", str(config)]
-    return Child(name, argv, folder / "relay.log")
+    argv = mailgate_argv("relay", "--config", str(config))
+    return ChildProcess(name, argv, folder / "relay.log")
 
 
-def bare_forwarder(work: Path, name: str, port: int, sink_port: int, processes: int) -> Child:
-    script = REPO / "bench" / "bare_forwarder.py"
-    argv = [str(PYTHON), str(script), str(port), str(sink_port), "--processes", str(processes)]
-    return Child(name, argv, work / f"{name}.log")
+def bare_forwarder(
+    work: Path, name: str, port: int, sink_port: int, processes: int
+) -> ChildProcess:
+    argv = [str(PYTHON), "-m", "bench.bare_forwarder", str(port), str(sink_port)]
+    argv += ["--processes", str(processes)]
+    return ChildProcess(name, argv, work / f"{name}.log")
 
 
 def measure(
-    sink: SmtpSink,
+    sink: SmtpSinkProgram,
     port: int,
     case: Case,
     message_file: Path | None,
-    child: Child | None,
+    child: ChildProcess | None,
 ) -> Result:
     base = sink.messages
     cpu_before = tree_cpu(child.pid) if child else None
@@ -185,13 +189,11 @@ def main() -> int:
     args = parser.parse_args()
     if missing := missing_binaries():
         parser.error(f"needs smtp-source and smtp-sink (postfix package): missing {missing}")
-    if not MAILGATE.exists():
-        parser.error(f"no {MAILGATE}: install mailgate into this interpreter's environment")
 
     cases = standard_cases(args.scale, SESSIONS)
-    work = work_dir("mailgate-bench-relay-")
-    sink = SmtpSink()
-    children: dict[str, Child] = {}
+    work = shared_temp_dir("mailgate-bench-relay-")
+    sink = SmtpSinkProgram()
+    children: dict[str, ChildProcess] = {}
     ports: dict[str, int] = {}
     try:
         sink.start()
@@ -206,7 +208,7 @@ def main() -> int:
             child.start()
         for name, child in children.items():
 
-            def listening(child: Child = child, port: int = ports[name]) -> bool:
+            def listening(child: ChildProcess = child, port: int = ports[name]) -> bool:
                 child.check_alive()
                 return port_open(port)
 
@@ -227,9 +229,9 @@ def run_all(
     args: argparse.Namespace,
     cases: list[Case],
     work: Path,
-    sink: SmtpSink,
+    sink: SmtpSinkProgram,
     ports: dict[str, int],
-    children: dict[str, Child],
+    children: dict[str, ChildProcess],
 ) -> int:
     print(f"{SESSIONS} sessions, one message per connection, {args.rounds} round(s), best kept")
     best: dict[tuple[str, str], Result] = {}
