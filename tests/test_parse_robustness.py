@@ -78,7 +78,7 @@ def test_unparseable_input_still_gives_dlp_text() -> None:
     assert any(VISA_TEST_CARD in (p.text or "") for p in msg.parts)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4000))
 def test_random_bytes(raw: bytes) -> None:
     check(parse_message(raw), raw)
@@ -109,7 +109,7 @@ _LINES = st.sampled_from(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_LINES, max_size=60))
 def test_random_mime_structure(lines: list[bytes]) -> None:
     raw = b"\r\n".join(lines)
@@ -164,7 +164,7 @@ def _mime_lines(draw: st.DrawFn, depth: int = 0) -> list[bytes]:
     return [b"Content-Type: " + draw(_LEAF_TYPES), b"", *draw(st.lists(_BODY_LINES, max_size=6))]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.lists(_LINES, max_size=40), _mime_lines()), st.sampled_from([b"\r\n", b"\n"]))
 def test_our_parse_is_the_stock_feed_parse(lines: list[bytes], newline: bytes) -> None:
     """parse_entity feeds the header block first (and the rest only for multipart and
@@ -210,7 +210,7 @@ _CONTAINERS: dict[str, bytes] = {
 }
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(sorted(_CONTAINERS)),
     st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=8),

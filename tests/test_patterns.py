@@ -93,25 +93,25 @@ def assert_same_as_re(patterns: PatternSet, text: str) -> None:
         assert got == expected, (pattern, text)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.text(alphabet=ALPHABET, max_size=60))
 def test_scan_equals_re_finditer(pattern_set: PatternSet, text: str) -> None:
     assert_same_as_re(pattern_set, text)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.text(alphabet=ASCII_ALPHABET, max_size=60))
 def test_scan_equals_re_finditer_on_ascii_text(pattern_set: PatternSet, text: str) -> None:
     assert_same_as_re(pattern_set, text)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
 def test_scan_equals_re_on_arbitrary_ascii(pattern_set: PatternSet, text: str) -> None:
     assert_same_as_re(pattern_set, text)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.text(max_size=40))
 def test_scan_equals_re_on_arbitrary_unicode(pattern_set: PatternSet, text: str) -> None:
     assert_same_as_re(pattern_set, text)
