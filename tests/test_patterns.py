@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from mailgate.filter.detect.patterns import (
     PatternError,
+    PatternOverrun,
     PatternSet,
     check_pattern,
     hyperscan_expression,
@@ -380,3 +382,57 @@ def test_hyperscan_expression_is_python_superset_syntax() -> None:
     # Python's \Z is PCRE's \z; leading lookbehind becomes a consumed character.
     assert hyperscan_expression(r"a\Z").endswith(r"\z")
     assert hyperscan_expression(r"(?<!\d)7").startswith(r"(?:\A|[^0-9])")
+
+
+# Past lint: bounded repeats separated by what they match, then a lookbehind hyperscan drops.
+# Linted and compiled into hyperscan, yet `re` spends about a millisecond on each position of
+# a run of "xy" before it gives up: 500 times the per-character budget.
+MISSED_BY_LINT = r"(?:x|y){0,30}x(?:x|y){0,30}x(?:x|y){0,30}x(?:x|y){0,30}y(?<=z)"
+# One more such repeat and hyperscan refuses it: `re.finditer` alone, ten times slower still.
+MISSED_BY_LINT_FALLBACK = MISSED_BY_LINT.replace("x(", "x(?:x|y){0,30}x(", 1)
+FILLER = "a b c d " * 2_500  # 20,000 characters no span covers
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "fallback"),
+    [
+        pytest.param(MISSED_BY_LINT, FILLER + "xy" * 900, False, id="confirm"),
+        pytest.param(MISSED_BY_LINT, "xy" * 10_000, False, id="dense-spans"),
+        pytest.param(MISSED_BY_LINT_FALLBACK, "xy" * 10_000, True, id="fallback"),
+    ],
+)
+def test_re_work_is_bounded_whatever_lint_missed(pattern: str, text: str, fallback: bool) -> None:
+    """Without the budget each case costs `re` from seconds to minutes of CPU; with it, the
+    scan stops and says which pattern, whatever path the pattern takes."""
+    assert check_pattern(pattern) == []
+    patterns = PatternSet()
+    slow, card = patterns.add(pattern), patterns.add(r"\d{4} \d{4}")
+    patterns.compile()
+    assert patterns.fallback_ids == ([slow] if fallback else [])
+    with pytest.raises(PatternOverrun) as overrun:
+        patterns.scan(text + " 4111 1111")
+    assert overrun.value.pattern == pattern
+    assert "xyxy" not in str(overrun.value)  # names the pattern, never the text
+    # Nothing is left armed: the set scans on, and no late tick interrupts anything.
+    assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
+    assert [m.value for m in patterns.scan("card 4111 1111")[card]] == ["4111 1111"]
+
+
+def test_engine_judges_a_message_the_budget_stopped_as_unscannable() -> None:
+    """The worker is not stalled for the pool's whole time budget: the scan stops at its own,
+    and the pack's `unscannable` rules judge the message."""
+    from mailgate.filter.policy.envelope import Envelope
+    from mailgate.filter.policy.pack import PackSource
+    from mailgate.filter.policy.verdict import Action
+    from mailgate.filter.scan.engine import Engine
+
+    rules = (
+        "rules:\n"
+        f"  - id: slow\n    when: [{{body: {{regex: '{MISSED_BY_LINT}'}}}}]\n    action: reject\n"
+        "  - id: unscannable\n    when: [{unscannable: [malformed, timeout]}]\n"
+        "    action: quarantine\n"
+    )
+    engine = Engine.from_source(PackSource({"policy.yaml": rules.encode()}))
+    raw = b"Subject: hi\r\nContent-Type: text/plain\r\n\r\n" + b"xy" * 10_000 + b"\r\n"
+    verdict = engine.scan(raw, Envelope("a@corp.example", ("b@partner.example",)))
+    assert verdict.action is Action.QUARANTINE and verdict.rules == ["unscannable"]

@@ -10,7 +10,14 @@ May import `detect.detectors` (for `Match`), nothing of policy, scanning or the 
 """
 
 from mailgate.filter.detect.patterns.lint import PatternError, check_pattern
-from mailgate.filter.detect.patterns.scan import FastRegex, PatternSet
+from mailgate.filter.detect.patterns.scan import FastRegex, PatternOverrun, PatternSet
 from mailgate.filter.detect.patterns.translate import hyperscan_expression
 
-__all__ = ["FastRegex", "PatternError", "PatternSet", "check_pattern", "hyperscan_expression"]
+__all__ = [
+    "FastRegex",
+    "PatternError",
+    "PatternOverrun",
+    "PatternSet",
+    "check_pattern",
+    "hyperscan_expression",
+]

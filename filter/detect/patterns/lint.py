@@ -8,7 +8,8 @@ patterns. Refused: a repeat whose body can match empty text or split its text in
 shared characters, next to each other (.*\\d+) or separated only by characters the first
 can match too (.*x.*y), groups and alternatives opened; and lookarounds hyperscan cannot
 check after or around an unbounded repeat (\\w+(?=ab)), which let hyperscan propose spans
-`re` must backtrack through.
+`re` must backtrack through. Lint is the first line, not the only one: the scan bounds the
+CPU time `re` may spend on a text (`scan._re_budget`), whatever lint missed.
 """
 
 from __future__ import annotations

@@ -16,11 +16,18 @@ on the texts of that database.
 Patterns that can match the empty string are refused (`check_pattern`), so no span is empty.
 
 Speed depends on how many spans hyperscan proposes: every match costs a Python-level `.match`.
+
+Hanging: `re` backtracks, and lint cannot foresee every pattern that makes it backtrack for
+long (bounded repeats, say, or a lookaround hyperscan drops). So `re` runs on a budget of CPU
+time per text, enforced by a timer signal that interrupts it: past the budget, the scan
+raises PatternOverrun instead of stalling a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from re import _constants as sre
@@ -46,6 +53,10 @@ HS_UTF8_FLAGS = HS_ASCII_FLAGS | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
 MAX_REPEAT_WEIGHT = 256
 # Share of the text hyperscan's spans for a pattern may cover before `re.finditer` takes over.
 DENSE_SPANS = 0.1
+# CPU seconds `re` may spend on one text: this, plus this much per character it runs over for
+# each pattern (the whole text, or what hyperscan's spans cover). See `_re_budget`.
+RE_SECONDS = 0.05
+RE_SECONDS_PER_CHAR = 2e-6
 
 
 class _Database:
@@ -131,26 +142,104 @@ class PatternSet:
         return databases
 
     def scan(self, text: str) -> dict[int, list[Match]]:
-        """For each pattern id, the matches `re.finditer(pattern, text)` gives."""
+        """For each pattern id, the matches `re.finditer(pattern, text)` gives.
+
+        Raises PatternOverrun when `re` spends more than its budget on the text."""
         ascii_db, utf8_db = self._compiled()
         ascii_text = text.isascii()
         database = ascii_db if ascii_text else utf8_db
         result: dict[int, list[Match]] = {pid: [] for pid in range(len(self._regexes))}
-        for pid in database.fallback_ids:
-            result[pid] = [_match(m) for m in self._regexes[pid].finditer(text)]
-        if not text:
-            return result
-        spans_by_id = _ascii_spans(ascii_db, text) if ascii_text else _utf8_spans(utf8_db, text)
-        for pid, spans in spans_by_id.items():
-            rx = self._regexes[pid]
-            spans.sort()
-            if _covered(spans) > len(text) * DENSE_SPANS:
-                # Spans cover much of the text (e.g. widened \d or \w over CJK text): one
+        # What `re` has to do: each pattern with the spans to confirm, or None to run it over
+        # the whole text.
+        work: list[tuple[int, list[tuple[int, int]] | None]] = [
+            (pid, None) for pid in database.fallback_ids
+        ]
+        chars = len(text) * len(work)
+        if text:
+            spans_by_id = _ascii_spans(ascii_db, text) if ascii_text else _utf8_spans(utf8_db, text)
+            for pid, spans in spans_by_id.items():
+                spans.sort()
+                covered = _covered(spans)
+                # Spans covering much of the text (e.g. widened \d or \w over CJK text): one
                 # `re` scan in C is then cheaper than a Python-level `.match` per position.
-                result[pid] = [_match(m) for m in rx.finditer(text)]
-            else:
-                result[pid] = _confirm(rx, text, spans)
+                dense = covered > len(text) * DENSE_SPANS
+                work.append((pid, None if dense else spans))
+                chars += len(text) if dense else covered
+        if not work:
+            return result
+        with _re_budget(chars) as running:
+            for pid, spans in work:
+                rx = self._regexes[pid]
+                running.pattern = rx.pattern
+                if spans is None:
+                    result[pid] = [_match(m) for m in rx.finditer(text)]
+                else:
+                    result[pid] = _confirm(rx, text, spans)
         return result
+
+
+class PatternOverrun(Exception):
+    """`re` spent more than its budget on a text: a pattern lint let through backtracks on
+    it. Names the pattern, never the text (it may hold what the pattern looks for)."""
+
+    def __init__(self, pattern: str, seconds: float, chars: int) -> None:
+        self.pattern = pattern
+        super().__init__(
+            f"pattern {pattern!r} ran past the {seconds:.3f} s of CPU `re` may spend on "
+            f"{chars} characters: it backtracks on this text"
+        )
+
+
+class _OutOfTime(Exception):
+    """Raised by the CPU timer's signal in the main thread, inside `re` (which checks for
+    signals as it backtracks)."""
+
+
+class _Running:
+    """What `re` is running under a budget: the pattern, for the error; and whether the timer
+    may interrupt it (a tick just after the budget ended is ignored)."""
+
+    def __init__(self) -> None:
+        self.pattern = ""
+        self.armed = False
+        self.installed = False  # as the process's SIGVTALRM handler
+
+    def expired(self, _signum: int, _frame: object) -> None:
+        if self.armed:
+            self.armed = False  # one interruption per budget
+            raise _OutOfTime
+
+
+_MAIN_THREAD = _Running()
+
+
+@contextlib.contextmanager
+def _re_budget(chars: int) -> Iterator[_Running]:
+    """Let `re` run over `chars` characters (the text, or what hyperscan's spans cover, for
+    every pattern it runs) on a bounded amount of CPU time: past it, PatternOverrun. The
+    budget is far above what linted patterns need (the slowest seen spend about 0.2 µs a
+    character) and far below the pool's time budget for a message, so a pattern lint missed
+    costs one message its scan (the pack's `unscannable` rules judge it), not a worker for
+    the pool's whole budget. Signals reach the main thread only, where the engine runs (a
+    pool worker, the CLI); in any other thread `re` runs unbounded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield _Running()
+        return
+    running = _MAIN_THREAD
+    if not running.installed:
+        signal.signal(signal.SIGVTALRM, running.expired)
+        running.installed = True
+    seconds = RE_SECONDS + RE_SECONDS_PER_CHAR * chars
+    try:
+        running.armed = True
+        signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+        try:
+            yield running
+        finally:
+            running.armed = False
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+    except _OutOfTime:
+        raise PatternOverrun(running.pattern, seconds, chars) from None
 
 
 def _ascii_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
