@@ -501,7 +501,7 @@ class RelayHandler:
         received = relay.received_header(server, session, envelope, message_id, ssl_object)
         action = verdict.action
         if verdict.engine_error:
-            if not relay.config.relay.fail_open:
+            if not relay.fail_open:
                 reply = str(replies.NOT_SCANNED)
                 return self._done(server, env, raw, verdict, reply, outcome)
             log.warning(
@@ -598,6 +598,7 @@ class Relay:
         self.outbox = outbox
         self.release_secret = release_secret
         self.reporter = reporter
+        self.fail_open = config.relay.fail_open
         self.handler = RelayHandler(self)
         self.tls_context = server_context(config.relay.tls)
         self._server: asyncio.Server | None = None
@@ -630,6 +631,10 @@ class Relay:
             )
         outbox = Outbox(config.relay.outbox)
         return cls(config, scanner, store, outbox=outbox, release_secret=secret, reporter=reporter)
+
+    def reconfigure(self, config: Config) -> None:
+        """What applies live (SIGHUP): fail_open, the relay's answer to an engine failure."""
+        self.fail_open = config.relay.fail_open
 
     def ready(self) -> bool:
         """For /readyz: a rule pack is loaded and the next hop has answered."""
@@ -797,12 +802,11 @@ class Relay:
             self._server = await loop.create_server(
                 self._protocol, host=listen.host, port=listen.port, reuse_address=True
             )
-        if serve_metrics and self.reporter is not None and self.config.metrics.listen is not None:
-            self.metrics_server = MetricsServer(
-                self.config.metrics.listen, self.ready, self.reporter.metrics
-            )
+        if serve_metrics and self.reporter is not None:
             try:
-                self.metrics_server.start()
+                self.metrics_server = MetricsServer.for_config(
+                    self.config, self.ready, self.reporter.metrics
+                )
             except OSError:
                 self._server.close()
                 raise

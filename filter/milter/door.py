@@ -36,6 +36,7 @@ from mailgate.filter import (
     refusal_for,
     replies,
 )
+from mailgate.filter.ops.config import MilterConfig
 from mailgate.filter.ops.report import Reporter
 from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.filter.store.release_mark import RELEASE_HEADER, released_id
@@ -114,6 +115,11 @@ class MilterDoor:
     def __post_init__(self) -> None:
         if self.fail_mode not in FAIL_MODES:
             raise ValueError(f"fail_mode must be one of {FAIL_MODES}, not {self.fail_mode!r}")
+
+    def apply(self, settings: MilterConfig) -> None:
+        """The settings that apply live, at start and on SIGHUP: fail mode and time budget."""
+        self.fail_mode = str(settings.fail_mode)
+        self.time_budget = settings.time_budget
 
     def judge(self, raw: bytes, envelope: Envelope) -> Verdict:
         """The engine's verdict within the time budget; EngineFailure when there is none."""

@@ -141,6 +141,10 @@ class ForwardingReporter(Reporter):
     def observe_reload(self, result: ReloadResult) -> None:
         self._send(("reload", result))
 
+    def started(self) -> None:
+        """This front end serves (its pack loaded, its socket listening)."""
+        self._send(("started",))
+
     def ready(self) -> None:
         self._send(("ready",))
 

@@ -1,13 +1,36 @@
-"""What both doors build from the configuration before they serve: the scan pool.
+"""How a mailgate process runs: what both doors build from the configuration (the quarantine
+store, the scan pool, the reporter, the pack reloader) and the one runner of their life cycle,
+so signals and failures mean the same in the relay and the milter.
 
-One place, so the relay and the milter run the pack under the same budgets.
+  SIGTERM, SIGINT  stop taking connections, let transactions in progress finish, exit 0
+  SIGHUP           reopen the audit file (after logrotate), reload the rule pack (a broken one
+                   is logged with file and line and the running one stays), and re-read the
+                   configuration for what a door applies live (its fail mode); a configuration
+                   that does not load is logged and the running settings stay
+A process that cannot start says why on stderr and exits 2; a door that stops by itself (the
+milter's libmilter, a relay front end whose parent is gone) exits 1. Whatever was started is
+stopped in reverse order on every way out (an AsyncExitStack).
 """
 
 from __future__ import annotations
 
-from mailgate.filter import ScanPool
-from mailgate.filter.ops.config import Config
+import asyncio
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from mailgate.filter import PackError, PackReloader, QuarantineStore, ScanPool
+from mailgate.filter.ops.config import Config, ConfigError, load_config
+from mailgate.filter.ops.metrics import Metrics, MetricsServer
+from mailgate.filter.ops.report import ForwardingReporter, Reporter
 from mailgate.filter.scan.confine import Confinement
+from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
+from mailgate.filter.store.release_mark import ReleaseSecretError, load_or_create_secret
 
 
 def scan_pool_for(config: Config, workers: int | None = None) -> ScanPool:
@@ -20,3 +43,171 @@ def scan_pool_for(config: Config, workers: int | None = None) -> ScanPool:
         memory_budget=config.engine.memory_budget,
         confinement=Confinement(user=config.engine.user, landlock=config.engine.confine),
     )
+
+
+log = logging.getLogger("mailgate.service")
+
+EXIT_STOPPED_BY_ITSELF = 1
+EXIT_CANNOT_START = 2
+
+
+class StartError(Exception):
+    """The process cannot start; the message says what and where."""
+
+
+class Stopped(Exception):
+    """A door stopped by itself; the message says why."""
+
+
+def quarantine_for(config: Config) -> QuarantineStore:
+    """The quarantine store `quarantine:` names: the one place a process opens it."""
+    return LocalQuarantine(config.quarantine.path)
+
+
+def open_quarantine(config: Config) -> tuple[QuarantineStore, bytes]:
+    """The store and its release secret, for a process that starts; StartError if either
+    cannot be opened."""
+    try:
+        return quarantine_for(config), load_or_create_secret(config.quarantine.path)
+    except (OSError, sqlite3.Error, QuarantineError, ReleaseSecretError) as exc:
+        raise StartError(f"quarantine {config.quarantine.path}: {exc}") from exc
+
+
+def reporter_for(config: Config, store: QuarantineStore, pool: ScanPool | None = None) -> Reporter:
+    """The audit log and metrics of a process that writes them; StartError if the audit file
+    cannot be opened."""
+    try:
+        return Reporter.from_config(config, store, engine=(lambda: pool.engine) if pool else None)
+    except OSError as exc:
+        raise StartError(f"audit log {config.audit.path}: {exc}") from exc
+
+
+def serve_metrics(
+    config: Config, ready: Callable[[], bool], metrics: Metrics, stack: AsyncExitStack
+) -> None:
+    """/metrics and the health checks, when `metrics.listen` asks for them, until `stack`
+    closes; StartError if the port cannot be bound."""
+    try:
+        server = MetricsServer.for_config(config, ready, metrics)
+    except OSError as exc:
+        raise StartError(str(exc)) from exc
+    if server is not None:
+        stack.callback(server.stop)
+
+
+@dataclass
+class Scanning:
+    """What every door serves with, started."""
+
+    store: QuarantineStore
+    release_secret: bytes
+    pool: ScanPool
+    reporter: Reporter
+    reloader: PackReloader
+
+
+async def start_scanning(
+    config: Config, stack: AsyncExitStack, parent: Connection | None = None
+) -> Scanning:
+    """The quarantine, the scan pool on the pack, the reporter (the audit log and metrics, or
+    with `parent` a relay front end's forwarding to its parent) and the pack reloader, each
+    stopped by `stack`."""
+    store, secret = open_quarantine(config)
+    pool = scan_pool_for(config)
+    stack.push_async_callback(pool.close)
+    try:
+        await pool.start()
+    except (PackError, OSError) as exc:
+        raise StartError(f"rule pack {config.rules}:\n{exc}") from exc
+    if parent is not None:
+        reporter: Reporter = ForwardingReporter(parent, lambda: pool.engine)
+    else:
+        reporter = reporter_for(config, store, pool)
+        if reporter.audit is not None:
+            stack.callback(reporter.audit.close)
+    reporter.set_pack(pool.pack_version)
+    reloader = PackReloader(pool, config.rules, on_result=reporter.observe_reload)
+    await reloader.start()
+    stack.push_async_callback(reloader.stop)
+    return Scanning(store, secret, pool, reporter, reloader)
+
+
+@dataclass
+class Serving:
+    """What a started door gives the runner."""
+
+    reporter: Reporter  # its audit file is reopened on SIGHUP
+    reloader: PackReloader | None = None  # asked to reload on SIGHUP
+    on_hangup: Callable[[], None] | None = None  # what else SIGHUP does (pass it on)
+    reconfigure: Callable[[Config], None] | None = None  # apply the re-read configuration
+    stopped: asyncio.Future[None] | None = None  # raises Stopped (or why) if the door stops
+
+
+Start = Callable[[AsyncExitStack], Awaitable[Serving]]
+
+
+async def run_service(name: str, config: Config, start: Start) -> int:
+    """Start a door with `start`, serve until SIGTERM or SIGINT (or until it stops by itself),
+    then stop whatever it started; the exit status. Call it in the main thread, where Python
+    runs signal handlers."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    serving: Serving | None = None
+
+    def stop_on(signum: int) -> None:
+        if not stop.is_set():
+            log.info("stopping on %s", signal.Signals(signum).name)
+            stop.set()
+
+    def hangup() -> None:
+        if serving is None or stop.is_set():
+            return  # starting (the pack and audit file are fresh) or stopping
+        _hangup(serving, config)
+
+    async with AsyncExitStack() as stack:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_on, signum)
+            stack.callback(loop.remove_signal_handler, signum)
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        starting = asyncio.ensure_future(start(stack))
+        stopping = asyncio.ensure_future(stop.wait())
+        stack.callback(stopping.cancel)
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while starting: what has started is stopped
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return 0
+        try:
+            serving = starting.result()
+        except StartError as exc:
+            print(f"mailgate {name}: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_START
+        waiting: set[asyncio.Future[object]] = {stopping}
+        if serving.stopped is not None:
+            waiting.add(serving.stopped)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if not stop.is_set():
+            assert serving.stopped is not None
+            print(f"mailgate {name}: {serving.stopped.exception()}", file=sys.stderr)
+            status = EXIT_STOPPED_BY_ITSELF
+    log.info("stopped")
+    return status
+
+
+def _hangup(serving: Serving, config: Config) -> None:
+    log.info("SIGHUP: reopening the audit file, reloading the rule pack and the configuration")
+    if serving.reporter.audit is not None:
+        serving.reporter.audit.reopen()
+    if serving.reloader is not None:
+        serving.reloader.request("signal")
+    if serving.on_hangup is not None:
+        serving.on_hangup()
+    try:
+        fresh = load_config(config.source)
+    except ConfigError as exc:
+        log.error("configuration reload failed, keeping the running settings: %s", exc)
+        return
+    if serving.reconfigure is not None:
+        serving.reconfigure(fresh)

@@ -128,4 +128,5 @@ LINE_TOO_LONG = SMTPReply(
 HELD = SMTPReply(250, "2.0.0", "Held for review in quarantine as {id}")
 IN_OUTBOX = SMTPReply(250, "2.0.0", "Delivered to the outbox as {id}")
 NOT_STORED = SMTPReply(451, "4.3.0", "Message could not be stored, try again later")
+RELEASE_TIMED_OUT = SMTPReply(451, "4.4.2", "Release took longer than {limit:g} s; stopped")
 COPY_REFUSED = SMTPReply(451, "4.3.0", "Required copy to <{recipient}> refused: {reply}")
