@@ -320,3 +320,22 @@ def test_relay_log_escapes_command_words_the_client_sent(tmp_path: Path) -> None
     log = relay.log_text()
     assert "unrecognised: \\u001b[2J\\u000dFORGED************1111" in log
     assert "\x1b" not in log and "\r" not in log
+
+
+def test_check_prints_a_senders_file_name_escaped(tmp_path: Path) -> None:
+    """`mailgate check` names the attachment a rule hit: a name with terminal escapes (RFC 2231
+    lets a sender spell any byte) reaches the terminal escaped, its card number masked."""
+    from tests.support import samples
+
+    name = "filename*=utf-8''%1B%5D0%3Bowned%07card%204111111111111111.exe"
+    raw = samples.mime_message(
+        samples.text_part("See attached.\n"),
+        samples.attachment_part(b"MZ" + b"\0" * 200, "x.exe", disposition=f"attachment; {name}"),
+    )
+    (tmp_path / "m.eml").write_bytes(raw)
+    plain = run_mailgate("check", "--rules", str(RULES), str(tmp_path / "m.eml"))
+    as_json = run_mailgate("check", "--json", "--rules", str(RULES), str(tmp_path / "m.eml"))
+    assert "\\u001b]0;owned\\u0007card ************1111.exe" in plain.stdout
+    for output in (plain.stdout, as_json.stdout):
+        assert "\x1b" not in output and "\x07" not in output and card_forms(output) == []
+    assert json.loads(as_json.stdout)["action"] == "reject"

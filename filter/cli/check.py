@@ -11,6 +11,7 @@ from typing import Any
 
 from mailgate.filter.ops.audit import audit_record
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.logs import json_line, printable
 from mailgate.filter.ops.report import message_id_of
 from mailgate.filter.ops.review import explain
 from mailgate.filter.ops.rulediff import Sample, files_corpus, quarantine_corpus, replay
@@ -129,9 +130,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         verdict = engine.scan(raw, envelope)
         if args.json:
             record = check_record(str(path), raw, envelope, verdict, engine)
-            print(json.dumps(record, ensure_ascii=False))
-        else:
-            print(explain(str(path), verdict, engine))
+            print(json_line(record))
+        else:  # evidence names attachments: a sender's words, escaped for the terminal
+            print("\n".join(map(printable, explain(str(path), verdict, engine).splitlines())))
     return 0
 
 
