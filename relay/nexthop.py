@@ -236,9 +236,11 @@ async def _connect(
                         server_hostname=server_hostname(target),
                         timeout=target.timeout,
                     )
+                    # Under TLS 1.3 a server's refusal of the handshake (a client certificate
+                    # it wants) arrives with its first reply after it: part of the upgrade.
+                    await smtp.ehlo()
                 except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
                     raise _StartTLSFailed() from exc
-                await smtp.ehlo()
             elif target.tls is not NextHopTLS.OPPORTUNISTIC:
                 raise TLSPolicyError(f"tls: {target.tls} but the server offers no STARTTLS")
     except BaseException:
