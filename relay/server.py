@@ -662,7 +662,8 @@ class Relay:
             return str(replies.TOO_MANY_CONNECTIONS) if full else None
         waiting = [s for s in live if s.owes_certificate]
         share, per_address = certless_shares(relay.max_connections)
-        same_address = [s for s in waiting if s.client_ip == server.client_ip]
+        client = client_key(server.client_ip)
+        same_address = [s for s in waiting if client_key(s.client_ip) == client]
         if len(same_address) >= per_address:
             _longest_waiting(same_address).dismiss(
                 str(replies.TOO_MANY_WITHOUT_CERTIFICATE_FROM.format(ip=server.client_ip))
@@ -867,11 +868,21 @@ def _longest_waiting(sessions: list[RelaySMTP]) -> RelaySMTP:
     return min(sessions, key=lambda s: (s.tls_started, s.connected_at))
 
 
+def client_key(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Network | None:
+    """Whose share a connection counts against: an IPv4 address, or an IPv6 address's /64,
+    the least a single host gets (one host could otherwise take 2**64 shares)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ipaddress.IPv6Network((ip, 64), strict=False)
+    return ip
+
+
 def _largest_group(sessions: list[RelaySMTP]) -> list[RelaySMTP]:
-    """The sessions of the client address holding the most of them."""
+    """The sessions of the client (see client_key) holding the most of them."""
     groups: dict[object, list[RelaySMTP]] = {}
     for session in sessions:
-        groups.setdefault(session.client_ip, []).append(session)
+        groups.setdefault(client_key(session.client_ip), []).append(session)
     return max(groups.values(), key=len)
 
 

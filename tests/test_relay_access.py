@@ -5,6 +5,7 @@ share of the slots per address, so a crowd of them cannot lock out the certified
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import smtplib
 import socket
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from mailgate.filter.ops.config import ConfigError
+from mailgate.relay.server import client_key
 from tests.support.certs import CLIENT_NAME, KeyPair, Pki, client_context
 from tests.support.relay_harness import tls_relay_settings, write_config
 from tests.support.samples import message
@@ -158,6 +160,14 @@ def test_certless_clients_cannot_lock_out_the_certified_client(make_relay, pki, 
         assert client.rcpt("bob@example.org")[0] == 250
         assert client.data(message())[0] == 250
     assert len(sink.wait_for(1)) == 1
+
+
+def test_an_ipv6_client_has_one_share_for_its_whole_64() -> None:
+    # One host gets a /64: counted by address, it would have 2**64 shares of the slots.
+    ip = ipaddress.ip_address
+    assert client_key(ip("2001:db8:1:2::1")) == client_key(ip("2001:db8:1:2:ffff::9"))
+    assert client_key(ip("2001:db8:1:2::1")) != client_key(ip("2001:db8:1:3::1"))
+    assert client_key(ip("192.0.2.1")) != client_key(ip("192.0.2.2"))
 
 
 def test_noop_does_not_extend_the_deadline_for_a_certificate(make_relay, pki, sink):
