@@ -5,23 +5,19 @@ rules live in the engine and the "what to change" in `actions.plan_for`, shared 
 
 libmilter calls back in its own threads, one per SMTP connection; at end of message that thread
 hands the message to a scan worker itself (`ScanPool.scan_blocking`), bounded by the door's
-time budget. The pool is managed (started, reloaded, workers replaced) on an event loop in one
-dedicated thread (`EngineThread`), which no message has to wake.
+time budget. The pool is managed (started, reloaded, workers replaced) on the event loop of the
+process's main thread (`service.py`), which no message has to wake.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import os
 import socket
 import tempfile
-import threading
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import Milter
 import milter as libmilter
@@ -43,8 +39,6 @@ from mailgate.filter.store.release_mark import RELEASE_HEADER, released_id
 
 log = logging.getLogger("mailgate.milter")
 
-T = TypeVar("T")
-
 # Messages up to this size stay in memory while they arrive; larger ones spill to a temp file,
 # so many concurrent large messages cost disk, not RAM.
 SPOOL_IN_MEMORY = 1 << 20
@@ -65,37 +59,6 @@ class Scanner(Protocol):
 
 class EngineFailure(Exception):
     """The engine could not judge the message (overrun, crash, no pack): `fail_mode` decides."""
-
-
-class EngineThread:
-    """An asyncio event loop running in its own thread, for the scan pool."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="mailgate-engine", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run `coro` on the loop and wait for it from any other thread; on timeout the
-        coroutine is cancelled and TimeoutError raised."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"no answer within {timeout:g} s") from None
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-        self.loop.close()
 
 
 @dataclass
