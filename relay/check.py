@@ -16,6 +16,7 @@ import aiosmtplib
 from cryptography import x509
 
 from mailgate.filter.ops.config import Config, NextHopTLS, SmtpTarget
+from mailgate.filter.ops.logs import printable
 from mailgate.relay.nexthop import NextHopError, open_session, smtp_client
 from mailgate.relay.tls import inspection_context, server_hostname
 
@@ -137,5 +138,6 @@ def check_next_hop(config: Config) -> int:
         print(f"no next hop configured: mail is delivered into {config.relay.outbox}")
         return 1
     report = asyncio.run(inspect_next_hop(target, config.relay.hostname))
-    print(report.format())
+    # The banner, capabilities and certificate names are the next hop's words.
+    print("\n".join(map(printable, report.format().splitlines())))
     return 0 if report.check_passed else 1

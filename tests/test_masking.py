@@ -10,8 +10,11 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -339,3 +342,62 @@ def test_check_prints_a_senders_file_name_escaped(tmp_path: Path) -> None:
     for output in (plain.stdout, as_json.stdout):
         assert "\x1b" not in output and "\x07" not in output and card_forms(output) == []
     assert json.loads(as_json.stdout)["action"] == "reject"
+
+
+class HostileNextHop:
+    """A next hop whose banner and EHLO lines carry terminal escape sequences: a real server
+    on 127.0.0.1, one thread, every connection closed after QUIT or a 10 s silence."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                self._session(conn.makefile("rwb"))
+
+    @staticmethod
+    def _session(stream: Any) -> None:
+        stream.write(b"220 mx.example \x1b[2J\x1b]0;owned\x07 ready\r\n")
+        stream.flush()
+        for line in stream:
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                stream.write(b"250-mx.example\r\n250 X-\x1b[31mRED\r\n")
+            elif verb == b"QUIT":
+                stream.write(b"221 bye\r\n")
+                stream.flush()
+                return
+            else:
+                stream.write(b"250 ok\r\n")
+            stream.flush()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+        self.sock.close()
+
+
+def test_check_next_hop_prints_the_next_hops_words_escaped(tmp_path: Path) -> None:
+    next_hop = HostileNextHop()
+    try:
+        config = quarantine_config(
+            tmp_path, next_hop={"host": "127.0.0.1", "port": next_hop.port, "tls": "none"}
+        )
+        checked = run_mailgate("relay", "--config", str(config), "--check-next-hop", timeout=60)
+    finally:
+        next_hop.stop()
+    assert checked.returncode == 0, checked.stderr
+    assert "mx.example \\u001b[2J\\u001b]0;owned\\u0007 ready" in checked.stdout
+    assert "X-\\u001b[31mRED" in checked.stdout
+    assert "\x1b" not in checked.stdout + checked.stderr
