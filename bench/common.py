@@ -5,6 +5,7 @@ processes, ports, waiting and the private Postfix instance are the tests' (`test
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import random
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from bench.engine import make_message
 from tests.support.net import free_port, port_open
-from tests.support.processes import process_table
+from tests.support.processes import end_process, process_table
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +30,18 @@ PYTHON = Path(sys.executable)
 SENDER = "alice@corp.example"
 RECIPIENT = "bob@partner.example"
 WARMUP = 60  # messages before each measurement: processes, pools, scan workers, caches
+
+
+def smtp_bench_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The command line both SMTP benches share (each may add to it)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat each case, keep the best")
+    parser.add_argument("--profile", type=Path, help="folder for a py-spy profile of mailgate")
+    parser.add_argument("--profile-count", type=int, default=4000, help="messages profiled")
+    return parser
 
 
 @dataclass(frozen=True)
@@ -94,13 +107,8 @@ class SmtpSinkProgram:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            end_process(process, timeout=10)
 
 
 def smtp_source(
@@ -239,12 +247,7 @@ def py_spy(pid: int, out: Path) -> Iterator[None]:
         time.sleep(1)  # let py-spy attach before the load starts
         yield
     finally:
-        recorder.send_signal(signal.SIGINT)
-        try:
-            recorder.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            recorder.kill()
-            recorder.wait()
+        end_process(recorder, signal.SIGINT, timeout=60)
 
 
 def summarise_profile(path: Path, title: str, top: int = 25) -> None:

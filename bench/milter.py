@@ -40,6 +40,7 @@ from bench.common import (
     print_table,
     py_spy,
     remove_tree,
+    smtp_bench_arguments,
     smtp_source,
     standard_cases,
     summarise_profile,
@@ -141,14 +142,8 @@ def measure(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat each case, keep the best")
+    parser = smtp_bench_arguments(__doc__)
     parser.add_argument("--latency-count", type=int, default=100, help="single-session messages")
-    parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of mailgate-unix")
-    parser.add_argument("--profile-count", type=int, default=4000, help="messages profiled")
     args = parser.parse_args()
     if missing := missing_binaries():
         parser.error(f"needs Postfix: missing {', '.join(missing)}")

@@ -49,6 +49,7 @@ from bench.common import (
     print_table,
     py_spy,
     remove_tree,
+    smtp_bench_arguments,
     smtp_source,
     standard_cases,
     summarise_profile,
@@ -179,13 +180,7 @@ def measure(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat each case, keep the best")
-    parser.add_argument("--profile", type=Path, help="folder for a py-spy profile of mailgate")
-    parser.add_argument("--profile-count", type=int, default=4000, help="messages profiled")
+    parser = smtp_bench_arguments(__doc__)
     args = parser.parse_args()
     if missing := missing_binaries():
         parser.error(f"needs smtp-source and smtp-sink (postfix package): missing {missing}")

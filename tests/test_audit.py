@@ -25,13 +25,12 @@ from tests.support import samples
 from tests.support.background_loop import BackgroundLoop
 from tests.support.cards import unmasked_cards
 from tests.support.cli import run_in_process
-from tests.support.relay_harness import RunningRelay, start_pool, write_config
+from tests.support.relay_harness import relay_on_pack
 from tests.support.skips import NEEDS_PYMILTER
 from tests.support.smtp_client import send
 
 if TYPE_CHECKING:
     from mailgate.filter.milter.door import MilterDoor
-    from tests.support.background_loop import BackgroundLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -250,20 +249,14 @@ def test_milter_audit_log_holds_no_unmasked_card_number(
 def test_relay_audits_messages_refused_before_the_rules(tmp_path: Path) -> None:
     """Too big, or a line too long: refused at DATA, before the engine; still one record
     each, action reject, no rules, the reply as the outcome, and the size the client sent."""
-    bg = BackgroundLoop()
-    pool = start_pool(bg, RULES)
     limits = {"max_message_size": 10_000, "max_line_length": 1000}
-    config = write_config(tmp_path, RULES, limits, audit={"path": "audit.jsonl"})
-    relay = RunningRelay(bg, config, pool)
-    try:
-        with relay.client() as client:
-            for body in ("y" * 76 + "\r\n") * 200, "z" * 1200 + "\r\n":
-                raw = samples.message("refused", body, message_id=f"<m{len(body)}@example.com>")
-                assert send(client, raw)[0] in (552, 554)  # no SIZE: the refusal comes at DATA
-    finally:
-        relay.stop()
-        bg.run(pool.close())
-        bg.close()
+    with (
+        relay_on_pack(tmp_path, RULES, limits, audit={"path": "audit.jsonl"}) as relay,
+        relay.client() as client,
+    ):
+        for body in ("y" * 76 + "\r\n") * 200, "z" * 1200 + "\r\n":
+            raw = samples.message("refused", body, message_id=f"<m{len(body)}@example.com>")
+            assert send(client, raw)[0] in (552, 554)  # no SIZE: the refusal comes at DATA
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(r["action"], r["rules"], r["outcome"]["reply"][:9]) for r in records] == [
         ("reject", [], "552 5.3.4"),
@@ -276,22 +269,17 @@ def test_relay_audits_messages_refused_before_the_rules(tmp_path: Path) -> None:
 
 
 def test_relay_audit_log_holds_no_unmasked_card_number(tmp_path: Path) -> None:
-    bg = BackgroundLoop()
-    pool = start_pool(bg, RULES)
-    relay = RunningRelay(bg, write_config(tmp_path, RULES, audit={"path": "audit.jsonl"}), pool)
-    try:
-        bodies = [
-            "Card 4111 1111 1111 1111 exp 12/28\r\n",
-            "Visa 4111111111111111 and MC 5555-5555-5555-4444\r\n",
-            "Amex 3782 822463 10005, thanks\r\n",
-        ]
-        with relay.client() as client:
-            for body in bodies:
-                assert send(client, samples.message("numbers", body))[0] == 250
-    finally:
-        relay.stop()
-        bg.run(pool.close())
-        bg.close()
+    bodies = [
+        "Card 4111 1111 1111 1111 exp 12/28\r\n",
+        "Visa 4111111111111111 and MC 5555-5555-5555-4444\r\n",
+        "Amex 3782 822463 10005, thanks\r\n",
+    ]
+    with (
+        relay_on_pack(tmp_path, RULES, audit={"path": "audit.jsonl"}) as relay,
+        relay.client() as client,
+    ):
+        for body in bodies:
+            assert send(client, samples.message("numbers", body))[0] == 250
     text = (tmp_path / "audit.jsonl").read_text()
     records = [json.loads(line) for line in text.splitlines()]
     assert [(r["door"], r["action"], r["rules"]) for r in records] == [

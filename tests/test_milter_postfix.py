@@ -8,7 +8,6 @@ milter_default_action, which decides what Postfix does while mailgate is down.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import uuid
@@ -22,17 +21,15 @@ from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineRecord
 from mailgate.filter.store.release_mark import RELEASE_HEADER
 from tests.support.cli import mailgate_process, run_mailgate
 from tests.support.packs import write_pack
-from tests.support.postfix import PostfixInstance, missing_binaries, shared_temp_dir
+from tests.support.postfix import PostfixInstance, milter_settings, shared_temp_dir
 from tests.support.processes import ChildProcess
 from tests.support.samples import message
+from tests.support.skips import needs_root_and_postfix
 from tests.support.smtp_client import send_to
 from tests.support.smtp_sink import SmtpSink
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(missing_binaries()),
-    reason="needs root and Postfix (see README: Testing)",
-)
+pytestmark = needs_root_and_postfix
 
 WAIT = 30  # seconds: upper bound for anything to reach the sink or the log
 
@@ -59,14 +56,12 @@ def stack() -> Iterator[Stack]:
         socket = work / "run" / "milter.sock"
         postfix = PostfixInstance(
             relayhost_port=sink.port,
-            settings={
-                "smtpd_milters": f"unix:{socket}",
-                "milter_protocol": "6",
-                "milter_default_action": "tempfail",
-                "milter_connect_timeout": "5s",
-                "milter_command_timeout": "10s",
-                "milter_content_timeout": "60s",
-            },
+            settings=milter_settings(
+                socket,
+                milter_connect_timeout="5s",
+                milter_command_timeout="10s",
+                milter_content_timeout="60s",
+            ),
             listeners={"tempfail": {}, "accept": {"milter_default_action": "accept"}},
         )
         write_pack(work / "pack")

@@ -25,10 +25,11 @@ from tests.support.background_loop import BackgroundLoop
 from tests.support.cli import mailgate_process
 from tests.support.net import free_port
 from tests.support.packs import BLOCK_WORD, subject_rule
-from tests.support.postfix import PostfixInstance, missing_binaries, shared_temp_dir
+from tests.support.postfix import PostfixInstance, milter_settings, shared_temp_dir
 from tests.support.relay_harness import RunningRelay, start_pool, write_config
 from tests.support.samples import message
 from tests.support.scrape import get, scrape, value
+from tests.support.skips import needs_root_and_postfix
 from tests.support.smtp_client import connect, send
 from tests.support.smtp_sink import SmtpSink
 from tests.support.waiting import wait_until
@@ -144,10 +145,7 @@ def test_relay_serves_a_good_change_and_refuses_broken_ones(
 # ------------------------------------------------------------------------------- milter
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or bool(missing_binaries()),
-    reason="needs root and Postfix (see README: Testing)",
-)
+@needs_root_and_postfix
 def test_milter_behind_postfix_reloads_on_sighup_without_dropping_a_session() -> None:
     # smtpd runs as `postfix` and must reach the socket's folder.
     work = shared_temp_dir("mailgate-reload-test-")
@@ -156,12 +154,7 @@ def test_milter_behind_postfix_reloads_on_sighup_without_dropping_a_session() ->
     metrics_port = free_port()
     postfix = PostfixInstance(
         relayhost_port=sink.port,
-        settings={
-            "smtpd_milters": f"unix:{socket}",
-            "milter_protocol": "6",
-            "milter_default_action": "tempfail",
-            "milter_content_timeout": "60s",
-        },
+        settings=milter_settings(socket, milter_content_timeout="60s"),
     )
     first = write_pack(work / "pack", PACK)
     (work / "mailgate.yaml").write_text(

@@ -50,6 +50,17 @@ def missing_binaries() -> list[str]:
     return [name for name in POSTFIX_BINARIES if shutil.which(name) is None]
 
 
+def milter_settings(socket: Path, **more: str) -> dict[str, str]:
+    """main.cf settings for an instance that asks the milter on the unix `socket` about every
+    message (protocol 6) and answers 4xx while it cannot reach it; `more` adds or overrides."""
+    return {
+        "smtpd_milters": f"unix:{socket}",
+        "milter_protocol": "6",
+        "milter_default_action": "tempfail",
+        **more,
+    }
+
+
 def shared_temp_dir(prefix: str) -> Path:
     """A fresh folder that Postfix's daemons (user postfix) can traverse: not under pytest's
     tmp_path, whose folders are 0700. The caller removes it."""

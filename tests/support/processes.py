@@ -68,15 +68,23 @@ class ChildProcess:
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM and wait; the exit status, or None if it had to be killed."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-            return None
+        return None if process is None else end_process(process, signal.SIGTERM, timeout)
+
+
+def end_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> int | None:
+    """Send `sig` to a running `process` and wait; killed after `timeout` seconds. Its exit
+    status, or None if it had to be killed."""
+    if process.poll() is not None:
+        return process.returncode
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+        return None
 
 
 @dataclass(frozen=True)

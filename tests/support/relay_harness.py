@@ -3,8 +3,10 @@ background loop, with a configuration written to a real mailgate.yaml."""
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,24 @@ class RunningRelay:
 
     def stop(self) -> None:
         self.loop.run(self.relay.stop(grace=1.0))
+
+
+@contextlib.contextmanager
+def relay_on_pack(
+    folder: Path, rules: Path, relay: dict[str, Any] | None = None, **sections: Any
+) -> Iterator[RunningRelay]:
+    """A relay judging with a pool of its own on `rules` (e.g. the shipped pack), in a loop of
+    its own, configured as `write_config` does in `folder`; all stopped on the way out."""
+    loop = BackgroundLoop()
+    try:
+        pool = start_pool(loop, rules)
+        try:
+            running = RunningRelay(loop, write_config(folder, rules, relay, **sections), pool)
+            try:
+                yield running
+            finally:
+                running.stop()
+        finally:
+            loop.run(pool.close())
+    finally:
+        loop.close()
