@@ -30,7 +30,7 @@ def relay_reply(relay, raw: bytes) -> str:
 @pytest.fixture
 def milter_reply(monkeypatch: pytest.MonkeyPatch):
     """The milter door's reply to a message (pymilter's TestCtx stands in for libmilter)."""
-    pytest.importorskip("Milter", reason=NEEDS_PYMILTER)
+    pytest.importorskip("Milter", reason=NEEDS_PYMILTER, exc_type=ImportError)
     from mailgate.filter.milter.door import MilterDoor
     from tests.support.milter_ctx import feed, no_reply_is_continue
 

@@ -20,6 +20,7 @@ from tests.support.processes import children_of
 from tests.support.relay_harness import write_config
 from tests.support.samples import message
 from tests.support.scrape import get, scrape, value
+from tests.support.skips import NEEDS_PYMILTER
 from tests.support.smtp_client import send
 from tests.support.waiting import wait_until
 
@@ -66,7 +67,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("door", ["relay", "milter"])
 def test_sighup_and_sigterm_mean_the_same_in_both_doors(door: str, tmp_path: Path) -> None:
     if door == "milter":
-        pytest.importorskip("Milter", reason="the milter door needs pymilter (README: Testing)")
+        pytest.importorskip("Milter", reason=NEEDS_PYMILTER, exc_type=ImportError)
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "rules.yaml").write_text(RULE.format(word="first-word"))
     settings = door_config(door, tmp_path)
@@ -117,7 +118,7 @@ def test_sighup_and_sigterm_mean_the_same_in_both_doors(door: str, tmp_path: Pat
 
 
 def test_a_milter_whose_socket_cannot_be_opened_exits_1_saying_why(tmp_path: Path) -> None:
-    pytest.importorskip("Milter", reason="the milter door needs pymilter (README: Testing)")
+    pytest.importorskip("Milter", reason=NEEDS_PYMILTER, exc_type=ImportError)
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "rules.yaml").write_text(RULE.format(word="x"))
     with socket.create_server(("127.0.0.1", 0)) as taken:
