@@ -9,7 +9,6 @@ import base64
 import json
 import logging
 import re
-import smtplib
 import socket
 import sys
 import threading
@@ -32,6 +31,7 @@ from tests.support.cards import unmasked_cards
 from tests.support.cli import mailgate_process, run_mailgate
 from tests.support.net import free_port, port_open
 from tests.support.packs import write_pack
+from tests.support.smtp_client import connect
 from tests.support.smtp_sink import SmtpSink
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -315,7 +315,7 @@ def test_relay_log_escapes_command_words_the_client_sent(tmp_path: Path) -> None
         "relay", "--config", str(config), log=tmp_path / "relay.log", ready=lambda: port_open(port)
     ).start()
     try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        with connect(port) as client:
             client.send(b"\x1b[2J\rFORGED4111111111111111 x\r\n")
             assert client.getreply()[0] == 500
     finally:
