@@ -15,6 +15,7 @@ from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackError
 from mailgate.filter.policy.replies import reply_text
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
+from mailgate.filter.policy.yamlsource import YamlError, load_yaml
 from mailgate.filter.scan.engine import Engine
 from mailgate.filter.scan.pool import ScanPool
 from mailgate.filter.scan.reload import PackReloader
@@ -30,7 +31,9 @@ __all__ = [
     "QuarantineStore",
     "ScanPool",
     "Verdict",
+    "YamlError",
     "encode_header_value",
+    "load_yaml",
     "mask_field",
     "plan_for",
     "refusal_for",

@@ -24,6 +24,8 @@ import yaml
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from mailgate.filter import YamlError, load_yaml
+
 ROLES = ("auditor", "reviewer", "admin")
 # What each role may do; a role has its own rights and those of the roles before it.
 RIGHTS = {
@@ -62,10 +64,11 @@ class UsersFile:
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+            # the one loader: no alias bombs, duplicate users refused with their line
+            data = load_yaml(self.path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             return {"users": {}, "tokens": {}}
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        except (OSError, YamlError, UnicodeDecodeError) as exc:
             raise UsersFileError(f"{self.path}: cannot read: {exc}") from None
         if not isinstance(data, dict):
             raise UsersFileError(f"{self.path}: not a mapping of users and tokens")
