@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,25 @@ class ExampleFailure:
         return f"[{self.rule_id}] {self.example}: expected {self.expected}, {self.why}"
 
 
+# An example is a message; one larger than any relay would take is a mistake (or a symlink to
+# /dev/zero), and reading it must not stall `rules test` or a hot reload.
+MAX_EXAMPLE_BYTES = 64 << 20
+
+
+def read_example(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_EXAMPLE_BYTES; OSError otherwise."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; the check below refuses it
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        data = f.read(MAX_EXAMPLE_BYTES + 1)
+    if len(data) > MAX_EXAMPLE_BYTES:
+        raise OSError(0, f"larger than {MAX_EXAMPLE_BYTES >> 20} MiB")
+    return data
+
+
 def run_examples(engine: Engine, root: Path) -> tuple[int, list[ExampleFailure]]:
     """Run every example of the pack found under `root`; return (examples run, failures)."""
     failures: list[ExampleFailure] = []
@@ -30,7 +51,7 @@ def run_examples(engine: Engine, root: Path) -> tuple[int, list[ExampleFailure]]
                 path = base / name
                 ran += 1
                 try:
-                    raw = path.read_bytes()
+                    raw = read_example(path)
                 except OSError as exc:
                     failures.append(
                         ExampleFailure(
