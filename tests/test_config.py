@@ -232,6 +232,8 @@ def test_yaml_octal_socket_mode(tmp_path: Path) -> None:
         ("milter:\n  socket: /tmp/x.sock\n", 2, "milter.socket", "unix:"),
         ("milter:\n  fail_mode: reject\n", 2, "milter.fail_mode", "tempfail"),
         ("engine:\n  workers: 0\n", 2, "engine.workers", "greater than 0"),
+        ("engine:\n  workers: 100000\n", 2, "engine.workers", "less than or equal to 256"),
+        ("engine:\n  memory_budget: 0\n", 2, "engine.memory_budget", "greater than or equal"),
         ("relay:\n  next_hop:\n    tls_name: a.example\n", 2, "relay.next_hop", "verify_name"),
         ("relay:\n  tls:\n    require: true\n", 2, "relay.tls", "cert and key"),
         ("quarantine:\n  release_to: {port: 26}\n", 2, "quarantine.release_to", "host"),

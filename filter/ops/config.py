@@ -312,9 +312,11 @@ def _cpu_count() -> int:
 
 
 class EngineConfig(_Section):
-    workers: int = Field(default=None, gt=0)  # scanning processes; None: one per usable CPU
+    # scanning processes; None: one per usable CPU. Bounded: each holds a compiled pack.
+    workers: int = Field(default=None, gt=0, le=256)
     time_budget: Seconds = 10.0  # per message; overruns go to the pack's unscannable rules
-    memory_budget: Size = 512 << 20  # per worker process
+    # per worker process; below 64 MiB a worker cannot even hold the default pack
+    memory_budget: Annotated[Size, Field(ge=64 << 20)] = 512 << 20
     # Workers parse hostile files, so they run with least privilege (filter/scan/confine.py):
     user: str | None = "nobody"  # the workers' user when started as root; null: stay root
     confine: bool = True  # Landlock: workers read only Python and system libraries, write nothing
