@@ -2,72 +2,146 @@
 `relay.next_hop`, else the outbox, with the release mark so a mailgate further on does not
 hold it again.
 
+Exactly once, across processes and across a fleet's nodes: the release first claims the
+record (held -> releasing, one atomic step in the store, see lifecycle), then sends, then
+records the outcome under its claim. A release that finds the message claimed or released
+does nothing and says so. A release that dies mid-way leaves its claim until the lease ends;
+the record is then `release_unknown` and only `force` sends it again. The whole session with
+the next hop is bounded (RELEASE_TIMEOUTS times its command timeout) and the lease is twice
+that, so a live release always ends before its lease.
+
 All or nothing: every recipient must be accepted before the message is sent, so a refusal
-leaves it held with nobody having received it, and a later release cannot send it twice to
-anyone. The store's per-message lock makes two releases at once behave as one after the
-other: the second finds the message released and does nothing.
+leaves it held with nobody having received it. When the next hop's answer to the message
+itself never comes, it may have the message: the outcome is recorded as unknown, not failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from mailgate.filter import replies
 from mailgate.filter.ops.config import Config, SmtpTarget
-from mailgate.filter.store.quarantine import QuarantineError, QuarantineStore
-from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
+from mailgate.filter.store.lifecycle import Change
+from mailgate.filter.store.quarantine import (
+    QuarantineError,
+    QuarantineRecord,
+    QuarantineStore,
+    StateError,
+)
+from mailgate.filter.store.release_mark import marked
 from mailgate.relay.nexthop import NextHopError, Reply, open_session
 from mailgate.relay.outbox import Outbox
+
+RELEASE_TIMEOUTS = 4  # the session's bound, in next-hop command timeouts
+OUTBOX_LIMIT = 60.0  # seconds: a release into the outbox (one durable file write)
 
 
 @dataclass(frozen=True)
 class ReleaseResult:
     qid: str
     released: bool  # sent now
-    already: bool  # had been released before: nothing was done
-    reply: str  # the next hop's reply, the outbox delivery, or why it failed
+    already: bool  # released, or being released, by someone else: nothing was done
+    reply: str  # the next hop's reply, the outbox delivery, or why nothing was sent
 
     @property
     def ok(self) -> bool:
         return self.released or self.already
 
 
+def release_limit(config: Config) -> float:
+    """Seconds a release may take, end to end; its claim's lease is twice that."""
+    target = config.release_target
+    return RELEASE_TIMEOUTS * target.timeout if target.host else OUTBOX_LIMIT
+
+
 def release_message(
-    config: Config, store: QuarantineStore, qid: str, actor: str, reason: str = ""
+    config: Config,
+    store: QuarantineStore,
+    qid: str,
+    actor: str,
+    reason: str = "",
+    force: bool = False,
 ) -> ReleaseResult:
     """Release one held message and record the outcome with `actor` and the reviewer's
-    `reason`. Raises QuarantineError (UnknownMessage) for an id that is not in the store or
-    whose message was deleted. Runs its own event loop: call it from synchronous code such as
-    the CLI, or from a worker thread (the review console, which gets it from the CLI)."""
-    with store.lock(qid):
-        record = store.get(qid)
-        if record.state == "released":
-            return ReleaseResult(qid, released=False, already=True, reply="already released")
-        if record.state != "held":
-            raise QuarantineError(f"quarantined message {qid} is {record.state}")
-        raw = store.raw(qid)
-        secret = load_or_create_secret(config.quarantine.path)
-        marked = f"{RELEASE_HEADER}: {make_mark(secret, qid, raw)}\r\n".encode() + raw
+    `reason`; `force` also sends a message whose earlier release is release_unknown. Raises
+    QuarantineError (UnknownMessage) for an id that is not in the store, a message that was
+    deleted, is release_unknown (without `force`), or whose stored envelope cannot be sent.
+    Runs its own event loop: call it from synchronous code such as the CLI, or from a worker
+    thread (the review console, which gets it from the CLI)."""
+    record = store.get(qid)
+    _check_envelope(record)
+    limit = release_limit(config)
+    try:
+        claim = store.claim(qid, actor, timedelta(seconds=2 * limit), force=force, reason=reason)
+    except StateError as refused:
+        if refused.state in ("releasing", "released"):
+            return ReleaseResult(qid, released=False, already=True, reply=str(refused))
+        raise
+    sending = False
+    try:
+        message = marked(store.release_secret(), qid, claim.token, store.raw(qid))
         target = config.release_target
         if target.host:
-            reply = asyncio.run(
-                _submit(target, config.relay.hostname, record.sender, record.recipients, marked)
+            sending = True  # an outbox write, by contrast, is whole or not there
+            reply, unknown = asyncio.run(
+                _bounded(target, config.relay.hostname, record, message, limit)
             )
         else:
             delivery_id = Outbox(config.relay.outbox).deliver(
-                marked, record.sender, record.recipients
+                message, record.sender, record.recipients
             )
-            reply = Reply.of(replies.IN_OUTBOX.format(id=delivery_id))
-        if reply.ok:
-            store.mark_released(qid, actor, str(reply), reason)
-            return ReleaseResult(qid, released=True, already=False, reply=str(reply))
-        store.record_release_failure(qid, actor, str(reply), reason)
-        return ReleaseResult(qid, released=False, already=False, reply=str(reply))
+            reply, unknown = Reply.of(replies.IN_OUTBOX.format(id=delivery_id)), False
+    except BaseException as exc:
+        # Not sent (an error before the next hop had the message) or not known: say which.
+        change = Change.UNKNOWN if sending else Change.FAILED
+        store.finish(claim, change, f"release stopped: {type(exc).__name__}: {exc}", reason)
+        raise
+    outcome = Change.RELEASED if reply.ok else Change.UNKNOWN if unknown else Change.FAILED
+    text = str(reply)
+    if not store.finish(claim, outcome, text, reason):
+        text += " (the record was meanwhile released with --force elsewhere)"
+    if outcome is Change.UNKNOWN:
+        text += f"; the next hop may have it: `mailgate quarantine release --force {qid}`"
+    return ReleaseResult(qid, released=reply.ok, already=False, reply=text)
+
+
+def _check_envelope(record: QuarantineRecord) -> None:
+    """The stored envelope goes into SMTP commands: a line break or other control character
+    in it (planted in the index) would add commands. Refused before anything is claimed."""
+    for role, address in (
+        ("sender", record.sender),
+        *(("recipient", r) for r in record.recipients),
+    ):
+        if any(not ch.isprintable() or ch in "<>" for ch in address):
+            raise QuarantineError(
+                f"{record.id}: the stored {role} {address!r:.80} holds a control character "
+                "or an angle bracket; nothing sent"
+            )
+
+
+async def _bounded(
+    target: SmtpTarget, hostname: str, record: QuarantineRecord, message: bytes, limit: float
+) -> tuple[Reply, bool]:
+    """(the reply, whether the next hop may have the message without having said so)."""
+    stage: list[str] = []
+    try:
+        reply = await asyncio.wait_for(
+            _submit(target, hostname, record.sender, record.recipients, message, stage), limit
+        )
+    except TimeoutError:
+        reply = Reply.of(replies.RELEASE_TIMED_OUT.format(limit=limit))
+    return reply, not reply.ok and stage == ["data"]
 
 
 async def _submit(
-    target: SmtpTarget, hostname: str, sender: str, recipients: tuple[str, ...], message: bytes
+    target: SmtpTarget,
+    hostname: str,
+    sender: str,
+    recipients: tuple[str, ...],
+    message: bytes,
+    stage: list[str],
 ) -> Reply:
     try:
         session = await open_session(target, hostname)
@@ -89,7 +163,10 @@ async def _submit(
             accepted = await session.rcpt(recipient)
             if not accepted.ok:
                 return Reply(accepted.code, f"<{recipient}>: {accepted.text}")
-        return await session.data(message)
+        stage.append("data")  # from here on the next hop may end up with the message
+        reply = await session.data(message)
+        stage.clear()  # the next hop answered: its answer is the outcome
+        return reply
     except NextHopError as failed:
         return failed.reply
     finally:

@@ -18,7 +18,6 @@ import functools
 import inspect
 import ipaddress
 import logging
-import re
 import secrets
 import socket
 import ssl
@@ -42,7 +41,7 @@ from mailgate.filter.ops.config import Config
 from mailgate.filter.ops.metrics import MetricsServer
 from mailgate.filter.ops.report import Reporter, message_id_of
 from mailgate.filter.store.quarantine import QuarantineStore
-from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, released_id
+from mailgate.filter.store.release_mark import find_mark, released_id
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
 from mailgate.relay.nexthop import NextHopError, NextHopPool, NextHopSession, Reply
 from mailgate.relay.outbox import Outbox
@@ -51,7 +50,6 @@ from mailgate.relay.tls import TLSPolicyError, certificate_names, describe_sessi
 log = logging.getLogger("mailgate.relay")
 
 _TERMINATOR = b"\r\n.\r\n"
-_RELEASE_MARK = re.compile(rb"^" + RELEASE_HEADER.encode() + rb":[ \t]*([^\r\n]*)\r\n", re.I | re.M)
 _READ_ALL = 1 << 30  # StreamReader.read(n) returns what is buffered, up to n
 _PROBE_INTERVAL = 5.0  # seconds between next-hop probes until it first answers (readiness)
 
@@ -270,11 +268,6 @@ def normalise(content: bytes, max_line_length: int, max_header_size: int) -> byt
     if header_size > max_header_size:
         raise DataRefused(str(replies.HEADER_TOO_BIG.format(limit=max_header_size)))
     return content
-
-
-def _header_end(raw: bytes) -> int:
-    end = raw.find(b"\r\n\r\n")
-    return end + 2 if end >= 0 else len(raw)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -618,7 +611,7 @@ class Relay:
     ) -> Relay:
         """The relay the configuration describes, reporting each message to `reporter`, by
         default the audit log (audit.path, else stdout) and this process's metrics."""
-        secret = load_or_create_secret(config.quarantine.path)
+        secret = store.release_secret()
         if reporter is None:
             reporter = Reporter.from_config(
                 config, store, engine=lambda: getattr(scanner, "engine", None)
@@ -702,14 +695,10 @@ class Relay:
     async def released_copy(self, raw: bytes, env: Envelope) -> bytes | None:
         """The message without its release mark when it is mailgate's own release in flight
         (`released_id` says when a mark counts); else None: the mark is just a header."""
-        found = _RELEASE_MARK.search(raw, 0, _header_end(raw))
-        if found is None or self.release_secret is None:
-            return None
-        value = found.group(1).decode("ascii", "replace")
-        qid = await asyncio.to_thread(released_id, self.release_secret, self.store, value, raw, env)
-        if qid is None:
-            return None
-        return raw[: found.start()] + raw[found.end() :]
+        if self.release_secret is None or find_mark(raw) is None:
+            return None  # the common case, without a thread hop
+        released = await asyncio.to_thread(released_id, self.release_secret, self.store, raw, env)
+        return released[1] if released else None
 
     # --- where mail goes -------------------------------------------------------------------
 

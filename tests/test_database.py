@@ -31,8 +31,8 @@ from tests.support.postgres import (  # noqa: F401
 pytestmark = [requires_postgres, pytest.mark.timeout(120)]
 
 
-def db_for(url: str, node: str = "gw1", timeout: float = 5.0) -> Database:
-    return Database(parse_database_url(url), node, timeout=timeout)
+def db_for(url: str, node: str = "gw1", timeout: float = 5.0, pool_size: int = 0) -> Database:
+    return Database(parse_database_url(url), node, timeout=timeout, pool_size=pool_size)
 
 
 def _prepare_at(url: str, start: float, node: str, conn: Connection) -> None:
@@ -100,7 +100,7 @@ def test_deadline_cuts_a_frozen_server_and_service_resumes(
     private_pg: PostgresInstance,
 ) -> None:
     url = private_pg.create_database()
-    db = db_for(url, timeout=2.0)
+    db = db_for(url, timeout=2.0, pool_size=2)
     db.prepare("relay")
     assert db.run(lambda conn: conn.execute("SELECT 1").fetchone()) == (1,)
     paused = private_pg.pause()
@@ -117,7 +117,7 @@ def test_deadline_cuts_a_frozen_server_and_service_resumes(
 
 def test_restart_is_survived_without_restarting_mailgate(private_pg: PostgresInstance) -> None:
     url = private_pg.create_database()
-    db = db_for(url, timeout=3.0)
+    db = db_for(url, timeout=3.0, pool_size=2)
     db.prepare("relay")
     assert db.run(lambda conn: conn.execute("SELECT 1").fetchone()) == (1,)
     private_pg.stop()
@@ -137,3 +137,17 @@ def test_status_lists_schema_and_nodes(database_url: str) -> None:
     assert (status.schema_version, status.known_version) == (len(migrations()),) * 2
     assert [(n.node, n.door) for n in status.nodes] == [("gw1", "relay"), ("gw2", "milter")]
     assert PASSWORD not in status.where and "***" in status.where
+
+
+def test_commands_connect_per_operation_within_the_deadline(private_pg: PostgresInstance) -> None:
+    url = private_pg.create_database()
+    db = db_for(url, timeout=2.0)  # pool_size 0: a command's
+    db.prepare()
+    assert db.run(lambda conn: conn.execute("SELECT 1").fetchone()) == (1,)
+    paused = private_pg.pause()
+    try:
+        with pytest.raises(DatabaseError):
+            db.run(lambda conn: conn.execute("SELECT 1").fetchone())
+    finally:
+        private_pg.resume(paused)
+    assert db.run(lambda conn: conn.execute("SELECT 2").fetchone()) == (2,)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.scan.pool import ScanPool
 from mailgate.filter.store.quarantine import LocalQuarantine, new_id
-from mailgate.filter.store.release_mark import RELEASE_HEADER, load_or_create_secret, make_mark
+from mailgate.filter.store.release_mark import RELEASE_HEADER, make_mark
 from tests.support import samples
 from tests.support.background_loop import BackgroundLoop
 from tests.support.cli import run_mailgate
@@ -87,7 +88,7 @@ def door(scanner: RecordingScanner, store: LocalQuarantine) -> MilterDoor:
     return MilterDoor(
         scanner=scanner,
         store=store,
-        release_secret=load_or_create_secret(store.path),
+        release_secret=store.release_secret(),
         time_budget=30,
     )
 
@@ -322,7 +323,8 @@ def test_released_message_is_not_quarantined_again(
     assert feed(door, message("quarantine-me"))[0] == Milter.DISCARD
     [record] = store.list()
     held = store.raw(record.id)
-    mark = make_mark(door.release_secret, record.id, held)
+    claim = store.claim(record.id, "admin", timedelta(minutes=5))  # the release in flight
+    mark = make_mark(door.release_secret, record.id, claim.token, held)
     released = f"{RELEASE_HEADER}: {mark}\n".encode() + held.replace(b"\r\n", b"\n")
     scans = len(scanner.calls)
     rc, ctx = feed(door, released)
@@ -330,6 +332,9 @@ def test_released_message_is_not_quarantined_again(
     assert header(ctx, RELEASE_HEADER) is None  # recipients never get a reusable mark
     assert len(store.list()) == 1
     assert len(scanner.calls) == scans
+    # The mark is spent: the same message again is scanned and held again.
+    assert feed(door, released)[0] == Milter.DISCARD
+    assert len(store.list()) == 2
 
 
 @pytest.mark.parametrize("forgery", ["wrong secret", "unknown id", "other body"])
@@ -338,12 +343,13 @@ def test_invalid_release_mark_is_scanned_as_usual(
 ) -> None:
     raw = message("quarantine-me")
     qid = new_id()
+    nonce = "0" * 16
     if forgery == "wrong secret":
-        mark = make_mark(b"x" * 32, qid, raw)
+        mark = make_mark(b"x" * 32, qid, nonce, raw)
     elif forgery == "unknown id":
-        mark = make_mark(door.release_secret, qid, raw)
+        mark = make_mark(door.release_secret, qid, nonce, raw)
     else:
-        mark = make_mark(door.release_secret, qid, message("quarantine-me", body="other\n"))
+        mark = make_mark(door.release_secret, qid, nonce, message("quarantine-me", body="o\n"))
     rc, _ = feed(door, f"{RELEASE_HEADER}: {mark}\n".encode() + raw)
     assert rc == Milter.DISCARD
     assert store.count() == 1

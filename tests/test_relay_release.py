@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
+from datetime import timedelta
+
 import pytest
 
 from mailgate.filter.store.quarantine import QuarantineError
 from mailgate.filter.store.release_mark import (
     RELEASE_HEADER,
+    find_mark,
     load_or_create_secret,
-    make_mark,
+    marked,
     verify_mark,
 )
 from mailgate.relay.release import release_message
@@ -35,9 +39,10 @@ def test_release_sends_the_original_once_with_the_release_mark(make_relay, sink)
     [got] = sink.wait_for(1)
     assert got.mail_from == "alice@example.com"
     assert got.rcpt_tos == ("bob@example.org", "carol@example.org")
-    mark = got.message[RELEASE_HEADER]
+    found = find_mark(got.content)
+    assert found is not None and found[1] == 0  # the first header
     secret = load_or_create_secret(relay.config.quarantine.path)
-    assert verify_mark(secret, mark, got.content)
+    assert verify_mark(secret, found[0], got.content[found[2] :])
     assert got.content.endswith(relay.store.raw(qid))  # the original, as held
     record = relay.store.get(qid)
     assert record.state == "released"
@@ -85,7 +90,7 @@ def test_release_without_next_hop_goes_to_the_outbox(make_relay):
     [path] = relay.outbox_files()
     content = path.read_bytes()
     assert content.startswith(b"Return-Path: <alice@example.com>\r\nX-Envelope-To: <bob@")
-    assert f"{RELEASE_HEADER}: v1; id={qid};".encode() in content
+    assert f"{RELEASE_HEADER}: v2; id={qid};".encode() in content
 
 
 def test_release_of_unknown_id_is_an_error(make_relay):
@@ -115,7 +120,7 @@ def test_release_through_a_mailgate_relay_is_not_held_again(make_relay, sink):
 def test_forged_release_mark_is_just_a_header(make_relay, sink):
     relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
     qid = "20240101T000000000Z-aaaaaaaaaaaaaaaa"
-    forged = f"{RELEASE_HEADER}: v1; id={qid}; t=1; mac={'0' * 64}\r\n"
+    forged = f"{RELEASE_HEADER}: v2; id={qid}; n={'0' * 16}; t=1; mac={'0' * 64}\r\n"
     with relay.client() as client:
         code, text = send(client, forged.encode() + message("quarantine-me please"))
     assert code == 250
@@ -143,10 +148,65 @@ def test_a_mark_for_a_held_message_does_not_reach_other_recipients(make_relay, s
     relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
     qid = hold(relay, rcpts=("bob@example.org",))
     secret = load_or_create_secret(relay.config.quarantine.path)
-    original = relay.store.raw(qid)
-    marked = f"{RELEASE_HEADER}: {make_mark(secret, qid, original)}\r\n".encode() + original
+    claim = relay.store.claim(qid, "admin", timedelta(minutes=5))  # a release in flight
+    in_flight = marked(secret, qid, claim.token, relay.store.raw(qid))
     with relay.client() as client:
         # eve is not among the held message's recipients.
-        code, text = send(client, marked, rcpts=("eve@elsewhere.example",))
+        code, text = send(client, in_flight, rcpts=("eve@elsewhere.example",))
     assert code == 250 and b"quarantine as" in text
     assert sink.received == []
+    # The look spent the mark, whatever it decided: the right envelope now is scanned too.
+    code, text = send_to(relay.port, in_flight)
+    assert code == 250 and b"quarantine as" in text
+    assert sink.received == []
+
+
+def test_a_mark_passes_once_while_its_release_is_in_flight(make_relay, sink):
+    """Issue 10 #4: single use, the content as released, and void once the release failed."""
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay, rcpts=("bob@example.org",))
+    secret = load_or_create_secret(relay.config.quarantine.path)
+    claim = relay.store.claim(qid, "admin", timedelta(minutes=5))
+    in_flight = marked(secret, qid, claim.token, relay.store.raw(qid))
+    card = b"4111 1111 1111 1111"
+    changed = in_flight.replace(b"quarantine-me please", b"quarantine-me please " + card)
+    assert send_to(relay.port, changed)[1].startswith(b"2.0.0 Held")  # header changed: scanned
+    assert send_to(relay.port, in_flight)[0] == 250
+    [got] = sink.wait_for(1)
+    assert RELEASE_HEADER not in got.message and b"quarantine-me please" in got.content
+    code, text = send_to(relay.port, in_flight)  # the same mark again
+    assert code == 250 and b"quarantine as" in text
+    assert len(sink.received) == 1
+
+
+def test_a_failed_release_voids_its_mark(make_relay, sink):
+    """Issue 10 #4: after a release the next hop refused, the message is held again and the
+    mark that went out with it carries nothing past the rules, however often it is sent."""
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay, rcpts=("bob@example.org",))
+    sink.faults.data = "451 4.3.0 sink: try again later"
+    result = release_message(relay.config, relay.store, qid, actor="admin")
+    assert not result.ok and relay.store.get(qid).state == "held"
+    with sqlite3.connect(relay.config.quarantine.path / "index.sqlite3") as db:
+        [(token,)] = db.execute("SELECT claim FROM messages WHERE id = ?", (qid,)).fetchall()
+    sent = marked(load_or_create_secret(relay.config.quarantine.path), qid, token,
+                  relay.store.raw(qid))  # fmt: skip
+    sink.faults.data = None
+    for _ in range(3):
+        code, text = send_to(relay.port, sent)
+        assert code == 250 and b"quarantine as" in text
+    assert sink.received == []
+
+
+def test_a_stored_envelope_with_a_line_break_is_refused_before_anything_is_sent(make_relay, sink):
+    """Issue 10 #18: a CRLF planted in the index ended in a ValueError traceback."""
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    qid = hold(relay, rcpts=("bob@example.org",))
+    with sqlite3.connect(relay.config.quarantine.path / "index.sqlite3") as db:
+        db.execute(
+            "UPDATE messages SET recipients = ? WHERE id = ?",
+            ('["bob@example.org>\\r\\nRCPT TO:<eve@elsewhere.example"]', qid),
+        )
+    with pytest.raises(QuarantineError, match="control character"):
+        release_message(relay.config, relay.store, qid, actor="admin")
+    assert sink.received == [] and relay.store.get(qid).state == "held"

@@ -13,6 +13,7 @@ import sys
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import setup_logging
 from mailgate.filter.ops.service import EXIT_CANNOT_START
+from mailgate.filter.ops.stores import add_wait_argument, check_database
 
 MISSING_PYMILTER = """\
 mailgate milter needs pymilter, which is built against libmilter ({error}).
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SIGTERM stops it cleanly; SIGHUP reloads the rule pack.",
     )
     add_config_argument(parser)
+    add_wait_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"mailgate milter: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    refused = check_database(config, "milter", wait=args.wait_for_database)
+    if refused:
+        print(f"mailgate milter: {refused}", file=sys.stderr)
         return EXIT_CANNOT_START
     from mailgate.filter.milter import service  # imports pymilter, found above
 

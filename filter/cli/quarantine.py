@@ -7,23 +7,27 @@ configuration, or no such message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mailgate.filter.detect.masking import mask_field, mask_sensitive
 from mailgate.filter.message.rawheaders import top_headers
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import json_line, printable, shown
+from mailgate.filter.ops.stores import store_for
 from mailgate.filter.policy.units import argument, parse_duration, parse_since
 from mailgate.filter.store.quarantine import (
     STATES,
     LocalQuarantine,
     QuarantineError,
     QuarantineRecord,
+    QuarantineStore,
     UnknownMessage,
 )
 from mailgate.filter.store.release_mark import ReleaseSecretError
@@ -60,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "release", help="re-submit a held message to quarantine.release_to or the next hop"
     )
     release.add_argument("id")
+    release.add_argument(
+        "--force",
+        action="store_true",
+        help="also send a message whose earlier release ended without an answer "
+        "(release_unknown: the next hop may have it already)",
+    )
     _add_actor(release)
     release.set_defaults(func=_guarded(_release))
 
@@ -78,7 +88,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_actor(purge)
     purge.set_defaults(func=_guarded(_purge))
 
-    for command in (list_parser, show, release, delete, purge):
+    import_parser = commands.add_parser(
+        "import",
+        help="copy a local quarantine folder into the database, history included",
+        description="Copy the held, released and deleted messages of a local quarantine "
+        "folder (quarantine.path before `database` was set) into the fleet's database, with "
+        "their history and the purge record. Running it again copies nothing twice.",
+    )
+    import_parser.add_argument("path", type=Path, help="the local quarantine folder")
+    import_parser.set_defaults(func=_guarded(_import))
+
+    for command in (list_parser, show, release, delete, purge, import_parser):
         add_config_argument(command)
 
 
@@ -107,9 +127,9 @@ def _add_actor(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _open(args: argparse.Namespace) -> LocalQuarantine:
-    config = load_config(args.config)
-    return LocalQuarantine(config.quarantine.path)
+def _open(args: argparse.Namespace) -> QuarantineStore:
+    """The store the configuration names: the local one, or the fleet's database."""
+    return store_for(load_config(args.config), command=True)
 
 
 def _masked(r: QuarantineRecord) -> QuarantineRecord:
@@ -159,6 +179,7 @@ def _summary(r: QuarantineRecord) -> dict[str, object]:
         "queue_id": r.queue_id,
         "message_id": r.message_id,
         "reason": r.reason,
+        "node": r.node,
     }
 
 
@@ -184,6 +205,7 @@ def _show(args: argparse.Namespace) -> int:
         f"time:        {r.time.isoformat()}",
         f"state:       {r.state}",
         f"door:        {r.door}" + (f" (queue id {r.queue_id})" if r.queue_id else ""),
+        f"node:        {r.node or '-'}",
         f"client:      {r.client_address or '-'}",
         f"sender:      {r.sender or '<>'}",
         f"recipients:  {', '.join(r.recipients)}",
@@ -205,7 +227,8 @@ def _show(args: argparse.Namespace) -> int:
     lines.append("events:")
     for event in r.events:
         reply = f"  {event.reply}" if event.reply else ""
-        lines.append(f"  {event.time.isoformat()}  {event.kind} by {event.actor}{reply}")
+        node = f" on {event.node}" if event.node else ""
+        lines.append(f"  {event.time.isoformat()}  {event.kind} by {event.actor}{node}{reply}")
     if r.state != "deleted":
         lines.append("headers:")
         lines += [f"  {name}: {value}" for name, value in headers]
@@ -215,15 +238,15 @@ def _show(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = LocalQuarantine(config.quarantine.path)
+    store = store_for(config, command=True)
     store.get(args.id)  # unknown id: usage error before anything is sent
     # Imported here: the relay package is only needed by this one action.
     from mailgate.relay.release import release_message
 
-    result = release_message(config, store, args.id, args.actor)
+    result = release_message(config, store, args.id, args.actor, force=args.force)
     reply = shown(result.reply)  # the next hop's words
     if result.already:
-        print(f"{args.id} was already released; nothing sent")
+        print(result.reply)  # "already being released" or "already released"
     elif result.released:
         print(f"released {args.id}: {reply}")
     else:
@@ -246,6 +269,40 @@ def _purge(args: argparse.Namespace) -> int:
     if older_than is None:
         print("purge: give --older-than (e.g. 30d) or set quarantine.retention", file=sys.stderr)
         return USAGE
-    count = LocalQuarantine(config.quarantine.path).purge(older_than, args.actor)
+    count = store_for(config, command=True).purge(older_than, args.actor)
     print(f"purged {count} message(s) older than {older_than} (by {args.actor})")
+    return OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if config.database is None:
+        print("quarantine import: set `database` first: it copies into the fleet's database",
+              file=sys.stderr)  # fmt: skip
+        return USAGE
+    if not (args.path / "index.sqlite3").is_file():
+        print(f"quarantine import: {args.path} is not a quarantine folder (no index.sqlite3)",
+              file=sys.stderr)  # fmt: skip
+        return USAGE
+    # Imported here: psycopg is only needed with a database.
+    from mailgate.filter.store.postgres import PostgresQuarantine
+
+    source = LocalQuarantine(args.path, node=config.node)
+    target = store_for(config, command=True)
+    assert isinstance(target, PostgresQuarantine)
+    copied = skipped = 0
+    for record in source.list():
+        raw = None
+        if record.state != "deleted":
+            with contextlib.suppress(QuarantineError):  # a file lost before the import
+                raw = source.raw(record.id)
+        if target.import_record(record, raw):
+            copied += 1
+        else:
+            skipped += 1
+    purges = sum(target.import_purge(purge) for purge in source.purges())
+    print(
+        f"imported {copied} message(s) from {args.path} ({skipped} there already), "
+        f"{purges} purge record(s)"
+    )
     return OK

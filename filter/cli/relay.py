@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import setup_logging
 from mailgate.filter.ops.service import EXIT_CANNOT_START
+from mailgate.filter.ops.stores import add_wait_argument, check_database
 from mailgate.relay.check import check_next_hop
 from mailgate.relay.frontends import supervise
 from mailgate.relay.service import serve
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the compliance SMTP smart host (relay.* in the configuration).",
     )
     add_config_argument(parser)
+    add_wait_argument(parser)
     parser.add_argument(
         "--check-next-hop",
         action="store_true",
@@ -54,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()  # remote strings (command words, replies) masked and escaped
     # aiosmtpd logs every command at INFO: too much for a busy relay, and not free.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    refused = check_database(config, "relay", wait=args.wait_for_database)
+    if refused:
+        print(f"mailgate relay: {refused}", file=sys.stderr)
+        return EXIT_CANNOT_START
     if args.front_end is not None:
         sock_fd, pipe_fd = (int(fd) for fd in args.front_end.split(","))
         sock = socket.socket(fileno=sock_fd)

@@ -319,19 +319,18 @@ class MailgateMilter(Milter.Base):
         """The quarantine id of a message mailgate is releasing, coming back through this
         Postfix (`released_id` says when a mark counts). The mark is removed. None for any
         other message."""
-        mark = self.header_value(RELEASE_HEADER)
-        if mark is None or self.door.release_secret is None:
+        if self.header_value(RELEASE_HEADER) is None or self.door.release_secret is None:
             return None
-        value = _unfold(mark).strip()
-        qid = released_id(self.door.release_secret, self.door.store, value, raw, envelope)
-        if qid is None:
+        released = released_id(self.door.release_secret, self.door.store, raw, envelope)
+        if released is None:
             log.warning(
                 "%s: %s is not a valid mark for a message in the quarantine; scanned as usual",
                 self.label,
                 RELEASE_HEADER,
             )
             return None
-        self.chgheader(RELEASE_HEADER, 1, "")
+        qid = released[0]
+        self.chgheader(RELEASE_HEADER, 1, "")  # the first: the one released_id read
         log.info("%s: accept: released from quarantine as %s", self.label, qid)
         return qid
 

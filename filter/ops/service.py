@@ -28,9 +28,10 @@ from mailgate.filter import PackError, PackReloader, QuarantineStore, ScanPool
 from mailgate.filter.ops.config import Config, ConfigError, load_config
 from mailgate.filter.ops.metrics import Metrics, MetricsServer
 from mailgate.filter.ops.report import ForwardingReporter, Reporter
+from mailgate.filter.ops.stores import store_for
 from mailgate.filter.scan.confine import Confinement
-from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
-from mailgate.filter.store.release_mark import ReleaseSecretError, load_or_create_secret
+from mailgate.filter.store.quarantine import QuarantineError
+from mailgate.filter.store.release_mark import ReleaseSecretError
 
 
 def scan_pool_for(config: Config, workers: int | None = None) -> ScanPool:
@@ -60,17 +61,21 @@ class Stopped(Exception):
 
 
 def quarantine_for(config: Config) -> QuarantineStore:
-    """The quarantine store `quarantine:` names: the one place a process opens it."""
-    return LocalQuarantine(config.quarantine.path)
+    """The quarantine store `quarantine:` (or `database:`) names: the one place a process
+    opens it (ops/stores.py)."""
+    return store_for(config)
 
 
 def open_quarantine(config: Config) -> tuple[QuarantineStore, bytes]:
     """The store and its release secret, for a process that starts; StartError if either
     cannot be opened."""
     try:
-        return quarantine_for(config), load_or_create_secret(config.quarantine.path)
+        store = quarantine_for(config)
+        return store, store.release_secret()
     except (OSError, sqlite3.Error, QuarantineError, ReleaseSecretError) as exc:
-        raise StartError(f"quarantine {config.quarantine.path}: {exc}") from exc
+        # A database's errors name it (host, port, name) already, without the password.
+        where = "" if config.database else f"quarantine {config.quarantine.path}: "
+        raise StartError(f"{where}{exc}") from exc
 
 
 def reporter_for(config: Config, store: QuarantineStore, pool: ScanPool | None = None) -> Reporter:

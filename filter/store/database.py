@@ -151,8 +151,10 @@ class Database:
         node: str,
         *,
         timeout: float = MAIL_TIMEOUT,
-        pool_size: int = 4,
+        pool_size: int = 0,
     ) -> None:
+        """`pool_size`: connections kept open for this process (a door's); 0: a connection
+        per operation, closed after it (a command's, which makes a few)."""
         self.url = url
         self.node = node
         self.timeout = timeout
@@ -170,10 +172,10 @@ class Database:
         first = text.splitlines()[0].strip()
         return self.url.scrub(f"database {self.url.where}: {first}")
 
-    def _connect_args(self) -> dict[str, Any]:
+    def _connect_args(self, timeout: float | None = None) -> dict[str, Any]:
         # libpq counts connect_timeout in whole seconds and reads values under 2 as 2.
         return {
-            "connect_timeout": max(2, round(self.timeout)),
+            "connect_timeout": max(2, round(self.timeout if timeout is None else timeout)),
             "application_name": f"mailgate {self.node}",
             "autocommit": True,  # transactions are explicit (conn.transaction())
         }
@@ -232,6 +234,8 @@ class Database:
             if self._pool is None or self._pool_pid != os.getpid():
                 # A pool made before a fork is the parent's: its threads did not come along,
                 # and its sockets must not be shared. This process makes its own.
+                # Its own warnings span lines and repeat per attempt; run() reports in one.
+                logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
                 self._pool = ConnectionPool(
                     self.url.url,
                     min_size=1,
@@ -263,18 +267,12 @@ class Database:
         round trip instead of three)."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        pool = self._get_pool()
         watchdog = _watchdog()
         for attempt in range(2 if retry else 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                conn = pool.getconn(timeout=remaining)
-            except PoolTimeout:
-                raise DatabaseError(
-                    self.describe(f"no connection within {limit:g} s (unreachable or full)")
-                ) from None
+            conn = self._take(remaining, limit)
             ticket = watchdog.arm(conn, deadline)
             try:
                 if atomic:
@@ -296,12 +294,30 @@ class Database:
                     continue
                 raise DatabaseError(self.describe(exc)) from None
             except psycopg.Error as exc:
-                watchdog.disarm(ticket)
                 raise DatabaseError(self.describe(exc)) from None
             finally:
                 watchdog.disarm(ticket)
-                pool.putconn(conn)
+                self._give_back(conn)
         raise DatabaseError(self.describe(f"no answer within {limit:g} s"))
+
+    def _take(self, remaining: float, limit: float) -> psycopg.Connection[Any]:
+        if not self.pool_size:
+            try:
+                return psycopg.connect(self.url.url, **self._connect_args(remaining))
+            except psycopg.Error as exc:
+                raise DatabaseError(self.describe(exc)) from None
+        try:
+            return self._get_pool().getconn(timeout=remaining)
+        except PoolTimeout:
+            raise DatabaseError(
+                self.describe(f"no connection within {limit:g} s (unreachable or full)")
+            ) from None
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        if self.pool_size:
+            self._get_pool().putconn(conn)
+        else:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:

@@ -1,17 +1,21 @@
 """The quarantine: held messages, durably stored, listed, released and deleted with a record.
 
 `QuarantineStore` is the seam both doors and the CLI use; `LocalQuarantine` is the embedded
-backend (one .eml per message plus a SQLite index), safe for several processes at once. A
-PostgreSQL plus object-store backend serving several relays implements the same protocol.
+backend (one .eml per message plus a SQLite index), safe for several processes at once;
+`PostgresQuarantine` (postgres.py) is a fleet's, one store in PostgreSQL for every node.
 
 Layout under `quarantine.path`:
     messages/<id>.eml   the message exactly as received
     tmp/                files being written (same filesystem, so the rename is atomic)
     index.sqlite3       WAL mode, synchronous=FULL: a committed row survives power loss
 
-States: held -> released, or held/released -> deleted (the .eml is removed, the record and
-its events stay as the trail of who did what until purge). `purge` removes messages and their
-records entirely once they are older than the retention.
+States and their changes are `lifecycle`'s, the same in every store: a release claims the
+record (held -> releasing) before it sends, so two releases of one message send it once, and a
+message being released cannot be deleted. Each change is checked and made in one write
+transaction of the index (SQLite's write lock is the per-message lock) with its event. A
+delete removes the .eml (the record and its events stay as the trail of who did what until
+purge). `purge` removes messages and their records entirely once they are older than the
+retention.
 
 The review console reads the store through `search` (one page of a filtered, sorted list and
 its total), `rule_counts` and `history` (releases, deletes, purges and the console's own
@@ -40,8 +44,17 @@ from mailgate.filter.message.rawheaders import first_header
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.store.durable import fsync_dir, new_id, write_durably
+from mailgate.filter.store.lifecycle import (
+    OUTCOMES,
+    STATES,
+    TO,
+    Change,
+    Claim,
+    new_token,
+    refusal,
+    shown_state,
+)
 
-STATES = ("held", "released", "deleted")
 _ID_RE = re.compile(r"^\d{8}T\d{9}Z-[a-z2-7]{16}$")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -132,6 +145,17 @@ INSERT INTO message_addresses (address, domain, is_sender, id)
     FROM messages, json_each(messages.recipients);
 """
 
+# Version 2: the release in flight (lifecycle): its claim, node, time and lease, and whether
+# its release mark was spent.
+_SCHEMA_V2 = """
+ALTER TABLE messages ADD COLUMN claim TEXT;
+ALTER TABLE messages ADD COLUMN claim_node TEXT;
+ALTER TABLE messages ADD COLUMN claimed_at TEXT;
+ALTER TABLE messages ADD COLUMN lease_until TEXT;
+ALTER TABLE messages ADD COLUMN mark_used INTEGER NOT NULL DEFAULT 0;
+"""
+_MIGRATIONS = ((1, _SCHEMA_V1), (2, _SCHEMA_V2))
+
 
 class QuarantineError(Exception):
     """A quarantine operation cannot be done (unknown id, message deleted, store unusable)."""
@@ -142,10 +166,19 @@ class UnknownMessage(QuarantineError, KeyError):
         return f"no quarantined message {self.args[0]!r}"
 
 
+class StateError(QuarantineError):
+    """A change the message's state does not allow (see lifecycle): released already, being
+    released, deleted. `state` is the state it was found in."""
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
 @dataclass(frozen=True)
 class QuarantineEvent:
     time: datetime
-    kind: str  # quarantined | released | release_failed | deleted
+    kind: str  # quarantined, or the lifecycle change: releasing | released | deleted | ...
     actor: str
     reply: str = ""  # the next hop's reply for a release or a failed one
     reason: str = ""  # the reviewer's reason, masked
@@ -260,21 +293,31 @@ class QuarantineStore(Protocol):
         state: str | None = None,
     ) -> list[QuarantineRecord]: ...
 
-    def lock(self, qid: str) -> contextlib.AbstractContextManager[None]:
-        """Exclusive hold on one message across processes, so that two releases of the same
-        message cannot both send it: check state, send, mark_released, all under the lock."""
+    def claim(
+        self, qid: str, actor: str, lease: timedelta, force: bool = False, reason: str = ""
+    ) -> Claim:
+        """held -> releasing, atomically, for `lease` (`force`: also from release_unknown);
+        StateError ("already being released", "already released", ...) otherwise."""
         ...
 
-    def mark_released(self, qid: str, actor: str, reply: str, reason: str = "") -> bool:
-        """held -> released; False (and nothing recorded) if it was not held."""
+    def finish(self, claim: Claim, change: Change, reply: str, reason: str = "") -> bool:
+        """Record the outcome of a claimed release (RELEASED, FAILED or UNKNOWN) with the next
+        hop's reply; False if the claim was ended meanwhile (the event is recorded, the state
+        is not changed)."""
         ...
 
-    def record_release_failure(
-        self, qid: str, actor: str, reply: str, reason: str = ""
-    ) -> None: ...
+    def consume_mark(self, qid: str, token: str) -> tuple[str, tuple[str, ...]] | None:
+        """Spend the release mark of the release of `qid` in flight under claim `token`: the
+        first call gets the held message's (sender, recipients), every later one None."""
+        ...
+
+    def release_secret(self) -> bytes:
+        """The secret release marks are made with, the same for every door of this store."""
+        ...
 
     def delete(self, qid: str, actor: str, reason: str = "") -> bool:
-        """Remove the message content; False if already deleted."""
+        """Remove the message content; False if already deleted; StateError while it is
+        being released."""
         ...
 
     def purge(self, older_than: timedelta, actor: str) -> int:
@@ -305,6 +348,45 @@ class QuarantineStore(Protocol):
         ...
 
 
+def held_fields(
+    raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
+) -> dict[str, Any]:
+    """What every store records of a message it holds, masked where it is listed and shown:
+    the Subject (`subject`, else the message's) and the Message-ID."""
+    # Listed and shown to reviewers: no card numbers, however the header spelled them.
+    if subject is None:
+        subject = mask_field(first_header(raw, "Subject"))
+    else:
+        subject = mask_sensitive(subject)
+    hits = [
+        {
+            "rule": h.rule,
+            "detector": h.detector,
+            "where": h.where,
+            "count": h.count,
+            "sample": h.sample,  # masked by the engine; the raw value never gets here
+            "detail": h.detail,
+        }
+        for h in verdict.hits
+    ]
+    return {
+        "door": envelope.door,
+        "queue_id": envelope.queue_id,
+        "message_id": mask_field(first_header(raw, "Message-ID")),
+        "sender": envelope.mail_from,
+        "recipients": list(envelope.rcpt_tos),
+        "client_address": envelope.client_address,
+        "subject": subject,
+        "size": len(raw),
+        "action": str(verdict.action),
+        "rules": list(verdict.rules),
+        "monitor": list(verdict.monitor),
+        "hits": json.loads(json.dumps(hits, default=str)),  # JSON-safe as stored
+        "reason": verdict.reason,
+        "pack_version": verdict.pack_version,
+    }
+
+
 def is_valid_id(qid: str) -> bool:
     return bool(_ID_RE.match(qid))
 
@@ -318,7 +400,50 @@ def _now() -> str:
     return _iso(datetime.now(UTC))
 
 
-class LocalQuarantine:
+class StateChanges:
+    """The changes of `lifecycle` as every store offers them, made through the store's one
+    `_change` (check and change in one atomic step, with the event)."""
+
+    node: str
+
+    def _change(
+        self,
+        qid: str,
+        change: Change,
+        actor: str,
+        claim: Claim | None = None,
+        reply: str = "",
+        reason: str = "",
+    ) -> bool:
+        raise NotImplementedError
+
+    def claim(
+        self, qid: str, actor: str, lease: timedelta, force: bool = False, reason: str = ""
+    ) -> Claim:
+        claim = Claim(qid, new_token(), actor, self.node, lease)
+        self._change(qid, Change.FORCE if force else Change.CLAIM, actor, claim, reason=reason)
+        return claim
+
+    def finish(self, claim: Claim, change: Change, reply: str, reason: str = "") -> bool:
+        if change not in OUTCOMES:
+            raise ValueError(f"not an outcome: {change}")
+        return self._change(claim.qid, change, claim.actor, claim, reply, reason)
+
+    def delete(self, qid: str, actor: str, reason: str = "") -> bool:
+        try:
+            self._change(qid, Change.DELETE, actor, reason=reason)
+        except StateError as refused:
+            if refused.state == "deleted":
+                return False
+            raise
+        self._deleted(qid)
+        return True
+
+    def _deleted(self, qid: str) -> None:
+        """After a delete committed: remove what its transaction could not."""
+
+
+class LocalQuarantine(StateChanges):
     """Files plus SQLite under one folder. Every call opens its own connection, so one
     instance may be used from threads and forked processes alike."""
 
@@ -327,26 +452,29 @@ class LocalQuarantine:
         self.node = node or socket.gethostname()
         self.messages_dir = self.path / "messages"
         self.tmp_dir = self.path / "tmp"
-        self.locks_dir = self.path / "locks"
         self.index_path = self.path / "index.sqlite3"
-        for folder in (self.path, self.messages_dir, self.tmp_dir, self.locks_dir):
+        for folder in (self.path, self.messages_dir, self.tmp_dir):
             # Held mail is sensitive: owner and group only.
             folder.mkdir(mode=0o750, parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-        if self._version() < 1:
-            with self._write() as db:
-                # Re-read under the write lock: another process may have migrated meanwhile.
-                if db.execute("PRAGMA user_version").fetchone()[0] < 1:
-                    for statement in _SCHEMA_V1.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute("PRAGMA user_version = 1")
-
-    def _version(self) -> int:
-        with self._connect() as db:
-            return db.execute("PRAGMA user_version").fetchone()[0]
+        # One opener at a time sets the index up: switching to WAL takes a lock SQLite does
+        # not wait for, so a relay and a milter starting together failed "database is locked".
+        fd = os.open(self.path / "index.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with self._connect() as db:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                for version, script in _MIGRATIONS:
+                    if db.execute("PRAGMA user_version").fetchone()[0] < version:
+                        db.execute("BEGIN IMMEDIATE")
+                        for statement in script.split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                        db.execute(f"PRAGMA user_version = {version}")
+                        db.execute("COMMIT")
+        finally:
+            os.close(fd)  # closing drops the flock
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -382,26 +510,10 @@ class LocalQuarantine:
     def put(
         self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
     ) -> str:
-        # Listed and shown to reviewers: no card numbers, however the header spelled them.
-        # Listed and shown to reviewers: no card numbers, however the header spelled them.
-        if subject is None:
-            subject = mask_field(first_header(raw, "Subject"))
-        else:
-            subject = mask_sensitive(subject)
+        fields = held_fields(raw, envelope, verdict, subject)
         qid = new_id()
         final = self._file(qid)
         write_durably(final, self.tmp_dir, [raw])
-        hits = [
-            {
-                "rule": h.rule,
-                "detector": h.detector,
-                "where": h.where,
-                "count": h.count,
-                "sample": h.sample,  # masked by the engine; the raw value never gets here
-                "detail": h.detail,
-            }
-            for h in verdict.hits
-        ]
         now = _now()
         try:
             with self._write() as db:
@@ -413,20 +525,17 @@ class LocalQuarantine:
                     (
                         qid,
                         now,
-                        envelope.door,
-                        envelope.queue_id,
-                        mask_field(first_header(raw, "Message-ID")),
-                        envelope.mail_from,
-                        json.dumps(list(envelope.rcpt_tos)),
-                        envelope.client_address,
-                        subject,
-                        len(raw),
-                        str(verdict.action),
-                        json.dumps(verdict.rules),
-                        json.dumps(verdict.monitor),
-                        json.dumps(hits, default=str),
-                        verdict.reason,
-                        verdict.pack_version,
+                        *(fields[name] for name in ("door", "queue_id", "message_id", "sender")),
+                        json.dumps(fields["recipients"]),
+                        fields["client_address"],
+                        fields["subject"],
+                        fields["size"],
+                        fields["action"],
+                        json.dumps(fields["rules"]),
+                        json.dumps(fields["monitor"]),
+                        json.dumps(fields["hits"], default=str),
+                        fields["reason"],
+                        fields["pack_version"],
                         self.node,
                     ),
                 )
@@ -451,39 +560,79 @@ class LocalQuarantine:
             raise
         return qid
 
-    def mark_released(self, qid: str, actor: str, reply: str, reason: str = "") -> bool:
-        with self._write() as db:
-            state = self._state(db, qid)
-            if state != "held":
-                return False
-            self._set_state(db, qid, "released")
-            self._event(db, qid, "released", actor, reply, reason)
-        return True
-
-    def record_release_failure(self, qid: str, actor: str, reply: str, reason: str = "") -> None:
-        with self._write() as db:
-            self._state(db, qid)
-            self._event(db, qid, "release_failed", actor, reply, reason)
-
-    def delete(self, qid: str, actor: str, reason: str = "") -> bool:
-        path = self._file(qid)
-        with self._write() as db:
-            if self._state(db, qid) == "deleted":
-                return False
-            self._set_state(db, qid, "deleted")
-            self._event(db, qid, "deleted", actor, "", reason)
+    def _deleted(self, qid: str) -> None:
         # After the commit: a crash here leaves a file whose record says deleted; purge
         # removes it.
-        path.unlink(missing_ok=True)
+        self._file(qid).unlink(missing_ok=True)
         fsync_dir(self.messages_dir)
+
+    def _change(
+        self,
+        qid: str,
+        change: Change,
+        actor: str,
+        claim: Claim | None = None,
+        reply: str = "",
+        reason: str = "",
+    ) -> bool:
+        """The one way a message's state changes: checked against lifecycle and made, with
+        its event, in one write transaction (the index's write lock makes it atomic)."""
+        self._file(qid)  # validates the id
+        now = datetime.now(UTC)
+        with self._write() as db:
+            row = db.execute(
+                "SELECT state, lease_until, claim FROM messages WHERE id = ?", (qid,)
+            ).fetchone()
+            if row is None:
+                raise UnknownMessage(qid)
+            shown = shown_state(row["state"], _lease(row["lease_until"]), now)
+            if change in OUTCOMES and (claim is None or row["claim"] != claim.token):
+                self._event(db, qid, str(change), actor, reply, reason)  # history all the same
+                return False
+            refused = refusal(qid, change, shown)
+            if refused:
+                raise StateError(refused, shown)
+            if claim is not None and change in (Change.CLAIM, Change.FORCE):
+                db.execute(
+                    "UPDATE messages SET claim = ?, claim_node = ?, claimed_at = ?,"
+                    " lease_until = ?, mark_used = 0 WHERE id = ?",
+                    (claim.token, self.node, _iso(now), _iso(now + claim.lease), qid),
+                )
+            if change is Change.UNKNOWN:
+                db.execute("UPDATE messages SET lease_until = ? WHERE id = ?", (_iso(now), qid))
+            else:
+                self._set_state(db, qid, TO[change])
+            self._event(db, qid, str(change), actor, reply, reason)
         return True
+
+    def consume_mark(self, qid: str, token: str) -> tuple[str, tuple[str, ...]] | None:
+        if not is_valid_id(qid):
+            return None
+        with self._write() as db:
+            row = db.execute(
+                "UPDATE messages SET mark_used = 1 WHERE id = ? AND claim = ?"
+                " AND state = 'releasing' AND lease_until > ? AND mark_used = 0"
+                " RETURNING sender, recipients",
+                (qid, token, _now()),
+            ).fetchone()
+        return (row["sender"], tuple(json.loads(row["recipients"]))) if row else None
+
+    def release_secret(self) -> bytes:
+        # Imported here: release_mark reads this module's errors.
+        from mailgate.filter.store.release_mark import load_or_create_secret
+
+        return load_or_create_secret(self.path)
 
     def purge(self, older_than: timedelta, actor: str) -> int:
         """The messages and their records go; the purge itself stays on record (who, when,
         which ids) in the `purges` table, so the trail of every removal remains."""
         cutoff = datetime.now(UTC) - older_than
         with self._write() as db:
-            rows = db.execute("SELECT id FROM messages WHERE time < ?", (_iso(cutoff),)).fetchall()
+            in_flight, _ = _state_clause("releasing", "messages", "lease_until")
+            rows = db.execute(
+                f"SELECT id FROM messages WHERE time < ? AND NOT {in_flight}",
+                (_iso(cutoff), _now()),
+            ).fetchall()
             ids = [row["id"] for row in rows]
             db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
             db.execute(
@@ -504,33 +653,13 @@ class LocalQuarantine:
             for path in self.tmp_dir.iterdir():
                 if _older(path, cutoff):
                     path.unlink(missing_ok=True)
-            for path in self.locks_dir.iterdir():
-                if path.stem not in known:
-                    path.unlink(missing_ok=True)
         fsync_dir(self.messages_dir)
         return len(ids)
-
-    @contextlib.contextmanager
-    def lock(self, qid: str) -> Iterator[None]:
-        self._file(qid)  # validates the id before it becomes a file name
-        fd = os.open(self.locks_dir / f"{qid}.lock", os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing drops the flock
 
     @staticmethod
     def _set_state(db: sqlite3.Connection, qid: str, state: str) -> None:
         db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, qid))
         db.execute("UPDATE message_rules SET state = ? WHERE id = ?", (state, qid))
-
-    @staticmethod
-    def _state(db: sqlite3.Connection, qid: str) -> str:
-        row = db.execute("SELECT state FROM messages WHERE id = ?", (qid,)).fetchone()
-        if row is None:
-            raise UnknownMessage(qid)
-        return row["state"]
 
     def _event(
         self, db: sqlite3.Connection, qid: str, kind: str, actor: str, reply: str, reason: str = ""
@@ -634,10 +763,9 @@ class LocalQuarantine:
             )
             params += [rule, rule]
         if state is not None:
-            if state not in STATES:
-                raise QuarantineError(f"unknown state {state!r} (one of {', '.join(STATES)})")
-            clauses.append("state = ?")
-            params.append(state)
+            clause, values = _state_clause(state, "messages", "lease_until")
+            clauses.append(clause)
+            params += values
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._select(where, params)
 
@@ -748,10 +876,9 @@ def _held_where(query: HeldQuery, alias: str | None = None) -> tuple[str, str, l
         clauses.append("r.rule = ?")
         params.append(query.rule)
     if query.state is not None:
-        if query.state not in STATES:
-            raise QuarantineError(f"unknown state {query.state!r} (one of {', '.join(STATES)})")
-        clauses.append(f"{at}.state = ?")
-        params.append(query.state)
+        clause, values = _state_clause(query.state, at, "m.lease_until")
+        clauses.append(clause)
+        params += values
     if query.since is not None:
         clauses.append(f"{at}.time >= ?")
         params.append(_iso_utc(query.since))
@@ -778,6 +905,26 @@ def _held_where(query: HeldQuery, alias: str | None = None) -> tuple[str, str, l
     return source, (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
+def checked_state(state: str) -> str:
+    """A state a list may be filtered by (as shown: release_unknown included)."""
+    if state not in STATES:
+        raise QuarantineError(f"unknown state {state!r} (one of {', '.join(STATES)})")
+    return state
+
+
+def _state_clause(state: str, table: str, lease: str) -> tuple[str, list[Any]]:
+    """SQL for "shown in `state`": the state column of `table`, the lease column `lease`."""
+    checked_state(state)
+    if state in ("releasing", "release_unknown"):
+        compare = ">" if state == "releasing" else "<="
+        return f"({table}.state = 'releasing' AND {lease} {compare} ?)", [_now()]
+    return f"{table}.state = ?", [state]
+
+
+def _lease(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
 def _record(row: sqlite3.Row, events: tuple[QuarantineEvent, ...]) -> QuarantineRecord:
     return QuarantineRecord(
         id=row["id"],
@@ -796,7 +943,7 @@ def _record(row: sqlite3.Row, events: tuple[QuarantineEvent, ...]) -> Quarantine
         hits=tuple(json.loads(row["hits"])),
         reason=row["reason"],
         pack_version=row["pack_version"],
-        state=row["state"],
+        state=shown_state(row["state"], _lease(row["lease_until"]), datetime.now(UTC)),
         events=events,
         node=row["node"],
     )

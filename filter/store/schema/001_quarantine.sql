@@ -31,7 +31,7 @@ CREATE TABLE quarantine (
     action text NOT NULL,
     rules text[] NOT NULL,
     monitor text[] NOT NULL,
-    hits jsonb NOT NULL,            -- samples masked by the engine
+    hits json NOT NULL,             -- samples masked by the engine; json keeps their order
     reason text NOT NULL,
     pack_version text NOT NULL,
     state text NOT NULL CHECK (state IN ('held', 'releasing', 'released', 'deleted')),

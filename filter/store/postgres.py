@@ -1,0 +1,411 @@
+"""The quarantine of a fleet: records, bodies and history in PostgreSQL, one store for every
+node (`database` in mailgate.yaml; `quarantine.path` is then not used).
+
+A held message is one statement: its record, its body and its `quarantined` event are
+inserted together and committed before `put` returns, so a door answers 250 (or DISCARD)
+only for a message the database has. Every state change is one statement too: it changes the
+record only from the states `lifecycle` allows and writes its event (who, node, time, the
+next hop's reply) in the same statement, so two nodes releasing one message at the same
+moment deliver it once. Times are the database's clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Json
+
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.verdict import Verdict
+from mailgate.filter.store.database import ADMIN_TIMEOUT, Database
+from mailgate.filter.store.durable import new_id
+from mailgate.filter.store.lifecycle import (
+    FROM,
+    OUTCOMES,
+    STATES,
+    Change,
+    Claim,
+    refusal,
+)
+from mailgate.filter.store.quarantine import (
+    QuarantineError,
+    QuarantineEvent,
+    QuarantineRecord,
+    StateChanges,
+    StateError,
+    UnknownMessage,
+    held_fields,
+    is_valid_id,
+)
+
+Conn = psycopg.Connection[Any]
+
+_SHOWN = (
+    "CASE WHEN state = 'releasing' AND lease_until <= now() THEN 'release_unknown' ELSE state END"
+)
+# SQL for "the record is shown in this state" (fixed text, never user input).
+_IN_STATE = {
+    "held": "state = 'held'",
+    "releasing": "(state = 'releasing' AND lease_until > now())",
+    "release_unknown": "(state = 'releasing' AND lease_until <= now())",
+    "released": "state = 'released'",
+    "deleted": "state = 'deleted'",
+}
+_CLAIM = (
+    "state = 'releasing', claim = %(token)s, claim_node = %(node)s, claimed_at = now(),"
+    " lease_until = now() + %(lease)s, mark_used = false"
+)
+_SET = {
+    Change.CLAIM: _CLAIM,
+    Change.FORCE: _CLAIM,
+    Change.RELEASED: "state = 'released'",
+    Change.FAILED: "state = 'held'",
+    Change.UNKNOWN: "lease_until = now()",
+    Change.DELETE: "state = 'deleted'",
+}
+_COLUMNS = (
+    "id, time, node, door, queue_id, message_id, sender, recipients, client_address, subject,"
+    " size, action, rules, monitor, hits, reason, pack_version"
+)
+_SECRET_NAME = "release_mark"
+
+
+class PostgresQuarantine(StateChanges):
+    """`QuarantineStore` on a `Database`; safe from threads and forked processes. Its delete
+    removes the body in the statement that changes the record."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.node = db.node
+
+    def __repr__(self) -> str:
+        return f"PostgresQuarantine({self.db!r})"
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def put(
+        self, raw: bytes, envelope: Envelope, verdict: Verdict, subject: str | None = None
+    ) -> str:
+        fields = held_fields(raw, envelope, verdict, subject)
+        qid = new_id()
+        params = {
+            **fields,
+            "id": qid,
+            "node": self.node,
+            "recipients": list(fields["recipients"]),
+            "rules": list(fields["rules"]),
+            "monitor": list(fields["monitor"]),
+            "hits": Json(fields["hits"]),
+            "raw": raw,
+        }
+
+        def insert(conn: Conn) -> None:
+            # ON CONFLICT: tried again after a lost answer, the first attempt may have
+            # committed; the second then adds nothing.
+            conn.execute(
+                "WITH r AS (INSERT INTO quarantine"
+                f" ({_COLUMNS}, state) VALUES (%(id)s, now(), %(node)s, %(door)s,"
+                " %(queue_id)s, %(message_id)s, %(sender)s, %(recipients)s::text[],"
+                " %(client_address)s, %(subject)s, %(size)s, %(action)s, %(rules)s::text[],"
+                " %(monitor)s::text[], %(hits)s, %(reason)s, %(pack_version)s, 'held')"
+                " ON CONFLICT (id) DO NOTHING RETURNING id, time),"
+                " b AS (INSERT INTO quarantine_bodies (id, raw) SELECT id, %(raw)b FROM r)"
+                " INSERT INTO quarantine_events (id, time, kind, actor, node)"
+                " SELECT id, time, 'quarantined', %(door)s, %(node)s FROM r",
+                params,
+            )
+
+        # In an explicit transaction although it is one statement: a statement sent to a
+        # frozen server would still commit when the server wakes, after the sender was told
+        # 451; this way nothing commits unless COMMIT went out, after the INSERT answered.
+        self.db.run(insert, retry=True)
+        return qid
+
+    def _change(
+        self,
+        qid: str,
+        change: Change,
+        actor: str,
+        claim: Claim | None = None,
+        reply: str = "",
+        reason: str = "",
+    ) -> bool:
+        _check_id(qid)
+        condition = " OR ".join(_IN_STATE[s] for s in sorted(FROM[change]))
+        if change in OUTCOMES:
+            condition = f"({condition}) AND claim = %(token)s"
+        body = (
+            " b AS (DELETE FROM quarantine_bodies WHERE id IN (SELECT id FROM c)),"
+            if change is Change.DELETE
+            else ""
+        )
+        params = {
+            "id": qid,
+            "kind": str(change),
+            "actor": actor,
+            "node": self.node,
+            "reply": reply,
+            "reason": reason,
+            "token": claim.token if claim else None,
+            "lease": claim.lease if claim else None,
+        }
+
+        def change_it(conn: Conn) -> tuple[bool, str | None]:
+            changed = conn.execute(
+                f"WITH c AS (UPDATE quarantine SET {_SET[change]}"
+                f" WHERE id = %(id)s AND ({condition}) RETURNING id),{body}"
+                " e AS (INSERT INTO quarantine_events (id, time, kind, actor, node, reply, reason)"
+                " SELECT id, now(), %(kind)s, %(actor)s, %(node)s, %(reply)s, %(reason)s FROM c)"
+                " SELECT count(*) FROM c",
+                params,
+            ).fetchone()
+            if changed and changed[0]:
+                return True, None
+            row = conn.execute(
+                f"SELECT {_SHOWN} FROM quarantine WHERE id = %(id)s", params
+            ).fetchone()
+            if row is None:
+                return False, None
+            if change in OUTCOMES:
+                # The claim is gone, the outcome is history all the same.
+                conn.execute(
+                    "INSERT INTO quarantine_events (id, time, kind, actor, node, reply, reason)"
+                    " VALUES (%(id)s, now(), %(kind)s, %(actor)s, %(node)s, %(reply)s,"
+                    " %(reason)s)",
+                    params,
+                )
+            return False, row[0]
+
+        done, shown = self.db.run(change_it)
+        if done:
+            return True
+        if shown is None:
+            raise UnknownMessage(qid)
+        if change in OUTCOMES:
+            return False
+        raise StateError(refusal(qid, change, shown) or shown, shown)
+
+    def consume_mark(self, qid: str, token: str) -> tuple[str, tuple[str, ...]] | None:
+        """Spend the release mark of the release in flight for `qid` with claim `token`: the
+        first call gets (sender, recipients) of the held message, every later one None."""
+        if not is_valid_id(qid):
+            return None
+
+        def spend(conn: Conn) -> tuple[str, tuple[str, ...]] | None:
+            row = conn.execute(
+                "UPDATE quarantine SET mark_used = true WHERE id = %s AND claim = %s"
+                f" AND {_IN_STATE['releasing']} AND NOT mark_used RETURNING sender, recipients",
+                (qid, token),
+            ).fetchone()
+            return (row[0], tuple(row[1])) if row else None
+
+        return self.db.run(spend, atomic=False)
+
+    def release_secret(self) -> bytes:
+        """The fleet's release-mark secret, made by whichever node asks first."""
+
+        def read(conn: Conn) -> bytes:
+            conn.execute(
+                "INSERT INTO secrets (name, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (_SECRET_NAME, secrets.token_bytes(32)),
+            )
+            row = conn.execute("SELECT value FROM secrets WHERE name = %s", (_SECRET_NAME,))
+            return bytes(row.fetchone()[0])  # type: ignore[index]
+
+        return self.db.run(read, retry=True)
+
+    def purge(self, older_than: timedelta, actor: str) -> int:
+        """Records older than `older_than` go with their bodies and events, except a release
+        in flight; the purge stays on record (who, when, which ids)."""
+
+        def purge_them(conn: Conn) -> int:
+            row = conn.execute(
+                "WITH gone AS (DELETE FROM quarantine WHERE time < now() - %(age)s"
+                f" AND NOT {_IN_STATE['releasing']} RETURNING id)"
+                " INSERT INTO quarantine_purges (time, actor, node, older_than, ids)"
+                " SELECT now(), %(actor)s, %(node)s, %(text)s,"
+                " coalesce(array_agg(id ORDER BY id), '{}') FROM gone"
+                " RETURNING cardinality(ids)",
+                {"age": older_than, "actor": actor, "node": self.node, "text": str(older_than)},
+            ).fetchone()
+            return row[0] if row else 0
+
+        return self.db.run(purge_them, timeout=max(self.db.timeout, ADMIN_TIMEOUT))
+
+    def import_record(self, record: QuarantineRecord, raw: bytes | None) -> bool:
+        """Copy a record of another store, with its history and body (None once deleted);
+        False if the id is here already, so importing twice copies nothing twice. A release
+        that was in flight there is release_unknown here."""
+        params = {
+            **{name: getattr(record, name) for name in _COLUMNS.replace(" ", "").split(",")},
+            "recipients": list(record.recipients),
+            "rules": list(record.rules),
+            "monitor": list(record.monitor),
+            "hits": Json(list(record.hits)),
+            "node": record.node or self.node,
+            "state": record.state if record.state != "release_unknown" else "releasing",
+            "raw": raw,
+        }
+
+        def copy(conn: Conn) -> bool:
+            inserted = conn.execute(
+                f"INSERT INTO quarantine ({_COLUMNS}, state, lease_until) VALUES (%(id)s,"
+                " %(time)s, %(node)s, %(door)s, %(queue_id)s, %(message_id)s, %(sender)s,"
+                " %(recipients)s::text[], %(client_address)s, %(subject)s, %(size)s,"
+                " %(action)s, %(rules)s::text[], %(monitor)s::text[], %(hits)s, %(reason)s,"
+                " %(pack_version)s, %(state)s, CASE WHEN %(state)s = 'releasing' THEN now() END)"
+                " ON CONFLICT (id) DO NOTHING RETURNING id",
+                params,
+            ).fetchone()
+            if inserted is None:
+                return False
+            if raw is not None:
+                conn.execute(
+                    "INSERT INTO quarantine_bodies (id, raw) VALUES (%(id)s, %(raw)b)", params
+                )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO quarantine_events (id, time, kind, actor, node, reply, reason)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (record.id, e.time, e.kind, e.actor, e.node or params["node"], e.reply,
+                         e.reason)
+                        for e in record.events
+                    ],
+                )  # fmt: skip
+            return True
+
+        return self.db.run(copy, timeout=max(self.db.timeout, ADMIN_TIMEOUT))
+
+    def import_purge(self, purge: dict[str, Any]) -> bool:
+        """Copy one entry of another store's purge record; False if it is here already."""
+        moment = datetime.fromisoformat(purge["time"])
+
+        def copy(conn: Conn) -> bool:
+            row = conn.execute(
+                "INSERT INTO quarantine_purges (time, actor, node, older_than, ids)"
+                " SELECT %(time)s, %(actor)s, %(node)s, %(older_than)s, %(ids)s::text[]"
+                " WHERE NOT EXISTS (SELECT 1 FROM quarantine_purges WHERE time = %(time)s"
+                " AND actor = %(actor)s AND ids = %(ids)s::text[]) RETURNING seq",
+                {**purge, "time": moment, "node": purge.get("node") or self.node},
+            ).fetchone()
+            return row is not None
+
+        return self.db.run(copy)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, qid: str) -> QuarantineRecord:
+        _check_id(qid)
+        records = self._select("WHERE id = %(id)s", {"id": qid})
+        if not records:
+            raise UnknownMessage(qid)
+        return records[0]
+
+    def raw(self, qid: str) -> bytes:
+        _check_id(qid)
+
+        def read(conn: Conn) -> tuple[str, bytes | None] | None:
+            return conn.execute(
+                f"SELECT {_SHOWN}, b.raw FROM quarantine q LEFT JOIN quarantine_bodies b"
+                " USING (id) WHERE q.id = %s",
+                (qid,),
+            ).fetchone()
+
+        row = self.db.run(read, retry=True, atomic=False)
+        if row is None:
+            raise UnknownMessage(qid)
+        if row[0] == "deleted":
+            raise QuarantineError(f"quarantined message {qid} was deleted")
+        if row[1] is None:
+            raise QuarantineError(f"quarantined message {qid}: body missing")
+        return bytes(row[1])
+
+    def count(self) -> int:
+        def read(conn: Conn) -> int:
+            row = conn.execute("SELECT count(*) FROM quarantine WHERE state = 'held'").fetchone()
+            return row[0] if row else 0
+
+        return self.db.run(read, retry=True, atomic=False)
+
+    def purges(self) -> list[dict[str, Any]]:
+        def read(conn: Conn) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cursor:
+                rows = cursor.execute(
+                    "SELECT time, actor, node, older_than, ids FROM quarantine_purges ORDER BY seq"
+                ).fetchall()
+            return [{**r, "time": r["time"].astimezone(UTC).isoformat()} for r in rows]
+
+        return self.db.run(read, retry=True)
+
+    def list(
+        self,
+        since: datetime | None = None,
+        rule: str | None = None,
+        state: str | None = None,
+    ) -> list[QuarantineRecord]:
+        """Oldest first. `rule` matches enforce and monitor rule ids."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if since is not None:
+            if since.tzinfo is None:
+                since = since.astimezone()  # naive means local time, as a person typed it
+            clauses.append("time >= %(since)s")
+            params["since"] = since
+        if rule is not None:
+            clauses.append("(rules || monitor) @> ARRAY[%(rule)s]::text[]")
+            params["rule"] = rule
+        if state is not None:
+            if state not in STATES:
+                raise QuarantineError(f"unknown state {state!r} (one of {', '.join(STATES)})")
+            clauses.append(_IN_STATE[state])
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._select(where, params)
+
+    def _select(self, where: str, params: dict[str, Any]) -> list[QuarantineRecord]:
+        def read(conn: Conn) -> list[QuarantineRecord]:
+            # One snapshot: the records and their events agree.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            with conn.cursor(row_factory=dict_row) as cursor:
+                rows = cursor.execute(
+                    f"SELECT {_COLUMNS}, {_SHOWN} AS state FROM quarantine {where}"
+                    " ORDER BY time, id",
+                    params,
+                ).fetchall()
+                events: dict[str, list[QuarantineEvent]] = {}
+                if rows:
+                    cursor.execute(
+                        "SELECT id, time, kind, actor, reply, reason, node"
+                        " FROM quarantine_events WHERE id = ANY(%s) ORDER BY seq",
+                        ([r["id"] for r in rows],),
+                    )
+                    for e in cursor:
+                        events.setdefault(e.pop("id"), []).append(
+                            QuarantineEvent(**{**e, "time": e["time"].astimezone(UTC)})
+                        )
+            return [_record(row, tuple(events.get(row["id"], ()))) for row in rows]
+
+        return self.db.run(read, retry=True, timeout=max(self.db.timeout, ADMIN_TIMEOUT))
+
+
+def _record(row: dict[str, Any], events: tuple[QuarantineEvent, ...]) -> QuarantineRecord:
+    return QuarantineRecord(
+        **{
+            **row,
+            "time": row["time"].astimezone(UTC),
+            "recipients": tuple(row["recipients"]),
+            "rules": tuple(row["rules"]),
+            "monitor": tuple(row["monitor"]),
+            "hits": tuple(row["hits"]),
+        },
+        events=events,
+    )
+
+
+def _check_id(qid: str) -> None:
+    if not is_valid_id(qid):  # ids come from the command line
+        raise UnknownMessage(qid)
