@@ -1,57 +1,59 @@
-"""HTML to text for DLP, in linear time.
+"""HTML to text for DLP, from a real HTML tokenizer (libxml2's, through lxml), in linear time.
 
 Two views in one text. First what a reader sees: inline tags vanish without a trace so
-`4111<b>1111</b>` reads `41111111`; block tags become line breaks; named and numeric entities
-are decoded after the tags are gone (so `&lt;b&gt;` stays text); what is never shown is left
-out (comments, script, style, title, template, and elements hidden by the `hidden` attribute
-or an inline `display:none`, `visibility:hidden` or `font-size:0`), so digits hidden between
-the groups of a card number cannot break it. Then, after a blank line, that hidden content
-and the text of `alt` and `title` attributes: it leaves with the message all the same, so the
-detectors read it too.
+`4111<b>1111</b>` reads `41111111`; block tags become line breaks; what is never shown is left
+out (comments, script, style, title, template, and what the `hidden` attribute or an inline
+style hides: `display:none`, `visibility:hidden`, a zero `font-size`), so digits hidden
+between the groups of a card number cannot break it. Then, after a blank line, that hidden
+content and the text of `alt` and `title` attributes: it leaves with the message all the
+same, so the detectors read it too.
+
+Why a parser: the tags used to be found with regexes over `[^<>]`, and a `>` inside a quoted
+attribute (`<span title="a>b" style="display:none">`) ended the tag for them, not for a
+browser. libxml2 (2.14 on) tokenizes as HTML5 says, and decodes entities in text and in
+attribute values (`display:&#110;one` is `display:none`). Only its parse events are used, not
+a tree: a tag out of place (a `<td>` outside a table) still breaks a line, and nesting depth
+costs nothing. Inline styles are read as CSS is: comments and escapes decoded, the last
+declaration of a property winning (`!important` first), and a child can show again what its
+parent hid with the inherited `visibility` and `font-size` (not `display:none`).
 """
 
 from __future__ import annotations
 
-import html
+import functools
 import re
+import threading
+from typing import Any
 
-# Where content that is never shown begins: a comment, an element that is never rendered,
-# or an element hidden by an attribute or inline style (not a void element: it holds nothing).
-# `[^<>]` keeps the search linear on `<<<<...`.
-_HIDDEN_OPEN = re.compile(
-    r"<!--|<(script|style|title|template)\b[^<>]*>"
-    r"|<(?!(?:area|base|br|col|embed|hr|img|input|link|meta|source|track|wbr)\b)([a-z][a-z0-9]*)"
-    r"\b(?=[^<>]*?(?:\shidden(?=[\s/>=])|style\s*=\s*[\"']?[^<>\"']*?"
-    r"(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0+(?:\.0+)?(?![\d.]))))"
-    r"[^<>]*>",
-    re.IGNORECASE,
+from lxml import etree
+
+# Block-level elements end a line; every other tag vanishes. A namespace prefix is allowed, and
+# a name that only starts with one of these counts too, so XML dialects break lines the same
+# way (OpenDocument's `text:p`, `text:h`, `table:table-cell`).
+_BLOCK = frozenset(
+    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form "
+    "h h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table tbody td tfoot th thead "
+    "tr ul".split()
 )
-# Every start _HIDDEN_OPEN can match contains one of these (lower-cased): most mail has none
-# of them, and looking for them is a tenth of the cost of the search itself.
-_HIDDEN_MARKERS = ("<!--", "<script", "<style", "<title", "<template", "hidden", "display")
-_HIDDEN_MARKERS += ("visibility", "font-size")
-_COMMENT_END = re.compile("-->")
-# Attributes whose text a reader sees: an image's alternative text, a tooltip. (Link targets
-# are not read: newsletters carry long tracking numbers in them.)
-_TEXT_ATTRIBUTE = re.compile(
-    r"""<[^<>]*?\s(?:alt|title)\s*=\s*(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>=`]+))""", re.I
+_NAME_HEAD = re.compile(r"\w*")
+# Elements whose content is never rendered.
+_NEVER_SHOWN = frozenset({"script", "style", "title", "template"})
+# A computed style, as bits: hidden when any is set.
+_NONE, _INVISIBLE, _NO_FONT = 1, 2, 4
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(.))", re.DOTALL)
+_IMPORTANT = re.compile(r"!\s*important\s*$")
+_ZERO = re.compile(r"[+-]?(?:0+\.?0*|\.0+)(?:[a-z]+|%)?")
+# Font sizes that do not scale the parent's: they show text again under a zero font-size.
+_ABSOLUTE_SIZE = re.compile(
+    r"[+-]?(?:\d+\.?\d*|\.\d+)(?:px|pt|pc|in|cm|mm|q|rem|vw|vh|vmin|vmax)"
+    r"|xx-small|x-small|small|medium|large|x-large|xx-large|xxx-large|initial"
 )
-_CLOSE = {
-    name: re.compile(f"</{name}\\b[^<>]*>", re.IGNORECASE)
-    for name in ("script", "style", "title", "template")
-}
-# Block-level tags end a line; every other tag vanishes. `[^<>]` keeps both regexes linear
-# on `<<<<...`: every attempt stops at the next `<`.
-# The names are grouped by their first letters: Python's re tries an alternation in order,
-# and the grouping halves the time spent on each tag. A namespace prefix is allowed, so
-# XML dialects break lines the same way (OpenDocument's `text:p`, `text:h`, `table:table-cell`).
-_BLOCK_TAG = re.compile(
-    r"</?(?:[a-z][\w.-]*:)?(?:a(?:ddress|rticle|side)|b(?:lockquote|r)|d(?:[dlt]|iv)"
-    r"|f(?:ieldset|ig(?:caption|ure)|o(?:oter|rm))|h(?:[1-6r]|eader)?|li|main|nav|ol|p(?:re)?"
-    r"|section|t(?:able|body|[dhr]|foot|head)|ul)\b[^<>]*>",
-    re.IGNORECASE,
-)
-_TAG = re.compile(r"<[^<>]*>")
+_TEXT_ATTRIBUTES = ("alt", "title")  # an image's alternative text, a tooltip (not link targets)
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# While pieces are collected: where a block begins or ends, and where any other tag stood
+# (whitespace collapses between tags, not across them). Neither reaches here as text.
+_BREAK, _TAG = "\x00", "\x01"
 _BREAKS = re.compile(r"\n[\n ]*")
 # Zero-width and soft-hyphen characters: invisible when rendered, so they must not split
 # a number for the detectors either.
@@ -59,64 +61,203 @@ INVISIBLE_CHARS = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 INVISIBLE = re.compile(f"[{INVISIBLE_CHARS}]")
 
 
-def _closing_tag(text: str, name: str, start: int) -> re.Match[str] | None:
-    """The closing tag of the element opened just before `start`, counting nested elements
-    of the same name; None when it is never closed."""
-    tags = re.compile(f"<(/?){re.escape(name)}\\b[^<>]*>", re.IGNORECASE)
-    depth = 1
-    for tag in tags.finditer(text, start):
-        depth += -1 if tag.group(1) else 1
-        if depth == 0:
-            return tag
-    return None
+@functools.cache
+def _kind(tag: str) -> tuple[str, bool]:
+    """What a tag leaves in the text (`_BREAK` or `_TAG`), and whether its element is never
+    shown."""
+    name = tag.rpartition(":")[2].lower()
+    head = _NAME_HEAD.match(name)
+    block = head is not None and head.group() in _BLOCK
+    return (_BREAK if block else _TAG), name in _NEVER_SHOWN
 
 
-def _split_hidden(text: str) -> tuple[str, list[str]]:
-    """The shown text and the hidden pieces. An unterminated hidden element runs to the end
-    of the text, as it does in a browser."""
-    shown: list[str] = []
-    hidden: list[str] = []
-    pos = 0
-    while m := _HIDDEN_OPEN.search(text, pos):
-        shown.append(text[pos : m.start()])
-        if m.group(1):
-            close = _CLOSE[m.group(1).lower()].search(text, m.end())
-        elif m.group(2):
-            close = _closing_tag(text, m.group(2), m.end())
+def _css_char(escape: re.Match[str]) -> str:
+    if escape[2] is not None:
+        return escape[2]
+    code = int(escape[1], 16)
+    # As CSS decodes it: nothing that is not a character reads as one.
+    return "\ufffd" if code == 0 or code > 0x10FFFF or 0xD800 <= code <= 0xDFFF else chr(code)
+
+
+def _css_declarations(style: str) -> dict[str, str]:
+    """An inline style's properties and the value each ends with: the last declaration wins,
+    an `!important` one over any that is not."""
+    style = style.lower()
+    if "/*" in style:
+        style = _CSS_COMMENT.sub("", style)
+    if "\\" in style:
+        style = _CSS_ESCAPE.sub(_css_char, style)
+    values: dict[str, str] = {}
+    important: set[str] = set()
+    for declaration in style.split(";"):
+        name, colon, value = declaration.partition(":")
+        if not colon:
+            continue
+        name, value = name.strip(), value.strip()
+        forced = _IMPORTANT.search(value)
+        if forced:
+            value = value[: forced.start()].strip()
+        if name in important and not forced:
+            continue
+        values[name] = value
+        if forced:
+            important.add(name)
+    return values
+
+
+@functools.lru_cache(maxsize=4096)
+def _style_bits(style: str) -> tuple[int, int, bool]:
+    """What an inline style does to the hiding bits: the bits it sets, the bits it clears,
+    and whether it says what `display` is (which then decides over the `hidden` attribute).
+    Mail repeats its styles, hence the cache."""
+    declared = _css_declarations(style)
+    sets = clears = 0
+    display = declared.get("display")
+    if display == "none":
+        sets |= _NONE
+    visibility = declared.get("visibility")
+    if visibility in ("hidden", "collapse"):
+        sets |= _INVISIBLE
+    elif visibility in ("visible", "initial"):
+        clears |= _INVISIBLE
+    size = declared.get("font-size")
+    if size is not None and _ZERO.fullmatch(size):
+        sets |= _NO_FONT
+    elif size is not None and _ABSOLUTE_SIZE.fullmatch(size):
+        clears |= _NO_FONT
+    return sets, clears, display is not None
+
+
+def _computed(parent: int, attrib: Any) -> int:
+    """An element's hiding bits from its parent's and its own attributes. `visibility` and
+    `font-size` are inherited, so a child can undo them; `display:none` takes the subtree."""
+    style = attrib.get("style")
+    sets, clears, display = _style_bits(style) if style else (0, 0, False)
+    if "hidden" in attrib and not display:
+        sets |= _NONE
+    return (parent | sets) & ~clears
+
+
+class _Renderer:
+    """lxml parser target: sorts the text into what is shown and the hidden pieces, each a
+    list of strings with `_BREAK` and `_TAG` where tags stood."""
+
+    def __init__(self, comments_as_markup: bool) -> None:
+        # Comments are parsed as HTML in turn (Outlook renders `<!--[if mso]>` blocks), once.
+        self.comments_as_markup = comments_as_markup
+        self.reset()
+
+    def reset(self) -> None:
+        self.shown: list[str] = []
+        self.hidden: list[list[str]] = []
+        self.attributes: list[str] = []
+        self.states = [0]  # the hiding bits of each open element, the document's first
+        self.out = self.shown  # where text goes now: `shown` or the last hidden piece
+
+    def _into(self, state: int) -> None:
+        if not state:
+            self.out = self.shown
+        elif self.out is self.shown:
+            self.out = []
+            self.hidden.append(self.out)
+
+    def start(self, tag: str, attrib: Any) -> None:
+        mark, never_shown = _kind(tag)
+        parent = self.states[-1]
+        state = parent
+        if attrib:
+            self.attributes += [attrib[name] for name in _TEXT_ATTRIBUTES if name in attrib]
+            state = _computed(parent, attrib)
+        if never_shown:
+            state |= _NONE
+        self.states.append(state)
+        if state != parent:
+            self._into(state)
+        self.out.append(mark)
+
+    def end(self, tag: str) -> None:
+        self.out.append(_kind(tag)[0])
+        state = self.states.pop()
+        if state != self.states[-1]:
+            self._into(self.states[-1])
+
+    def data(self, text: str) -> None:
+        self.out.append(text)
+
+    def comment(self, text: str) -> None:
+        # HTML5 reads `<?...>` and `<![CDATA[...]]>` as comments. The first is markup (an XML
+        # declaration, a processing instruction); the second is text in XML documents.
+        if text.startswith("?"):
+            return
+        if text.startswith("[CDATA["):
+            self.data(text[7:].removesuffix("]]"))
+            return
+        if self.comments_as_markup and "<" in text:
+            text = _parse(text, nested=True).text().replace("\n", _BREAK)
+        if self.out is self.shown:
+            self.hidden.append([text])
         else:
-            close = _COMMENT_END.search(text, m.end())
-        if close is None:
-            hidden.append(text[m.end() :])
-            return "".join(shown), hidden
-        hidden.append(text[m.end() : close.start()])
-        pos = close.end()
-    shown.append(text[pos:])
-    return "".join(shown), hidden
+            self.out.append(text)
+
+    def close(self) -> _Renderer:
+        return self
+
+    def text(self) -> str:
+        """Everything as one text, hidden pieces after what is shown."""
+        unseen = [rendered for piece in self.hidden if (rendered := _render(piece))]
+        unseen += [rendered for value in self.attributes if (rendered := _render([value]))]
+        text = _render(self.shown)
+        # Each hidden piece on lines of its own, so nothing in it joins what is shown.
+        return "\n\n".join([text, *unseen]) if unseen else text
 
 
-def _render(text: str) -> str:
+class _Parsers(threading.local):
+    """Per thread, a parser for documents and one for the comments inside them, each with its
+    renderer: lxml inspects a target when a parser is built, which costs more than parsing a
+    short document, so they are built once."""
+
+    def __init__(self) -> None:
+        self.by_kind = {
+            # huge_tree: libxml2 would drop an attribute value past 10 MB (and its alt text).
+            nested: etree.HTMLParser(
+                target=_Renderer(comments_as_markup=not nested),
+                no_network=True,
+                recover=True,
+                huge_tree=True,
+            )
+            for nested in (False, True)
+        }
+
+
+_PARSERS = _Parsers()
+
+
+def _parse(source: str, nested: bool = False) -> _Renderer:
+    if not source.isascii():
+        # Lone surrogates (from undecodable bytes) cannot be handed to libxml2 as UTF-8.
+        source = _SURROGATES.sub("\ufffd", source)
+    if _BREAK in source or _TAG in source:
+        source = source.replace(_BREAK, "").replace(_TAG, "")
+    parser = _PARSERS.by_kind[nested]
+    renderer: _Renderer = parser.target
+    renderer.reset()
+    parser.feed(source)
+    parser.close()
+    return renderer
+
+
+def _render(pieces: list[str]) -> str:
     # A browser renders any whitespace run, newlines included, as one space (str.split is
     # much faster here than a regex whose first item is a character class).
-    text = " ".join(text.split())
-    text = _TAG.sub("", _BLOCK_TAG.sub("\n", text))
-    if "&" in text:
-        text = html.unescape(text)
+    text = " ".join("".join(pieces).split()).replace(_TAG, "")
+    if _BREAK in text:
+        text = _BREAKS.sub("\n", text.replace(_BREAK, "\n"))
     if not text.isascii() and INVISIBLE.search(text):
         text = INVISIBLE.sub("", text)
-    if "\xa0" in text:
-        text = text.replace("\xa0", " ")
-    return _BREAKS.sub("\n", text).strip()
+    return text.strip()
 
 
 def html_to_text(source: str) -> str:
-    lowered = source.lower()
-    if any(marker in lowered for marker in _HIDDEN_MARKERS):
-        shown, hidden = _split_hidden(source)
-    else:
-        shown, hidden = source, []
-    if "alt" in lowered or "title" in lowered:
-        hidden += ["".join(m.groups("")) for m in _TEXT_ATTRIBUTE.finditer(source)]
-    text = _render(shown)
-    # Each hidden piece on lines of its own, so nothing in it joins what is shown.
-    unseen = [rendered for piece in hidden if (rendered := _render(piece))]
-    return "\n\n".join([text, *unseen]) if unseen else text
+    if not source:
+        return ""
+    return _parse(source).text()
