@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from mailgate.filter.ops.config import Config
+from mailgate.filter.ops.fleet import start_fleet
 from mailgate.filter.ops.report import Reporter, apply_forwarded
 from mailgate.filter.ops.service import (
     Serving,
@@ -92,6 +93,7 @@ class FrontEnds:
         self._reporter = reporter = reporter_for(self.config, store)
         if reporter.audit is not None:
             stack.callback(reporter.audit.close)  # last: the front ends' final records first
+        start_fleet(self.config, "relay", reporter, store, stack)
         serve_metrics(self.config, self.ready, reporter.metrics, stack)
         self._loop = asyncio.get_running_loop()
         stack.push_async_callback(self._stop_all)

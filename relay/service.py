@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from multiprocessing.connection import Connection
 
 from mailgate.filter.ops.config import Config
+from mailgate.filter.ops.fleet import start_fleet
 from mailgate.filter.ops.report import ForwardingReporter
 from mailgate.filter.ops.service import Serving, StartError, Stopped, run_service, start_scanning
 from mailgate.filter.store.release_mark import ReleaseSecretError
@@ -35,6 +36,8 @@ async def _start(
     config: Config, sock: socket.socket | None, parent: Connection | None, stack: AsyncExitStack
 ) -> Serving:
     scanning = await start_scanning(config, stack, parent)
+    if parent is None:  # a front end's records and pack go to its parent, which runs this
+        start_fleet(config, "relay", scanning.reporter, scanning.store, stack)
     try:
         relay = Relay.from_config(config, scanning.pool, scanning.store, scanning.reporter)
         await relay.start(sock=sock, serve_metrics=parent is None)

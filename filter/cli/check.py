@@ -6,16 +6,17 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mailgate.filter.ops.audit import audit_record
-from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import json_line, printable
 from mailgate.filter.ops.report import message_id_of
 from mailgate.filter.ops.review import explain
 from mailgate.filter.ops.rulediff import Sample, files_corpus, quarantine_corpus, replay
-from mailgate.filter.ops.rulestats import collect, table
+from mailgate.filter.ops.rulestats import Stats, collect, from_database, table
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import Pack, PackError, PackSource, build_pack
 from mailgate.filter.policy.units import argument, parse_since
@@ -73,8 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument(
         "--audit",
         metavar="FILE",
-        help="audit log to read, '-' for stdin (default: audit.path of the configuration, "
-        "else stdin, e.g. journalctl -u mailgate-relay -o cat | mailgate rules stats)",
+        help="audit log to read, '-' for stdin (default: with `database` set, the whole "
+        "fleet's records in the database; else audit.path of the configuration, else stdin, "
+        "e.g. journalctl -u mailgate-relay -o cat | mailgate rules stats)",
     )
     stats.add_argument(
         "--rules", type=Path, help="pack to look up rule actions that the log does not record"
@@ -179,40 +181,66 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     source = args.audit
+    fleet: Config | None = None  # with `database` set: the fleet's records, not one file
     if source is None:
         try:
-            path = load_config(args.config).audit.path
+            config = load_config(args.config)
         except ConfigError as exc:
             print(f"mailgate rules stats: {exc}", file=sys.stderr)
             return 2
-        source = str(path) if path is not None else "-"
+        fleet = config if config.database is not None else None
+        source = str(config.audit.path) if config.audit.path is not None else "-"
     actions = {}
     if args.rules is not None:
         engine = _load(args.rules)
         if engine is None:
             return 2
         actions = {rule.id: str(rule.action) for rule in engine.pack.rules}
-    if source == "-" and sys.stdin.isatty():
+    if fleet is not None:
+        stats = _fleet_stats(fleet, args.since, actions)
+        if stats is None:
+            return 1
+    elif source == "-" and sys.stdin.isatty():
         print(
             "mailgate rules stats: no audit log: give --audit FILE, set audit.path, "
             "or pipe the log in (journalctl -u mailgate-relay -o cat | mailgate rules stats)",
             file=sys.stderr,
         )
         return 2
-    try:
-        if source == "-":
-            stats = collect(sys.stdin, args.since, actions)
-        else:
-            with open(source, encoding="utf-8", errors="replace") as lines:
-                stats = collect(lines, args.since, actions)
-    except OSError as exc:
-        print(f"mailgate rules stats: cannot read {source}: {exc.strerror}", file=sys.stderr)
-        return 2
+    else:
+        try:
+            if source == "-":
+                stats = collect(sys.stdin, args.since, actions)
+            else:
+                with open(source, encoding="utf-8", errors="replace") as lines:
+                    stats = collect(lines, args.since, actions)
+        except OSError as exc:
+            print(f"mailgate rules stats: cannot read {source}: {exc.strerror}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(stats.to_dict(), ensure_ascii=False))
     else:
         print(table(stats))
     return 0
+
+
+def _fleet_stats(config: Config, since: datetime | None, actions: dict[str, str]) -> Stats | None:
+    """Every node's audit records, counted in the fleet's database; None (said on stderr)
+    when it cannot be read."""
+    # Imported here: psycopg is only needed with a database.
+    from mailgate.filter.store.database import Database, DatabaseError
+    from mailgate.filter.store.fleet import audit_counts
+
+    assert config.database is not None
+    database = Database(config.database, config.node)
+    try:
+        database.prepare()  # a command brings the schema up to date like any process
+        return from_database(audit_counts(database, since), actions)
+    except DatabaseError as exc:
+        print(f"mailgate rules stats: {exc}", file=sys.stderr)
+        return None
+    finally:
+        database.close()
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

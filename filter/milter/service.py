@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 
 from mailgate.filter.milter.door import MilterDoor, libmilter, serve, unix_socket_path
 from mailgate.filter.ops.config import Config, MilterConfig
+from mailgate.filter.ops.fleet import start_fleet
 from mailgate.filter.ops.service import (
     Serving,
     Stopped,
@@ -39,6 +40,7 @@ def run(config: Config) -> int:
 async def _start(config: Config, stack: AsyncExitStack) -> Serving:
     scanning = await start_scanning(config, stack)
     pool, reporter = scanning.pool, scanning.reporter
+    start_fleet(config, "milter", reporter, scanning.store, stack)
     serve_metrics(config, lambda: pool.engine is not None, reporter.metrics, stack)
     door = MilterDoor(
         scanner=pool,

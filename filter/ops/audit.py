@@ -94,15 +94,17 @@ class AuditLog:
     def _open(path: Path) -> TextIO:
         return path.open("a", encoding="utf-8", buffering=1)  # line-buffered
 
-    def write(self, record: dict[str, Any]) -> None:
-        line = json_line(record) + "\n"
+    def write(self, record: dict[str, Any]) -> str:
+        """Write one record; returns its JSON line (without the line break), as written."""
+        line = json_line(record)
         with self._lock:
             try:
-                self._stream.write(line)
+                self._stream.write(line + "\n")
                 self._stream.flush()
             except (OSError, ValueError) as exc:
                 # The message has been handled; losing its audit line is logged, not fatal.
                 log.error("audit log write failed: %s", exc)
+        return line
 
     def reopen(self) -> None:
         """After logrotate moved the file: continue in a fresh file at the same path."""

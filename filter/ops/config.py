@@ -269,7 +269,8 @@ class QuarantineConfig(_Section):
     path: ConfigPath = Path("var/quarantine")
     # Where `mailgate quarantine release` re-submits; None: relay.next_hop (or its outbox).
     release_to: SmtpTarget | None = None
-    # Default for `mailgate quarantine purge` when --older-than is not given.
+    # Default for `mailgate quarantine purge` when --older-than is not given; with `database`
+    # also enforced for the fleet once an hour.
     retention: Annotated[timedelta, BeforeValidator(parse_duration)] | None = None
 
     @field_validator("release_to")
@@ -333,6 +334,10 @@ class MetricsConfig(_Section):
 
 class AuditConfig(_Section):
     path: ConfigPath | None = None  # None: one JSON line per message to stdout
+    # With `database` (README: Running a fleet): records on their way to the database wait
+    # in this folder (one file per door) while it is away; `retention` drops older days.
+    spool: ConfigPath = Path("var/audit-spool")
+    retention: Annotated[timedelta, BeforeValidator(parse_duration)] | None = None
 
 
 class ConsoleTLS(_Section):

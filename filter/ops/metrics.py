@@ -113,6 +113,11 @@ class Metrics:
         if verdict.pack_version:
             self.set_pack(verdict.pack_version)
 
+    @property
+    def pack_version(self) -> str:
+        """The pack serving verdicts, as last reported ("" before the first)."""
+        return self._pack_version
+
     def set_pack(self, version: str) -> None:
         with self._lock:
             if version != self._pack_version:

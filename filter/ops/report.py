@@ -22,6 +22,7 @@ from mailgate.filter.scan.engine import Engine
 from mailgate.filter.store.quarantine import QuarantineStore
 
 if TYPE_CHECKING:
+    from mailgate.filter.ops.auditcopy import AuditCopy
     from mailgate.filter.scan.reload import ReloadResult
 
 log = logging.getLogger("mailgate.report")
@@ -39,6 +40,10 @@ class Reporter:
         self.audit = audit
         self.metrics = metrics
         self.engine = engine
+        # With `database` set (ops/fleet.py): the records' copy for the database, and who
+        # hears of the pack this door serves.
+        self.audit_copy: AuditCopy | None = None
+        self.on_pack: Callable[[str], None] | None = None
         self._actions: tuple[str, dict[str, str]] = ("", {})
         self._lock = threading.Lock()
 
@@ -83,9 +88,12 @@ class Reporter:
         return record
 
     def deliver(self, door: str, verdict: Verdict, record: dict[str, Any]) -> None:
-        """Write the record to the audit log and count the verdict."""
+        """Write the record to the audit log (and queue its copy for the database) and count
+        the verdict."""
         if self.audit is not None:
-            self.audit.write(record)
+            line = self.audit.write(record)
+            if self.audit_copy is not None:
+                self.audit_copy.add(record["time"], line)
         self.metrics.observe(door, verdict)
 
     def next_hop_error(self, kind: str) -> None:
@@ -93,9 +101,13 @@ class Reporter:
 
     def set_pack(self, version: str) -> None:
         self.metrics.set_pack(version)
+        if self.on_pack is not None:
+            self.on_pack(version)
 
     def observe_reload(self, result: ReloadResult) -> None:
         self.metrics.observe_reload(result)
+        if result.version and self.on_pack is not None:
+            self.on_pack(result.version)
 
     def _rule_actions(self, version: str) -> dict[str, str]:
         """Rule id -> action of the pack that judged the message, if it is the one serving

@@ -7,9 +7,12 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.filter.policy.verdict import Action
+
+if TYPE_CHECKING:
+    from mailgate.filter.store.fleet import AuditCounts
 
 
 @dataclass
@@ -67,14 +70,39 @@ def collect(
         verdict = _action(record.get("action"))
         for mode in ("enforce", "monitor"):
             for rule in record.get("rules" if mode == "enforce" else "monitor") or []:
-                entry = stats.rules.setdefault((rule, mode), RuleStats(rule, mode))
-                entry.messages += 1
-                action = known.get(rule, "")
-                entry.action = entry.action or action
-                would = _action(action)
-                if mode == "monitor" and would is not None and verdict is not None:
-                    entry.would_change += would > verdict
+                _count(stats, rule, mode, known.get(rule, ""), verdict, 1)
     return stats
+
+
+def from_database(counts: AuditCounts, actions: dict[str, str] | None = None) -> Stats:
+    """The same counts from the fleet's database (`store.fleet.audit_counts`, summed there per
+    rule, mode, rule action and verdict): every node's records."""
+    fallback = actions or {}
+    stats = Stats(messages=counts.messages)
+    if counts.first is not None and counts.last is not None:
+        stats.first, stats.last = _stamp(counts.first), _stamp(counts.last)
+    for group in counts.groups:
+        action = group.rule_action or fallback.get(group.rule, "")
+        _count(stats, group.rule, group.mode, action, _action(group.action), group.messages)
+    return stats
+
+
+def _count(
+    stats: Stats, rule: str, mode: str, action: str, verdict: Action | None, messages: int
+) -> None:
+    """`messages` messages hit `rule` in `mode`; the rule does `action` ("" unknown), the
+    verdict was `verdict`."""
+    entry = stats.rules.setdefault((rule, mode), RuleStats(rule, mode))
+    entry.messages += messages
+    entry.action = entry.action or action
+    would = _action(action)
+    if mode == "monitor" and would is not None and verdict is not None and would > verdict:
+        entry.would_change += messages
+
+
+def _stamp(moment: datetime) -> str:
+    """As the audit record writes its time."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
