@@ -401,3 +401,13 @@ def test_check_next_hop_prints_the_next_hops_words_escaped(tmp_path: Path) -> No
     assert "mx.example \\u001b[2J\\u001b]0;owned\\u0007 ready" in checked.stdout
     assert "X-\\u001b[31mRED" in checked.stdout
     assert "\x1b" not in checked.stdout + checked.stderr
+
+
+def test_an_address_a_rule_names_as_evidence_is_masked(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - id: from-corp\n    when: [{sender: {domain: [corp.example]}}]\n"
+        "    action: quarantine\n"
+    )
+    envelope = Envelope("4111.1111.1111.1111@corp.example", ("bob@partner.example",))
+    verdict = Engine.load(tmp_path).scan(raw_message("Subject: hello"), envelope)
+    assert [h.sample for h in verdict.hits] == ["****.****.****.1111@corp.example"]

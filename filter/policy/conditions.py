@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailgate.filter.detect.detectors import Match
 from mailgate.filter.detect.detectors.registry import DLP_DETECTORS
-from mailgate.filter.detect.masking import mask, mask_text
+from mailgate.filter.detect.masking import mask, mask_field, mask_text
 from mailgate.filter.detect.patterns import PatternError, check_pattern
 from mailgate.filter.detect.validators import VALIDATORS
 from mailgate.filter.message.model import UNSCANNABLE_REASONS
@@ -295,7 +295,8 @@ class AddressCondition(Condition):
         hits = [a for a in addresses if self._match(a)]
         if not hits:
             return None
-        return [Evidence(self.key, "envelope", len(hits), sample=hits[0])]
+        # An address can hold a card number however its groups are joined.
+        return [Evidence(self.key, "envelope", len(hits), sample=mask_field(hits[0]))]
 
 
 # --- attachments, size, unscannable ---------------------------------------------------------
