@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -436,3 +437,19 @@ def test_engine_judges_a_message_the_budget_stopped_as_unscannable() -> None:
     raw = b"Subject: hi\r\nContent-Type: text/plain\r\n\r\n" + b"xy" * 10_000 + b"\r\n"
     verdict = engine.scan(raw, Envelope("a@corp.example", ("b@partner.example",)))
     assert verdict.action is Action.QUARANTINE and verdict.rules == ["unscannable"]
+
+
+def test_scans_from_other_threads_run_without_the_timer() -> None:
+    """Signals reach the main thread only: elsewhere (libmilter's threads masking a long
+    text) the scan runs as before, and leaves the main thread's timer alone."""
+    patterns = PatternSet()
+    card = patterns.add(r"\d{4} \d{4}")
+    text = "x " * 1_000 + "card 4111 1111"
+    found: list[list[str]] = []
+    worker = threading.Thread(
+        target=lambda: found.append([m.value for m in patterns.scan(text)[card]])
+    )
+    worker.start()
+    worker.join()
+    assert found == [["4111 1111"]]
+    assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
