@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sqlite3
+import time
 from datetime import timedelta
 
 import pytest
 
-from mailgate.filter.store.quarantine import QuarantineError
+from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
 from mailgate.filter.store.release_mark import (
     RELEASE_HEADER,
     find_mark,
@@ -210,3 +213,38 @@ def test_a_stored_envelope_with_a_line_break_is_refused_before_anything_is_sent(
     with pytest.raises(QuarantineError, match="control character"):
         release_message(relay.config, relay.store, qid, actor="admin")
     assert sink.received == [] and relay.store.get(qid).state == "held"
+
+
+def _release_at(config, qid: str, start: float, conn) -> None:
+    store = LocalQuarantine(config.quarantine.path, node=f"p{os.getpid()}")
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        result = release_message(config, store, qid, actor=f"admin{os.getpid()}")
+        conn.send((result.released, result.reply))
+    except Exception as exc:  # reported to the test
+        conn.send((False, repr(exc)))
+
+
+def test_release_message_in_two_processes_at_once_sends_once(make_relay, sink):
+    """Issue 10: release_message itself, not a stand-in, from two processes, many times."""
+    relay = make_relay({"next_hop": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}})
+    sink.faults.delay = 0.02  # the two overlap
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(8):
+        qid = hold(relay, rcpts=("bob@example.org",))
+        start = time.time() + 0.2
+        pipes, procs = [], []
+        for _ in range(2):
+            receiver, sender = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_release_at, args=(relay.config, qid, start, sender))
+            proc.start()
+            pipes.append(receiver)
+            procs.append(proc)
+        outcomes = [pipe.recv() if pipe.poll(30) else (False, "timeout") for pipe in pipes]
+        for proc in procs:
+            proc.join(30)
+        assert sorted(released for released, _ in outcomes) == [False, True], outcomes
+        assert any("already" in reply for released, reply in outcomes if not released)
+        time.sleep(0.2)  # a second copy, were there one, would have arrived by now
+        assert len(sink.received) == round_ + 1
+        assert [e.kind for e in relay.store.get(qid).events].count("released") == 1
