@@ -20,6 +20,7 @@ parent hid with the inherited `visibility` and `font-size` (not `display:none`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -241,8 +242,12 @@ def _parse(source: str, nested: bool = False) -> _Renderer:
     parser = _PARSERS.by_kind[nested]
     renderer: _Renderer = parser.target
     renderer.reset()
-    parser.feed(source)
-    parser.close()
+    try:
+        parser.feed(source)
+    finally:
+        # Always: a parser that stopped half-way would go on with the next document.
+        with contextlib.suppress(etree.ParseError):
+            parser.close()
     return renderer
 
 
