@@ -250,3 +250,61 @@ def test_local_store_opened_by_processes_at_once(tmp_path: Path) -> None:
         for proc in procs:
             proc.join(30)
         assert results == ["ok"] * 4
+
+
+def test_console_queries_read_the_same_from_both_stores(
+    pg_server: PostgresInstance, tmp_path: Path
+) -> None:
+    """The review console's pages (search, counts per rule, history) over the fleet's store
+    give what the local store gives for the same messages and changes."""
+    from mailgate.filter.store.quarantine import HeldQuery, HistoryQuery
+    from tests.support.releases import record_release
+
+    if binaries() is None:
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl (see README: Testing)")
+    stores = [
+        open_store("local", tmp_path / "q"),
+        open_store("postgres", pg_server.create_database()),
+    ]
+    for store in stores:
+        mails = [
+            ("alice@example.com", ("bob@partner.example",), ["card-numbers"], ["watch"], "a"),
+            ("Carol@Example.org", ("dave@partner.example",), ["iban"], [], "b IBAN list"),
+            ("alice@example.com", ("erin@x.example", "bob@partner.example"), ["iban"], [], "c"),
+        ]
+        ids = []
+        for sender, rcpts, rules, monitor, subject in mails:
+            verdict = Verdict(Action.QUARANTINE, rules=rules, monitor=monitor, reason="held")
+            ids.append(store.put(RAW, Envelope(sender, rcpts, door="relay"), verdict, subject))
+            time.sleep(0.01)  # distinct times: the order is the time order
+        record_release(store, ids[2], "rev", "250 ok", reason=f"approved, card {CARD}")
+        store.delete(ids[1], "rev", "spam")
+        store.record_activity("signed_in", "rev", detail="127.0.0.1")
+
+    def read(store: QuarantineStore) -> list[object]:
+        def subjects(query: HeldQuery, offset: int = 0, limit: int = 50) -> list[str]:
+            page = store.search(query, offset, limit)
+            return [*(r.subject for r in page.records), f"total {page.total}"]
+
+        history = store.history(HistoryQuery())
+        return [
+            subjects(HeldQuery()),
+            subjects(HeldQuery(newest_first=False), 1, 1),
+            subjects(HeldQuery(state="held")),
+            subjects(HeldQuery(rule="watch")),
+            subjects(HeldQuery(sender="ALICE@example.com")),
+            subjects(HeldQuery(recipient="bob@partner.example")),
+            subjects(HeldQuery(domain="partner.example")),
+            subjects(HeldQuery(text="iban")),
+            store.rule_counts(HeldQuery()),
+            store.rule_counts(HeldQuery(state="held", rule="iban")),
+            [(e.kind, e.actor, e.reason, e.detail) for e in history.entries],
+            history.total,
+            store.history(HistoryQuery(kind="released")).total,
+            store.history(HistoryQuery(text="APPROVED")).total,
+        ]
+
+    local, fleet = (read(store) for store in stores)
+    assert fleet == local
+    assert local[0] == ["c", "b IBAN list", "a", "total 3"]
+    assert CARD not in repr(local)  # the reviewer's reason is stored masked

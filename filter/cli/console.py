@@ -15,7 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
-from mailgate.filter.store.quarantine import LocalQuarantine
+from mailgate.filter.ops.stores import add_wait_argument, check_database, store_for
 
 if TYPE_CHECKING:
     from mailgate.filter import ScanPool
@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "API tokens (the console extra: pip install 'mailgate[console]').",
     )
     add_config_argument(parser)
+    add_wait_argument(parser)
     parser.set_defaults(func=_serve)
     commands = parser.add_subparsers(dest="console_command", metavar="ACTION")
 
@@ -107,7 +108,11 @@ def _serve(args: argparse.Namespace) -> int:
     from mailgate.filter.ops.service import scan_pool_for
     from mailgate.relay.release import release_message
 
-    store = LocalQuarantine(config.quarantine.path)
+    refused = check_database(config, "console", wait=args.wait_for_database)
+    if refused:
+        print(f"mailgate console: {refused}", file=sys.stderr)
+        return FAILED
+    store = store_for(config)
 
     async def start_pool() -> ScanPool:
         pool = scan_pool_for(config, workers=1)  # "Try a message" only: one worker will do

@@ -11,7 +11,9 @@ moment deliver it once. Times are the database's clock.
 
 from __future__ import annotations
 
+import re
 import secrets
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 
+from mailgate.filter.detect.masking import mask_sensitive
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.store.database import ADMIN_TIMEOUT, Database
@@ -26,18 +29,24 @@ from mailgate.filter.store.durable import new_id
 from mailgate.filter.store.lifecycle import (
     FROM,
     OUTCOMES,
-    STATES,
     Change,
     Claim,
     refusal,
 )
 from mailgate.filter.store.quarantine import (
+    ActivityEntry,
+    HeldPage,
+    HeldQuery,
+    HistoryPage,
+    HistoryQuery,
     QuarantineError,
     QuarantineEvent,
     QuarantineRecord,
     StateChanges,
     StateError,
     UnknownMessage,
+    as_utc,
+    checked_state,
     held_fields,
     is_valid_id,
 )
@@ -148,8 +157,8 @@ class PostgresQuarantine(StateChanges):
             "kind": str(change),
             "actor": actor,
             "node": self.node,
-            "reply": reply,
-            "reason": reason,
+            "reply": mask_sensitive(reply),  # a next hop's reply can quote the message
+            "reason": mask_sensitive(reason),  # typed by reviewers
             "token": claim.token if claim else None,
             "lease": claim.lease if claim else None,
         }
@@ -349,22 +358,100 @@ class PostgresQuarantine(StateChanges):
         state: str | None = None,
     ) -> list[QuarantineRecord]:
         """Oldest first. `rule` matches enforce and monitor rule ids."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if since is not None:
-            if since.tzinfo is None:
-                since = since.astimezone()  # naive means local time, as a person typed it
-            clauses.append("time >= %(since)s")
-            params["since"] = since
-        if rule is not None:
-            clauses.append("(rules || monitor) @> ARRAY[%(rule)s]::text[]")
-            params["rule"] = rule
-        if state is not None:
-            if state not in STATES:
-                raise QuarantineError(f"unknown state {state!r} (one of {', '.join(STATES)})")
-            clauses.append(_IN_STATE[state])
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where(HeldQuery(state=state, rule=rule, since=since))
         return self._select(where, params)
+
+    # --- the review console's pages --------------------------------------------------------
+
+    def search(self, query: HeldQuery, offset: int = 0, limit: int = 50) -> HeldPage:
+        where, params = _where(query)
+        order = "DESC" if query.newest_first else "ASC"
+        params = {**params, "limit": max(limit, 0), "offset": max(offset, 0)}
+
+        def read(conn: Conn) -> HeldPage:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # page and total
+            with conn.cursor(row_factory=dict_row) as cursor:
+                rows = cursor.execute(
+                    f"SELECT {_COLUMNS}, {_SHOWN} AS state FROM quarantine {where}"
+                    f" ORDER BY time {order}, id {order} LIMIT %(limit)s OFFSET %(offset)s",
+                    params,
+                ).fetchall()
+                total = cursor.execute(f"SELECT count(*) AS n FROM quarantine {where}", params)
+                return HeldPage(tuple(_record(row, ()) for row in rows), total.fetchone()["n"])
+
+        return self.db.run(read, retry=True, timeout=max(self.db.timeout, ADMIN_TIMEOUT))
+
+    def rule_counts(self, query: HeldQuery) -> dict[str, int]:
+        where, params = _where(replace(query, rule=None))
+
+        def read(conn: Conn) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT rule, count(*) FROM quarantine q, LATERAL"
+                " (SELECT DISTINCT r AS rule FROM unnest(q.rules || q.monitor) r) AS hit"
+                f" {where} GROUP BY rule ORDER BY rule",
+                params,
+            ).fetchall()
+            return {rule: n for rule, n in rows}
+
+        return self.db.run(read, retry=True, atomic=False, timeout=ADMIN_TIMEOUT)
+
+    def record_activity(
+        self, kind: str, actor: str, qid: str | None = None, reason: str = "", detail: str = ""
+    ) -> None:
+        def write(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO quarantine_activity (time, node, kind, actor, qid, reason, detail)"
+                " VALUES (now(), %s, %s, %s, %s, %s, %s)",
+                (self.node, kind, actor, qid, mask_sensitive(reason), mask_sensitive(detail)),
+            )
+
+        self.db.run(write, atomic=False)
+
+    def history(self, query: HistoryQuery, offset: int = 0, limit: int = 100) -> HistoryPage:
+        clauses: list[str] = []
+        params: dict[str, Any] = {"limit": max(limit, 0), "offset": max(offset, 0)}
+        for name in ("kind", "actor"):
+            if getattr(query, name):
+                clauses.append(f"{name} = %({name})s")
+                params[name] = getattr(query, name)
+        if query.since is not None:
+            clauses.append("time >= %(since)s")
+            params["since"] = as_utc(query.since)
+        if query.until is not None:
+            clauses.append("time < %(until)s")
+            params["until"] = as_utc(query.until)
+        if query.text:
+            clauses.append(
+                "(strpos(lower(coalesce(qid, '')), %(text)s) > 0"
+                " OR strpos(lower(reason), %(text)s) > 0 OR strpos(lower(detail), %(text)s) > 0)"
+            )
+            params["text"] = query.text.lower()
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        union = (
+            "SELECT time, kind, actor, node, id AS qid, reason, reply AS detail"
+            " FROM quarantine_events WHERE kind != 'quarantined'"
+            " UNION ALL SELECT time, 'purged', actor, node, NULL, '',"
+            " 'older than ' || older_than || ': ' || cardinality(ids) || ' message(s)'"
+            " FROM quarantine_purges"
+            " UNION ALL SELECT time, kind, actor, node, qid, reason, detail"
+            " FROM quarantine_activity"
+        )
+
+        def read(conn: Conn) -> HistoryPage:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            with conn.cursor(row_factory=dict_row) as cursor:
+                rows = cursor.execute(
+                    f"SELECT * FROM ({union}) AS h {where} ORDER BY time DESC"
+                    " LIMIT %(limit)s OFFSET %(offset)s",
+                    params,
+                ).fetchall()
+                total = cursor.execute(f"SELECT count(*) AS n FROM ({union}) AS h {where}", params)
+                entries = tuple(
+                    ActivityEntry(**{**row, "time": row["time"].astimezone(UTC)}) for row in rows
+                )
+                return HistoryPage(entries, total.fetchone()["n"])
+
+        return self.db.run(read, retry=True, timeout=max(self.db.timeout, ADMIN_TIMEOUT))
 
     def _select(self, where: str, params: dict[str, Any]) -> list[QuarantineRecord]:
         def read(conn: Conn) -> list[QuarantineRecord]:
@@ -404,6 +491,45 @@ def _record(row: dict[str, Any], events: tuple[QuarantineEvent, ...]) -> Quarant
         },
         events=events,
     )
+
+
+def _where(query: HeldQuery) -> tuple[str, dict[str, Any]]:
+    """WHERE and parameters over `quarantine` for a query, as the local store reads it."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if query.state is not None:
+        clauses.append(_IN_STATE[checked_state(query.state)])
+    if query.rule:
+        clauses.append("(rules || monitor) @> ARRAY[%(rule)s]::text[]")
+        params["rule"] = query.rule
+    if query.sender:
+        clauses.append("lower(sender) = %(sender)s")
+        params["sender"] = query.sender.strip().lower()
+    if query.recipient:
+        clauses.append("EXISTS (SELECT 1 FROM unnest(recipients) r WHERE lower(r) = %(rcpt)s)")
+        params["rcpt"] = query.recipient.strip().lower()
+    if query.domain:
+        domain = "lower(substring({} from '@([^@]*)$'))"
+        clauses.append(
+            f"({domain.format('sender')} = %(domain)s OR EXISTS (SELECT 1 FROM"
+            f" unnest(recipients) r WHERE {domain.format('r')} = %(domain)s))"
+        )
+        params["domain"] = query.domain.strip().lower().lstrip("@").rstrip(".")
+    if query.since is not None:
+        clauses.append("time >= %(since)s")
+        params["since"] = as_utc(query.since)
+    if query.until is not None:
+        clauses.append("time < %(until)s")
+        params["until"] = as_utc(query.until)
+    if query.text:
+        clauses.append(
+            "(subject ILIKE %(like)s OR sender ILIKE %(like)s"
+            " OR array_to_string(recipients, ' ') ILIKE %(like)s OR id = %(text)s)"
+        )
+        text = query.text.strip()
+        params["like"] = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+        params["text"] = text
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _check_id(qid: str) -> None:

@@ -852,10 +852,13 @@ class LocalQuarantine(StateChanges):
         return HistoryPage(entries, total)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """In UTC; a naive time means local time, as a person typed it."""
+    return (moment.astimezone() if moment.tzinfo is None else moment).astimezone(UTC)
+
+
 def _iso_utc(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # naive means local time, as a person typed it
-    return _iso(moment.astimezone(UTC))
+    return _iso(as_utc(moment))
 
 
 def _domain(address: str) -> str:

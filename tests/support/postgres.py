@@ -117,7 +117,8 @@ class PostgresInstance:
         answers (a frozen VM, a commit waiting on a lost synchronous standby)."""
         pids = self._server_pids()
         for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, signal.SIGSTOP)
         return pids
 
     def resume(self, pids: list[int]) -> None:
