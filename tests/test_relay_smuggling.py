@@ -100,7 +100,14 @@ def test_message_sent_in_small_pieces_is_reassembled(raw_client, sink):
     assert got.content.endswith(b"line\r\n.dot\r\n")
 
 
-def test_empty_message_gets_an_answer(raw_client, sink):
+def test_an_empty_message_is_relayed_with_only_the_received_header(raw_client, sink):
+    """Zero bytes of data is a message like any other (RFC 5321 puts no lower bound on it;
+    Postfix takes it too): judged, passed on with the relay's trace header and nothing else,
+    and the session goes on."""
     reply = raw_client.transaction(b".\r\n")
-    assert reply[:1] in (b"2", b"5")
+    assert reply.startswith(b"250 2.0.0 sink: queued as S1"), reply
+    [got] = sink.wait_for(1)
+    assert got.rcpt_tos == ("bob@example.org",)
+    assert got.content.startswith(b"Received: from client.example.test ([127.0.0.1])\r\n")
+    assert got.content.count(b"\r\n") == 2  # the two lines of Received:, no body, no blank line
     assert raw_client.command(b"NOOP").startswith(b"250")

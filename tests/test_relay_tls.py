@@ -65,14 +65,18 @@ CASES = [
 def test_next_hop_tls_modes(make_relay, pki, tls_sink, mode, delivered, encrypted):
     relay = make_relay(hop(tls_sink, pki, mode))
     code, text = send_to(relay.port, message())
+    assert tls_sink.connections >= 1  # the relay did reach the next hop
     if delivered:
         assert code == 250, text
         [got] = tls_sink.wait_for(1)
         assert got.tls is encrypted
+        assert tls_sink.mails == [("alice@example.com", encrypted)]
     else:
+        # Refused at MAIL, before the client sends any of the message: the sender retries,
+        # and the next hop never learned even the envelope, in clear or otherwise.
         assert code == 451
-        assert text.startswith(b"4.7.5")  # the sender retries; nothing went out in clear
-        assert tls_sink.received == []
+        assert text.startswith(b"4.7.5")
+        assert tls_sink.mails == []
 
 
 def test_inbound_starttls_required_before_mail(make_relay, pki, sink):
@@ -112,14 +116,33 @@ def client_cert_relay(make_relay, pki, sink):
     )
 
 
-def test_client_certificate_from_an_untrusted_ca_fails_the_handshake(make_relay, pki, sink):
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_client_certificate_from_an_untrusted_ca_fails_the_handshake(
+    make_relay, pki, sink, version
+):
     relay = client_cert_relay(make_relay, pki, sink)
-    with relay.client() as client:
+
+    def starttls(cert: KeyPair) -> smtplib.SMTP:
+        client = relay.client()
         client.ehlo()
-        with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
-            client.starttls(context=client_context(pki, pki.client_untrusted))
+        context = client_context(pki, cert)
+        context.minimum_version = context.maximum_version = version
+        client.starttls(context=context)
+        return client
+
+    with starttls(pki.client) as trusted:  # the same steps with a certificate it trusts
+        assert trusted.ehlo()[0] == 250
+    if version is ssl.TLSVersion.TLSv1_2:
+        # The relay checks the certificate inside the handshake, which it then aborts.
+        with pytest.raises(ssl.SSLError):
+            starttls(pki.client_untrusted)
+    else:
+        # TLS 1.3 ends the handshake on the client's side before the server has checked the
+        # certificate: the relay's refusal is the end of the connection, before any reply.
+        client = starttls(pki.client_untrusted)
+        with pytest.raises(smtplib.SMTPServerDisconnected, match="unexpectedly closed"):
             client.ehlo()
-    assert sink.received == []
+        client.close()
 
 
 def test_open_relay_attempt_from_outside_accept_from_is_refused_at_connect(make_relay, sink):

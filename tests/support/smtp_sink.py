@@ -86,6 +86,9 @@ class SmtpSink:
         self.loop = loop or BackgroundLoop()
         self.faults = Faults()
         self.received: list[Received] = []
+        # Every MAIL FROM given to the sink, refused ones too, and whether its session was
+        # encrypted: what a next hop learned of a transaction, even one that never got to DATA.
+        self.mails: list[tuple[str, bool]] = []
         self.connections = 0
         self.open: set[_SinkSMTP] = set()
         self.extensions_off = extensions_off
@@ -171,6 +174,7 @@ class SmtpSink:
         address: str,
         options: list[str],
     ) -> str:
+        self.mails.append((address, session.ssl is not None))
         if self.faults.mail:
             return self.faults.mail
         envelope.mail_from = address
