@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -195,21 +196,50 @@ def test_purge(tmp_path: Path) -> None:
     assert second["ids"] == [] and first["older_than"] == str(timedelta(days=30))
 
 
-def _put_and_exit(path: Path, conn: Connection) -> None:
+def _put_watching_the_disk(path: Path, conn: Connection) -> None:
+    """In a child process: `put` with `os.fsync` and `os.rename` recorded in the order they
+    happen (what each fsync'd file is, and how much of it there was), then what put returned,
+    and out without any cleanup. The page cache outlives a process, so only the calls say
+    whether the message would survive the machine losing power."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        info = os.fstat(fd)
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else f"file of {info.st_size} bytes"
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), kind))
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        real_rename(src, dst)
+        events.append(("rename", str(src), str(dst)))
+
+    os.fsync, os.rename = fsync, rename  # type: ignore[assignment]
     qid = put(LocalQuarantine(path))
-    conn.send(qid)  # a pipe write is done when send returns (a Queue's is not)
-    os._exit(0)  # no cleanup, no close: what put returned must already be on disk
+    events.append(("returned", qid))
+    conn.send(events)  # a pipe write is done when send returns (a Queue's is not)
+    os._exit(0)  # no cleanup, no close
 
 
-def test_durable_once_put_returns(tmp_path: Path) -> None:
+def test_put_syncs_the_file_then_its_folder_before_returning(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_put_and_exit, args=(tmp_path, sender))
+    child = ctx.Process(target=_put_watching_the_disk, args=(tmp_path, sender))
     child.start()
     assert receiver.poll(30)
-    qid = receiver.recv()
+    events = receiver.recv()
     child.join(30)
-    assert (tmp_path / "messages" / f"{qid}.eml").read_bytes() == RAW
+    qid = events[-1][1]
+    tmp, final = tmp_path / "tmp" / f"{qid}.eml", tmp_path / "messages" / f"{qid}.eml"
+    # Only these, in this order: the whole message synced under its temporary name, renamed
+    # into place, and the rename made durable by syncing the folder, all before put returns.
+    assert events == [
+        ("fsync", str(tmp), f"file of {len(RAW)} bytes"),
+        ("rename", str(tmp), str(final)),
+        ("fsync", str(tmp_path / "messages"), "folder"),
+        ("returned", qid),
+    ]
+    assert final.read_bytes() == RAW
     with sqlite3.connect(tmp_path / "index.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         row = db.execute("SELECT state FROM messages WHERE id = ?", (qid,)).fetchone()
