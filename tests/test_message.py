@@ -188,11 +188,13 @@ def test_attached_message_headers_and_body_are_text() -> None:
     assert VISA_TEST_CARD in texts
 
 
-def test_message_depth_limit_marks_too_deep() -> None:
+def test_message_depth_limit_marks_too_deep_and_the_flat_pass_reads_below_it() -> None:
     limits = ScanLimits(max_depth=3)
     deep = parse_message(nested_messages(5, body="bottom " + VISA_TEST_CARD), limits)
     assert "too_deep" in deep.unscannable
-    assert max(p.depth for p in deep.parts) <= 3
+    # Below the limit the flat pass finds every part at one level, past the limit.
+    assert max(p.depth for p in deep.parts) == 4
+    assert VISA_TEST_CARD in only_text(deep)
     shallow = parse_message(nested_messages(2, body="bottom " + VISA_TEST_CARD), limits)
     assert "too_deep" not in shallow.unscannable
     assert VISA_TEST_CARD in only_text(shallow)
@@ -373,11 +375,12 @@ def test_ordinary_defects_do_not_make_mail_unscannable() -> None:
     assert [p.text for p in msg.parts] == ["hello", "last part"]
 
 
-def test_boundary_that_never_appears_is_malformed_but_body_is_still_text() -> None:
+def test_boundary_that_never_appears_is_read_as_the_text_it_is() -> None:
+    """Every byte of it could be read, so it is not malformed (issue 11)."""
     raw = headers_block(extra=[("Content-Type", 'multipart/mixed; boundary="nope"')])
     raw += b"\r\nsome text with " + VISA_TEST_CARD.encode() + b"\r\n"
     msg = parse_message(raw)
-    assert "malformed" in msg.unscannable
+    assert msg.unscannable == set()
     assert VISA_TEST_CARD in only_text(msg)
 
 
@@ -385,7 +388,7 @@ def test_undeclared_boundary_is_recovered_from_the_body() -> None:
     body = multipart_body_with("real-b")
     raw = headers_block(extra=[("Content-Type", "multipart/mixed")]) + b"\r\n" + body
     msg = parse_message(raw)
-    assert "malformed" in msg.unscannable
+    assert msg.unscannable == set()  # every part was read, with the boundary its body uses
     assert "evil.exe" in [p.filename for p in msg.parts]
     assert VISA_TEST_CARD in only_text(msg)
 
@@ -394,7 +397,7 @@ def test_wrong_declared_boundary_is_recovered_from_the_body() -> None:
     body = multipart_body_with("real-b")
     raw = headers_block(extra=[("Content-Type", 'multipart/mixed; boundary="other"')])
     msg = parse_message(raw + b"\r\n" + body)
-    assert "malformed" in msg.unscannable
+    assert msg.unscannable == set()
     assert "evil.exe" in [p.filename for p in msg.parts]
 
 

@@ -1,16 +1,23 @@
-"""Raw bytes to Message: one compat32 parse, then a bounded walk of every part.
+"""Raw bytes to Message: one compat32 parse, then a bounded walk of every part, then a
+pass that opens encrypted files with the passwords the message's text gives.
 
 compat32 is used because it keeps header values raw (policy.default's header parser took
 9 s on one 500 KB header); decoding is done here, with limits. The parser gets two guards
 through its factory class: a linear boundary lookup (compat32's parameter splitter is
 quadratic on a long Content-Type) and a nesting limit (every line passes through one
 generator frame per nesting level, so 900 levels cost seconds per MB).
+
+No corner goes unread: a multipart whose boundary never appears is read as the text it is
+(its encoded pieces decoded as the parts they were), and what lies past a nesting limit is
+found by a flat pass (an iterative walk of what the parser split, a loose reading of what
+it left whole) and scanned as leaves; the limit is still reported (too_deep).
 """
 
 from __future__ import annotations
 
 import binascii
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from email import errors as email_errors
 from email import feedparser
@@ -28,7 +35,13 @@ from mailgate.filter.message.headers import (
     unfold,
 )
 from mailgate.filter.message.model import Message, Part, ScanLimits
-from mailgate.filter.message.readers.dispatch import AttachmentInspector, is_folded, is_html
+from mailgate.filter.message.passwords import find_passwords
+from mailgate.filter.message.readers.dispatch import (
+    AttachmentInspector,
+    Locked,
+    is_folded,
+    is_html,
+)
 from mailgate.filter.message.textview import render_text
 
 # Multipart and message levels the parser descends into; deeper entities stay opaque leaves
@@ -54,6 +67,22 @@ _HIDDEN_CONTENT_DEFECTS = (
     email_errors.StartBoundaryNotFoundDefect,
     email_errors.NoBoundaryInMultipartDefect,
 )
+# Reading text no boundary splits (see _Walker.loose): a delimiter-looking line ends a piece,
+# a blank line a paragraph; a paragraph of header fields with a MIME field in it starts a
+# part; a paragraph of long base64 lines is a part whose headers were lost.
+_DELIMITER_LINE = re.compile(r"^--\S[^\n]*(?:\n|$)", re.MULTILINE)
+_PARAGRAPH_BREAK = re.compile(r"\r?\n[ \t]*\r?\n")
+_HEADER_PARAGRAPH = re.compile(r"[!-9;-~]+:[^\n]*(?:\n(?:[!-9;-~]+:|[ \t])[^\n]*)*\n?")
+_MIME_FIELD = re.compile(r"^content-(?:type|transfer-encoding|disposition)[ \t]*:", re.I | re.M)
+_BASE64_PARAGRAPH = re.compile(
+    r"(?:[A-Za-z0-9+/]{40,}={0,2}[ \t]*\r?\n)*[A-Za-z0-9+/]{4,}={0,2}[ \t]*\r?\n?"
+)
+_MIN_LOOSE_BASE64 = 64
+_LOST_HEADERS = (
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+)
+_MAX_HEADER_PARAGRAPH = 64 << 10
+_ENCODINGS = ("base64", "quoted-printable", *_UU_ENCODINGS)
 
 
 class _Entity(email_message.Message):
@@ -281,6 +310,10 @@ class _Walker:
         self.parts: list[Part] = []
         self.unscannable: set[str] = set()
         self.recoveries = 0
+        # Past the nesting limit: trees waiting for the flat pass, drained by whichever call
+        # started it, so a chain of ever deeper messages loops instead of recursing.
+        self.deep: deque[tuple[email_message.Message | bytes, str, int]] = deque()
+        self.flattening = False
 
     def _header(self, entity: email_message.Message, name: str) -> str:
         value = raw_header(entity, name)
@@ -289,16 +322,75 @@ class _Walker:
         return unfold(value[: self.limits.max_header_value])
 
     def _embedded(self, payload: bytes, path: str, depth: int) -> list[Part]:
-        """Parts of an .eml attachment (or an encoded message/rfc822), as an attached message."""
+        """Parts of an .eml attachment (or an encoded message/rfc822), as an attached message;
+        past the depth limit, as the flat pass finds them."""
+        start = len(self.parts)
         if depth > self.limits.max_depth:
             self.unscannable.add("too_deep")
-            return []
-        start = len(self.parts)
-        entity = parse_entity(payload)
-        self.walk(entity, path, depth, message_root=True)
+            self._past_limit(payload, path, depth)
+        else:
+            self.walk(parse_entity(payload), path, depth, message_root=True)
         found = self.parts[start:]
         del self.parts[start:]
         return found
+
+    def _past_limit(self, source: email_message.Message | bytes, path: str, depth: int) -> None:
+        """Every part below an entity (or in a message's bytes) past the nesting limit, found
+        by the flat pass."""
+        self.deep.append((source, path, depth))
+        if self.flattening:
+            return
+        self.flattening = True
+        try:
+            while self.deep:
+                # Each level's payload is decoded anew from the one above: the decoded-bytes
+                # allowance bounds what a chain of nested files costs.
+                if self.budget.bytes_left <= 0:
+                    self.unscannable.add("over_budget")
+                    self.deep.clear()
+                    break
+                source, where, level = self.deep.popleft()
+                if isinstance(source, bytes):
+                    self._flat_bytes(source, where, level)
+                else:
+                    self._flat(source, where, level)
+        finally:
+            self.flattening = False
+
+    def _flat_bytes(self, data: bytes, path: str, depth: int) -> None:
+        """A saved message past the limit, read loosely in one linear pass: parsing it would
+        cost as much again for every level of message inside it."""
+        part = self._new_part(_child_path(path, 1))
+        if part is None:
+            return
+        part.content_type, part.depth = "message/rfc822", depth
+        self.parts.append(part)
+        self.loose(part, data, depth, None)
+
+    def _flat(self, root: email_message.Message, path: str, depth: int) -> None:
+        """The tree under `root` walked with a stack instead of level by level: each message's
+        headers read as text, each leaf scanned as a leaf of this level (an entity the parser
+        left whole past its own nesting limit is read loosely: see `loose`)."""
+        stack = [(root, path)]
+        while stack:
+            node, node_path = stack.pop()
+            body = _body(node)
+            if not isinstance(body, list):
+                self.walk(node, node_path, depth, message_root=False)
+                continue
+            ctype, _params = self._content_type(node)
+            children = [c for c in body if isinstance(c, email_message.Message)]
+            if ctype.startswith("message/") and children:
+                part = self._new_part(node_path)
+                if part is None:
+                    return
+                part.content_type, part.depth = ctype, depth
+                self.parts.append(part)
+                self.inspector.set_text(part, self._header_lines(children[:1]))
+            stack.extend(
+                (child, _child_path(node_path, index))
+                for index, child in reversed(list(enumerate(children, 1)))
+            )
 
     def walk(
         self, entity: email_message.Message, path: str, depth: int, message_root: bool
@@ -319,7 +411,12 @@ class _Walker:
             return
         else:
             leaf_path = _child_path(path, 1) if message_root else path or "1"
-            self._leaf(entity, leaf_path, depth, ctype, params)
+            if getattr(entity, "too_deep", False):
+                self._too_deep(entity, leaf_path, depth, ctype)
+            elif ctype.startswith("multipart/"):
+                self._lump(entity, leaf_path, depth, ctype, params)
+            else:
+                self._leaf(entity, leaf_path, depth, ctype, params)
 
     def _outside_boundaries(
         self, entity: email_message.Message, which: str, path: str, depth: int
@@ -346,13 +443,12 @@ class _Walker:
         return ctype, params
 
     def _recover_multipart(self, entity: email_message.Message, path: str, depth: int) -> bool:
-        """A multipart the parser could not split hides its parts: report it malformed and
-        try again with the boundary its body actually uses."""
+        """A multipart the parser could not split hides its parts: try again with the
+        boundary its body actually uses (False: there is none, read it as a lump)."""
         if getattr(entity, "too_deep", False):
             return False
         if not any(isinstance(d, _HIDDEN_CONTENT_DEFECTS) for d in entity.defects):
             return False
-        self.unscannable.add("malformed")
         body = _body(entity)
         if not isinstance(body, str) or self.recoveries >= _MAX_BOUNDARY_RECOVERIES:
             return False
@@ -366,6 +462,114 @@ class _Walker:
             return False
         self.walk(rebuilt, path, depth, message_root=False)
         return True
+
+    def _lump(
+        self,
+        entity: email_message.Message,
+        path: str,
+        depth: int,
+        ctype: str,
+        params: dict[str, str],
+    ) -> None:
+        """A multipart whose boundary never appears: a client that cannot split it shows the
+        text it is, so it is read as that text, and its encoded pieces as the parts they
+        were (see `loose`)."""
+        part = self._decoded(entity, path, depth, ctype)
+        if part is None:
+            return
+        self.parts.append(part)
+        self.loose(part, part.payload, depth, params.get("charset"))
+
+    def _decoded(
+        self, entity: email_message.Message, path: str, depth: int, ctype: str
+    ) -> Part | None:
+        """A new part holding the entity's body with its transfer encoding undone."""
+        part = self._new_part(path)
+        if part is None:
+            return None
+        body = _body(entity)
+        payload = decode_transfer(body if isinstance(body, str) else "", _transfer_encoding(entity))
+        self.budget.charge_bytes(len(payload))
+        part.content_type = ctype
+        part.payload = payload
+        part.size = len(payload)
+        part.depth = depth
+        return part
+
+    def _too_deep(self, entity: email_message.Message, path: str, depth: int, ctype: str) -> None:
+        """A multipart or message past the parser's nesting limit, left whole: reported
+        too_deep, and read loosely so that every part in it is still scanned as a leaf."""
+        part = self._new_part(path)
+        if part is None:
+            return
+        body = _body(entity)
+        payload = body.encode("ascii", "surrogateescape") if isinstance(body, str) else b""
+        part.content_type = ctype
+        part.payload = payload
+        part.size = len(payload)
+        part.depth = depth
+        part.unscannable.add("too_deep")
+        self.parts.append(part)
+        self.loose(part, payload, depth, None)
+
+    def loose(self, container: Part, data: bytes, depth: int, charset: str | None) -> None:
+        """Read text that no boundary splits: each piece between delimiter-looking lines, by
+        paragraphs. A paragraph of header fields with a MIME field starts a part: a file or
+        an encoded part (base64, quoted-printable, uuencode) becomes a leaf with its body,
+        the paragraphs up to the next such header; a multipart's or message's headers only
+        say that more follows. A paragraph of base64 lines is a leaf whose headers were lost.
+        All the rest, headers included, is the container's text; an encoded body is not
+        (it is read decoded, in its leaf)."""
+        text = data.decode("ascii", "surrogateescape")
+        leftover: list[str] = []
+        leaves: list[email_message.Message] = []
+        # Each part found costs a header parse: no more of them than parts are left.
+        room = self.limits.max_parts - self.budget.part_count
+        for segment in _DELIMITER_LINE.split(text):
+            paragraphs = _PARAGRAPH_BREAK.split(segment)
+            index = 0
+            while index < len(paragraphs):
+                paragraph = paragraphs[index]
+                index += 1
+                header = _is_mime_header(paragraph)
+                lost = not header and _is_base64_paragraph(paragraph)
+                if (header or lost) and room <= 0:
+                    container.unscannable.add("over_budget")
+                    header = lost = False
+                if header:
+                    room -= 1
+                    head = parse_entity(_loose_bytes(paragraph.rstrip("\r\n") + "\r\n\r\n"))
+                    leftover.append(paragraph)
+                    if head.get_content_maintype() in ("multipart", "message"):
+                        continue
+                    if self._is_file(head):
+                        end = _body_end(paragraphs, index, _transfer_encoding(head))
+                        head.set_payload("\r\n\r\n".join(paragraphs[index:end]))
+                        leaves.append(head)
+                        index = end
+                elif lost:
+                    room -= 1
+                    leaves.append(parse_entity(_LOST_HEADERS))
+                    leaves[-1].set_payload(paragraph)
+                else:
+                    leftover.append(paragraph)
+        rest = "\n\n".join(p for p in leftover if p.strip())
+        if rest:
+            self.inspector.set_text(container, render_text(_loose_bytes(rest), charset))
+        for number, leaf in enumerate(leaves, 1):
+            ctype, params = self._content_type(leaf)
+            self._leaf(leaf, _child_path(container.path, number), depth, ctype, params)
+
+    def _is_file(self, entity: email_message.Message) -> bool:
+        """A file or an encoded part: what a loose reading makes a leaf of."""
+        ctype, params = self._content_type(entity)
+        filename, _extensions, disposition = self._names(entity, params)
+        return (
+            _transfer_encoding(entity) in _ENCODINGS
+            or bool(filename)
+            or disposition == "attachment"
+            or not ctype.startswith("text/")
+        )
 
     def _new_part(self, path: str) -> Part | None:
         if not self.budget.take_part():
@@ -428,14 +632,15 @@ class _Walker:
         self.parts.append(part)
         if entity.get_content_type() == "message/partial":
             part.unscannable.add("fragment")
-        if depth + 1 > self.limits.max_depth:
-            part.unscannable.add("too_deep")
-            return
         if not payload:
             return
         inner = payload[0]
         # The attached message's headers are text the recipient sees (its Subject, From...).
         self.inspector.set_text(part, self._header_lines([inner]))
+        if depth + 1 > self.limits.max_depth:
+            part.unscannable.add("too_deep")
+            self._past_limit(inner, path, depth + 1)
+            return
         self.walk(inner, path, depth + 1, message_root=True)
 
     def _leaf(
@@ -446,29 +651,16 @@ class _Walker:
         ctype: str,
         params: dict[str, str],
     ) -> None:
-        part = self._new_part(path)
+        part = self._decoded(entity, path, depth, ctype)
         if part is None:
             return
-        body = _body(entity)
-        if not isinstance(body, str):
-            body = ""
-        encoding = _transfer_encoding(entity)
-        payload = decode_transfer(body, encoding)
-        self.budget.charge_bytes(len(payload))
+        payload, encoding = part.payload, _transfer_encoding(entity)
         filename, extensions, disposition = self._names(entity, params)
-        part.content_type = ctype
         part.filename = filename
         part.extensions = extensions
         part.is_attachment = (
             bool(filename) or disposition == "attachment" or not ctype.startswith("text/")
         )
-        part.payload = payload
-        part.size = len(payload)
-        part.depth = depth
-        if getattr(entity, "too_deep", False):
-            part.unscannable.add("too_deep")
-        elif ctype.startswith("multipart/"):
-            part.unscannable.add("malformed")
         self.parts.append(part)
         charset = params.get("charset")
         if ctype.startswith("message/") and encoding in ("base64", "quoted-printable"):
@@ -509,6 +701,76 @@ class _Walker:
             found.extend(self.inspector.inspect(part, None))
         return found
 
+    def unlock(self, subjects: list[str]) -> None:
+        """The second pass, once every text has been read: the encrypted files found, tried
+        with the passwords in the message's text (Subject, body, any other part, earlier or
+        later than the file), at most `max_locked_files` of them. What opens replaces its
+        locked members and is scanned like any other content; a file some candidates were
+        never tried on (trials or seconds used up) is also over_budget."""
+        locked = self.inspector.locked
+        if not locked:
+            return
+        limit = self.limits.max_password_candidates
+        passwords = find_passwords([*subjects, *(p.text for p in self.parts if p.text)], limit)
+        if not passwords:
+            return
+        tried = 0
+        while locked:  # opening a file can find more locked ones inside it
+            entry = locked.popleft()
+            if tried >= self.limits.max_locked_files:
+                entry.part.unscannable.add("over_budget")
+                continue
+            tried += 1
+            self.budget.start_unlocking()
+            found = self.inspector.unlock(entry, passwords)
+            if found is None:
+                if self.budget.unlock_cut_short:
+                    entry.part.unscannable.add("over_budget")
+                continue
+            self._replace(entry, found)
+            more = find_passwords((p.text for p in found if p.text), limit)
+            passwords = list(dict.fromkeys([*passwords, *more]))[:limit]
+
+    def _replace(self, entry: Locked, found: list[Part]) -> None:
+        """Put what an opened file holds where its locked members were (after the file when
+        none were listed: a 7z whose names were encrypted too, a PDF, an Office file)."""
+        stale = {id(p) for p in entry.placeholders}
+        at = next((i for i, p in enumerate(self.parts) if id(p) in stale), None)
+        if at is None:
+            at = next((i + 1 for i, p in enumerate(self.parts) if p is entry.part), len(self.parts))
+        before = [p for p in self.parts[:at] if id(p) not in stale]
+        after = [p for p in self.parts[at:] if id(p) not in stale]
+        self.budget.part_count -= len(self.parts) - len(before) - len(after)
+        self.parts = [*before, *found, *after]
+
+
+def _body_end(paragraphs: list[str], start: int, encoding: str) -> int:
+    """Where a loose part's body ends: at the next part's headers; base64 has no blank line
+    inside, so its body is one paragraph."""
+    last = min(len(paragraphs), start + 1 if encoding == "base64" else len(paragraphs))
+    end = start
+    while end < last and not _is_mime_header(paragraphs[end]):
+        end += 1
+    return end
+
+
+def _is_base64_paragraph(paragraph: str) -> bool:
+    return (
+        len(paragraph) >= _MIN_LOOSE_BASE64 and _BASE64_PARAGRAPH.fullmatch(paragraph) is not None
+    )
+
+
+def _is_mime_header(paragraph: str) -> bool:
+    return (
+        len(paragraph) <= _MAX_HEADER_PARAGRAPH
+        and _MIME_FIELD.search(paragraph) is not None
+        and _HEADER_PARAGRAPH.fullmatch(paragraph) is not None
+    )
+
+
+def _loose_bytes(text: str) -> bytes:
+    return text.encode("ascii", "surrogateescape")
+
 
 def parse_message(raw: bytes, limits: ScanLimits | None = None) -> Message:
     """Parse raw bytes into a Message. Never raises: an input the parser cannot take at all
@@ -524,6 +786,7 @@ def parse_message(raw: bytes, limits: ScanLimits | None = None) -> Message:
         ]
         walker = _Walker(limits)
         walker.walk(root, "", 0, message_root=True)
+        walker.unlock([v for k, v in message.headers if k.lower() == "subject"])
         message.parts = walker.parts
         message.unscannable = set(walker.unscannable)
         if cut:

@@ -40,6 +40,9 @@ Part fields:
     detected_type: str | None  MIME type from the content (libmagic)
     size: int             len(payload)
     encrypted: bool       an encrypted archive (zip incl. AES, rar, 7z), Office document or PDF
+                          that no password found in the message opens
+    unlocked: bool        opened with a password found in the message's own text (the file
+                          itself and everything read out of it); `where` says so
     macros: bool          Office macros (OOXML vbaProject.bin, OLE VBA, Excel 4 macro sheets)
     member_of: str | None path of the archive this part came out of
     depth: int            nesting depth (message/rfc822 and archives)
@@ -53,6 +56,7 @@ from dataclasses import dataclass, field
 
 # fragment: a message/partial piece (RFC 2046 5.2.2), whose content is whole only once the
 # recipient's client joins the pieces, so no one piece shows what is being sent.
+UNLOCKED_NOTE = "opened with a password found in the message"
 UNSCANNABLE_REASONS = ("encrypted", "too_deep", "over_budget", "malformed", "timeout", "fragment")
 
 
@@ -66,6 +70,14 @@ class ScanLimits:
     max_decoded_total: int = 100 << 20  # all decoded payloads and archive members together
     max_archive_ratio: int = 100  # uncompressed / compressed size per archive member
     max_text_chars: int = 20 << 20  # all text views together
+    # Passwords found in the message's text, tried on its encrypted files (zip, 7z, PDF,
+    # Office) after the walk: candidates per file, files per message, key derivations per
+    # message (each candidate on each file, each AES zip member read) and seconds in all,
+    # a share of the worker's time budget (engine.time_budget, 10 s by default).
+    max_password_candidates: int = 20
+    max_locked_files: int = 5
+    max_unlock_trials: int = 200
+    max_unlock_seconds: float = 3.0
 
 
 @dataclass
@@ -80,6 +92,7 @@ class Part:
     detected_type: str | None = None
     size: int = 0
     encrypted: bool = False
+    unlocked: bool = False
     macros: bool = False
     member_of: str | None = None
     depth: int = 0
@@ -87,8 +100,12 @@ class Part:
 
     @property
     def where(self) -> str:
-        """Label for evidence: the path plus the name, if any."""
-        return f"{self.path} ({self.filename})" if self.filename else self.path
+        """Label for evidence: the path plus the name, if any, and whether a password found in
+        the message opened it (never the password)."""
+        notes = [self.filename] if self.filename else []
+        if self.unlocked:
+            notes.append(UNLOCKED_NOTE)
+        return f"{self.path} ({'; '.join(notes)})" if notes else self.path
 
 
 @dataclass

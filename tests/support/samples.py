@@ -21,7 +21,9 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import msoffcrypto.format.ooxml
 import py7zr
+import pyzipper
 
 from tests.support.cfb import cfb_file
 
@@ -201,10 +203,10 @@ def mime_message(
     return head + b"\r\n" + multipart_body(parts, boundary)
 
 
-def nested_messages(depth: int, body: str = "innermost") -> bytes:
+def nested_messages(depth: int, body: str = "innermost", innermost: bytes | None = None) -> bytes:
     """A message with `depth` levels of attached message/rfc822, the innermost holding
-    `body` as text/plain."""
-    msg = text_message(body, subject="level 0")
+    `body` as text/plain (or being `innermost`)."""
+    msg = text_message(body, subject="level 0") if innermost is None else innermost
     for level in range(1, depth + 1):
         msg = mime_message(
             text_part(f"level {level} cover"),
@@ -336,18 +338,61 @@ def raw_zip(entries: Iterable[RawZipEntry]) -> bytes:
     return out.getvalue()
 
 
-def zipcrypto_zip(members: Mapping[str, bytes]) -> bytes:
+def zipcrypto_zip(members: Mapping[str, bytes], password: str | None = None) -> bytes:
     """A traditional (ZipCrypto) encrypted zip: flag bit 0 set, 12-byte encryption header
-    and ciphertext (random bytes: no scanner can read it without the password)."""
+    and ciphertext: random bytes without a password (no scanner can read it), else the
+    members stored and encrypted with it (PKWARE APPNOTE 6.1)."""
+    if password is None:
+        return raw_zip(
+            RawZipEntry(name, os.urandom(12 + len(data)), flags=0x1, file_size=len(data))
+            for name, data in members.items()
+        )
     return raw_zip(
-        RawZipEntry(name, os.urandom(12 + len(data)), flags=0x1, file_size=len(data))
+        RawZipEntry(
+            name,
+            _zipcrypto_encrypt(data, password.encode(), zlib.crc32(data) >> 24),
+            flags=0x1,
+            file_size=len(data),
+            crc=zlib.crc32(data),
+        )
         for name, data in members.items()
     )
 
 
-def aes_zip(members: Mapping[str, bytes]) -> bytes:
+def _zipcrypto_encrypt(data: bytes, password: bytes, check: int) -> bytes:
+    keys = [0x12345678, 0x23456789, 0x34567890]
+
+    def crc(value: int, byte: int) -> int:  # one byte of CRC-32 on the raw register
+        return zlib.crc32(bytes([byte]), value ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+    def update(byte: int) -> None:
+        keys[0] = crc(keys[0], byte)
+        keys[1] = ((keys[1] + (keys[0] & 0xFF)) * 134775813 + 1) & 0xFFFFFFFF
+        keys[2] = crc(keys[2], keys[1] >> 24)
+
+    for byte in password:
+        update(byte)
+    out = bytearray()
+    for byte in os.urandom(11) + bytes([check]) + data:
+        k = keys[2] | 2
+        out.append(byte ^ (((k * (k ^ 1)) >> 8) & 0xFF))
+        update(byte)
+    return bytes(out)
+
+
+def aes_zip(members: Mapping[str, bytes], password: str | None = None) -> bytes:
     """A WinZip AES-256 encrypted zip: method 99, extra field 0x9901 (AE-2, strength 3,
-    real method deflate), salt + verifier + ciphertext + MAC as random bytes."""
+    real method deflate), salt + verifier + ciphertext + MAC as random bytes; with a
+    password, the real thing, as pyzipper (like WinZip and 7-Zip) writes it."""
+    if password is not None:
+        out = io.BytesIO()
+        with pyzipper.AESZipFile(
+            out, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES
+        ) as archive:
+            archive.setpassword(password.encode())
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return out.getvalue()
     extra = struct.pack("<HHH2sBH", 0x9901, 7, 2, b"AE", 3, 8)
     return raw_zip(
         RawZipEntry(
@@ -476,6 +521,21 @@ def xls_bytes(*, macro_sheet: bool = False, encrypted: bool = False) -> bytes:
         stream += _biff(0x0085, struct.pack("<IBB", 0, 1, 0x01) + b"\x06\x00Macro1")
     stream += _biff(0x000A, b"")
     return cfb_file({"Workbook": stream})
+
+
+def password_docx(paragraphs: Iterable[Iterable[str]], password: str) -> bytes:
+    """A .docx encrypted with `password` as Office does it (agile encryption, through
+    msoffcrypto-tool). Padded past 4 KiB with a stored thumbnail's worth of random bytes:
+    msoffcrypto writes a smaller package unreadably (into OLE's mini stream)."""
+    source = zipfile.ZipFile(io.BytesIO(docx_bytes(paragraphs)))
+    plain = io.BytesIO()
+    with zipfile.ZipFile(plain, "w") as package:
+        for info in source.infolist():
+            package.writestr(info.filename, source.read(info))
+        package.writestr("docProps/thumbnail.bin", os.urandom(5000), zipfile.ZIP_STORED)
+    out = io.BytesIO()
+    msoffcrypto.format.ooxml.OOXMLFile(io.BytesIO(plain.getvalue())).encrypt(password, out)
+    return out.getvalue()
 
 
 def encrypted_ooxml() -> bytes:

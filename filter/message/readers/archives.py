@@ -5,26 +5,36 @@ so a .tar.gz is a tar inside a gzip).
 Nothing here inflates more than the message budget allows: declared sizes and the
 compression ratio are checked before a member is read, and reads are capped while streaming,
 so a bomb costs at most the budget.
+
+Encrypted zip (ZipCrypto and WinZip AES, through pyzipper) and 7z archives are opened with
+passwords found in the message (`unlock_zip`, `unlock_7z`), each try counted against the
+message's trials and seconds.
 """
 
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
+import hashlib
 import io
 import lzma
 import struct
+import sys
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO
 
 import py7zr
+import py7zr.compressor
 import py7zr.exceptions
 import py7zr.io
+import pyzipper
 import rarfile
 
 from mailgate.filter.message.budget import ScanBudget
@@ -52,9 +62,10 @@ RATIO_FLOOR = 1 << 20
 _AES_EXTRA_ID = 0x9901
 _ZIP_AES_METHOD = 99
 _CHUNK = 1 << 16
-# What a damaged archive raises from the standard library and the two archive libraries.
+# What a damaged archive raises from the standard library and the archive libraries.
 _ARCHIVE_ERRORS = (
     zipfile.BadZipFile,
+    pyzipper.BadZipFile,  # its own class: pyzipper carries its own copy of zipfile
     zlib.error,
     lzma.LZMAError,
     EOFError,
@@ -155,15 +166,22 @@ def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: ScanBudg
 
 
 def _read_at_most(
-    opener: Callable[[], AbstractContextManager[IO[bytes]]], cap: int, member: Member
+    opener: Callable[[], AbstractContextManager[IO[bytes]]],
+    cap: int,
+    member: Member,
+    overrun: Callable[[], bool] | None = None,
 ) -> bytes:
     """Up to cap + 1 bytes from the stream, in chunks (the extra byte tells an overrun).
-    Damage marks the member malformed and keeps what was read before it."""
+    Damage marks the member malformed and keeps what was read before it; so does `overrun`
+    turning true between chunks (over_budget), for reads that cost time per byte."""
     chunks: list[bytes] = []
     got = 0
     try:
         with opener() as stream:
             while got <= cap:
+                if overrun is not None and overrun():
+                    member.unscannable.add("over_budget")
+                    break
                 chunk = stream.read(min(_CHUNK, cap + 1 - got))
                 if not chunk:
                     break
@@ -190,6 +208,85 @@ def list_zip(zf: zipfile.ZipFile, budget: ScanBudget, max_members: int) -> Listi
             continue
         listing.members.append(read_zip_member(zf, info, budget))
     return listing
+
+
+def unlock_zip(
+    data: bytes, passwords: Sequence[str], budget: ScanBudget, max_members: int
+) -> Listing | None:
+    """The encrypted members of a zip, read with the first password that opens the smallest
+    of them; None when none does. Every member read is a trial (an AES member derives its own
+    key); members past the trials, or that the password does not open, stay encrypted."""
+    try:
+        zf = pyzipper.AESZipFile(io.BytesIO(data))
+    except Exception:  # what a damaged zip raises through pyzipper; the first pass said so
+        return None
+    with zf:
+        locked = [info for info in iter_zip_infos(zf) if _zip_encrypted(info)][:max_members]
+        if not locked:
+            return None
+        probe = min(locked, key=lambda info: info.compress_size)
+
+        def opens(password: str) -> bytes | None:
+            pwd = password.encode("utf-8")
+            return pwd if _zip_member_opens(zf, probe, pwd) else None
+
+        pwd = budget.first_to_open(passwords, opens)
+        if pwd is None:
+            return None
+        listing = Listing()
+        for info in locked:
+            if not budget.take_trial():
+                listing.unscannable.add("over_budget")
+                member = None
+            else:
+                member = _read_locked_zip_member(zf, info, pwd, budget)
+            if member is None:
+                listing.encrypted = True
+                member = Member(info.filename, encrypted=True)
+            listing.members.append(member)
+        return listing
+
+
+# A password is taken once the smallest encrypted member decrypts and inflates this far
+# (all of it, CRC checked, when it is smaller): ZipCrypto checks one byte of the password,
+# AES two, so a wrong password that passes them fails here.
+_PROBE_BYTES = 1 << 20
+
+
+def _zip_member_opens(zf: zipfile.ZipFile, info: zipfile.ZipInfo, pwd: bytes) -> bool:
+    try:
+        with zf.open(info, pwd=pwd) as stream:
+            got = 0
+            while got < _PROBE_BYTES:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                got += len(chunk)
+    except Exception:  # a wrong key feeds garbage to the decompressor: it raises anything
+        return False
+    return True
+
+
+def _read_locked_zip_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, pwd: bytes, budget: ScanBudget
+) -> Member | None:
+    """One encrypted member read with `pwd` under the budget and ratio guard, and the
+    unlocking seconds (pyzipper decrypts ZipCrypto in Python, byte by byte); None when the
+    password is not this member's."""
+    member = Member(info.filename)
+    refused = _member_allowed(info.file_size, info.compress_size, budget)
+    if refused:
+        member.unscannable.add(refused)
+        return member
+    try:
+        zf.open(info, pwd=pwd).close()
+    except Exception:  # "Bad password", or damage pyzipper reports its own way
+        return None
+    member.payload = _read_at_most(
+        lambda: zf.open(info, pwd=pwd), info.file_size, member, budget.unlock_overrun
+    )
+    budget.charge_bytes(len(member.payload))
+    return member
 
 
 def open_zip(data: bytes) -> zipfile.ZipFile | None:
@@ -236,35 +333,94 @@ def list_rar(data: bytes, budget: ScanBudget, max_members: int) -> Listing:
 def list_7z(data: bytes, budget: ScanBudget, max_members: int) -> Listing:
     """Names and encryption flags; unencrypted archives are extracted when their declared
     sizes fit the budget and ratio guard."""
-    listing = Listing()
     try:
-        archive = py7zr.SevenZipFile(io.BytesIO(data))
-        infos = [f for f in archive.list() if not f.is_directory]
-        encrypted = archive.needs_password()
-        listing.encrypted = encrypted
-        for info in infos[:max_members]:
-            listing.members.append(Member(info.filename, encrypted=encrypted))
-        if len(infos) > max_members:
-            listing.unscannable.add("over_budget")
-        if encrypted or not listing.members:
-            return listing
-        declared = sum(f.uncompressed or 0 for f in infos)
-        refused = _member_allowed(declared, len(data), budget)
-        if refused:
-            listing.unscannable.add(refused)
-            return listing
-        factory = py7zr.io.BytesIOFactory(declared + 1)
-        archive.reset()
-        archive.extract(targets=[m.name for m in listing.members], factory=factory)
-        for member in listing.members:
-            if member.name in factory.products:
-                member.payload = factory.get(member.name).read()[: declared + 1]
-                budget.charge_bytes(len(member.payload))
+        return _read_7z(data, budget, max_members, None)
     except py7zr.exceptions.PasswordRequired:
-        listing.encrypted = True
+        return Listing(encrypted=True)
     except _ARCHIVE_ERRORS:
-        listing.unscannable.add("malformed")
+        return Listing(unscannable={"malformed"})
+
+
+def unlock_7z(
+    data: bytes, passwords: Sequence[str], budget: ScanBudget, max_members: int
+) -> Listing | None:
+    """An encrypted 7z extracted with the first password that opens it (its names too, when
+    the headers are encrypted); None when none does. 7z has no password check: a password
+    is right when the content decrypts, inflates and matches its CRC."""
+
+    def opens(password: str) -> Listing | None:
+        try:
+            return _read_7z(data, budget, max_members, password)
+        except Exception:  # a wrong key feeds garbage to py7zr's parsers: they raise anything
+            return None
+
+    return budget.first_to_open(passwords, opens)
+
+
+def _read_7z(data: bytes, budget: ScanBudget, max_members: int, password: str | None) -> Listing:
+    listing = Listing()
+    archive = py7zr.SevenZipFile(io.BytesIO(data), password=password)
+    infos = [f for f in archive.list() if not f.is_directory]
+    listing.encrypted = archive.needs_password() and password is None
+    for info in infos[:max_members]:
+        listing.members.append(Member(info.filename, encrypted=listing.encrypted))
+    if len(infos) > max_members:
+        listing.unscannable.add("over_budget")
+    if listing.encrypted or not listing.members:
+        return listing
+    declared = sum(f.uncompressed or 0 for f in infos)
+    refused = _member_allowed(declared, len(data), budget)
+    if refused:
+        listing.unscannable.add(refused)
+        return listing
+    factory = py7zr.io.BytesIOFactory(declared + 1)
+    archive.reset()
+    archive.extract(targets=[m.name for m in listing.members], factory=factory)
+    for member in listing.members:
+        if member.name in factory.products:
+            member.payload = factory.get(member.name).read()[: declared + 1]
+            budget.charge_bytes(len(member.payload))
     return listing
+
+
+# 7-Zip derives an AES key from SHA-256 over 2**19 copies of salt + password + a counter.
+# py7zr feeds them to the hash from Python (0.2 s a password); built in chunks of 65536
+# copies with slice assignments, the same bytes hash in C in a tenth of that. An archive
+# may ask for up to 2**24 rounds (32 times the cost); 7-Zip writes 19, more is refused.
+MAX_7Z_KEY_CYCLES = 20
+_7Z_CHUNK_CYCLES = 16
+
+
+@functools.lru_cache(maxsize=8)  # a header-encrypted archive derives the same key twice
+def seven_zip_key(password: bytes, cycles: int, salt: bytes, digest: str) -> bytes:
+    """py7zr.helpers.calculate_key, computed faster (see above)."""
+    if cycles == 0x3F:
+        return (salt + password + bytes(32))[:32]
+    if cycles > MAX_7Z_KEY_CYCLES:
+        raise py7zr.exceptions.UnsupportedCompressionMethodError(cycles, "7zAES cost too high")
+    record = salt + password
+    stride = len(record) + 8
+    per_chunk = 1 << min(cycles, _7Z_CHUNK_CYCLES)
+    buffer = bytearray(per_chunk * stride)
+    for offset, byte in enumerate(record):
+        buffer[offset::stride] = bytes((byte,)) * per_chunk
+    low = array("Q", range(per_chunk))
+    if sys.byteorder == "big":
+        low.byteswap()
+    counters = low.tobytes()
+    for k in range(8):
+        buffer[len(record) + k :: stride] = counters[k::8]
+    hasher = hashlib.new(digest)
+    for chunk in range((1 << cycles) // per_chunk):
+        # The counter's two low bytes run through the chunk; the six high ones are the chunk's.
+        high = (chunk * per_chunk).to_bytes(8, "little")
+        for k in range(_7Z_CHUNK_CYCLES // 8, 8):
+            buffer[len(record) + k :: stride] = bytes((high[k],)) * per_chunk
+        hasher.update(buffer)
+    return hasher.digest()[:32]
+
+
+py7zr.compressor.calculate_key = seven_zip_key  # where py7zr's AES decoder looks it up
 
 
 def list_tar(data: bytes, budget: ScanBudget, max_members: int) -> Listing:

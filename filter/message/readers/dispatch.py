@@ -1,15 +1,19 @@
 """Attachment facts: detected type, archive members, Office macros, encryption, text views
 (also of PDFs).
 
-`inspect_attachment` fills in a Part's facts and returns the Parts for what is inside it
-(archive members, recursively to `max_archive_depth`), in document order.
+`AttachmentInspector.inspect` fills in a Part's facts and returns the Parts for what is
+inside it (archive members, recursively to `max_archive_depth`), in document order. The
+encrypted files it meets are kept (`locked`) for `unlock`, which the MIME walk calls with the
+passwords found in the message once it has read every text.
 """
 
 from __future__ import annotations
 
 import mimetypes
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import magic
@@ -139,6 +143,12 @@ def is_html(part: Part) -> bool:
     return _is_kind(part, _MARKUP_TYPES, HTML_EXTENSIONS)
 
 
+def _unseal(part: Part) -> None:
+    """A file a password opened is no longer encrypted; what is read out of it may be."""
+    part.encrypted = False
+    part.unscannable.discard("encrypted")
+
+
 class DocumentFacts(Protocol):
     """What the PDF and Outlook readers report alike."""
 
@@ -148,12 +158,23 @@ class DocumentFacts(Protocol):
     attachments: list[archives.Member]
 
 
+@dataclass
+class Locked:
+    """An encrypted file a password could open: a zip, 7z, PDF or Office document."""
+
+    part: Part
+    kind: str  # "zip", "7z", "pdf" or "office"
+    archive_depth: int
+    placeholders: list[Part] = field(default_factory=list)  # its members listed locked
+
+
 class AttachmentInspector:
     """Looks inside attachments under one message's budget."""
 
     def __init__(self, budget: ScanBudget, parse_embedded: EmbeddedParser) -> None:
         self.budget = budget
         self.parse_embedded = parse_embedded
+        self.locked: deque[Locked] = deque()  # in the order met, for `unlock`
 
     def inspect(self, part: Part, charset: str | None, archive_depth: int = 0) -> list[Part]:
         payload = part.payload
@@ -172,6 +193,8 @@ class AttachmentInspector:
                 part.unscannable.add("encrypted")
             if facts.outlook_message:
                 return self._outlook_message(part, archive_depth)
+            if facts.encrypted:
+                self.locked.append(Locked(part, "office", archive_depth))
             return []
         kind = archives.archive_kind(payload)
         if _is_pdf(part):
@@ -202,7 +225,10 @@ class AttachmentInspector:
 
     def _pdf(self, part: Part, archive_depth: int) -> list[Part]:
         """A PDF's text, and the files embedded in it as an archive's members."""
-        return self._document(part, pdf.pdf_facts(part.payload, self.budget), archive_depth)
+        facts = pdf.pdf_facts(part.payload, self.budget)
+        if facts.encrypted:
+            self.locked.append(Locked(part, "pdf", archive_depth))
+        return self._document(part, facts, archive_depth)
 
     def _document(self, part: Part, facts: DocumentFacts, archive_depth: int) -> list[Part]:
         """What a document reader found: its text, whether it is locked, and the files it
@@ -262,11 +288,48 @@ class AttachmentInspector:
         else:
             name = archives.compressed_member_name(part.payload, kind, part.filename)
             listing = archives.unpack_compressed(part.payload, kind, name, self.budget)
+        members = self._listed(part, listing, archive_depth)
+        if listing.encrypted and kind in ("zip", "7z"):
+            placeholders = [m for m in members if m.member_of == part.path and m.encrypted]
+            self.locked.append(Locked(part, kind, archive_depth, placeholders))
+        return members
+
+    def _listed(self, part: Part, listing: archives.Listing, archive_depth: int) -> list[Part]:
         part.unscannable |= listing.unscannable
         if listing.encrypted:
             part.encrypted = True
             part.unscannable.add("encrypted")
         return self._members(part, listing, archive_depth)
+
+    def unlock(self, locked: Locked, passwords: Sequence[str]) -> list[Part] | None:
+        """Open a locked file with the first of `passwords` that opens it: the parts read out
+        of it (in place of its placeholders), each marked unlocked, scanned exactly as an
+        unencrypted file's; None when none opens it, and the file stays encrypted."""
+        part = locked.part
+        max_members = max(0, self.budget.limits.max_parts - self.budget.part_count)
+        if locked.kind in ("zip", "7z"):
+            opener = archives.unlock_zip if locked.kind == "zip" else archives.unlock_7z
+            listing = opener(part.payload, passwords, self.budget, max_members)
+            if listing is None:
+                return None
+            _unseal(part)
+            found = self._listed(part, listing, locked.archive_depth)
+        elif locked.kind == "pdf":
+            facts = pdf.unlock_pdf(part.payload, passwords, self.budget)
+            if facts is None:
+                return None
+            _unseal(part)
+            found = self._document(part, facts, locked.archive_depth)
+        else:
+            decrypted = office.unlock_office(part.payload, passwords, self.budget)
+            if decrypted is None:
+                return None
+            _unseal(part)
+            part.payload, part.size = decrypted, len(decrypted)
+            found = self.inspect(part, None, locked.archive_depth)
+        for opened in (part, *found):
+            opened.unlocked = True
+        return found
 
     def _members(self, archive: Part, listing: archives.Listing, archive_depth: int) -> list[Part]:
         # A MIME part's path is a number, so the archive's name joins the member paths

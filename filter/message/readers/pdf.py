@@ -1,5 +1,6 @@
 """PDF attachments: the text on their pages, their comment notes and document properties,
-the files embedded in them, and whether a password keeps us out.
+the files embedded in them, and whether a password keeps us out (or one found in the
+message lets us in: `unlock_pdf`).
 
 Text comes from PDFium (through pypdfium2): Chrome's PDF engine, fuzzed by Chrome against
 hostile files for years and running at C speed, so a crafted PDF meets the parser that
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pypdfium2 as pdfium
@@ -55,32 +56,51 @@ def pdf_facts(data: bytes, budget: ScanBudget) -> PdfFacts:
 
     The caller fits the text into the budget; this only stops reading once it is used up.
     """
-    facts = PdfFacts()
-    left = budget.limits.max_text_chars - budget.text_chars
     with _PDFIUM_LOCK:
         # Loaded through the raw call: pypdfium2's PdfDocument(bytes) raises for a document
         # without pages but never closes it, leaking the parsed file (a crafted mail loop).
         # PDFium reads `data` in place; it stays alive as our argument until we close.
         raw = pdfium_c.FPDF_LoadMemDocument64(data, len(data), None)
-        if not raw:
-            error = pdfium_c.FPDF_GetLastError()
-            if error in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
-                facts.encrypted = True
-                facts.unscannable.add("encrypted")
-            else:
-                facts.unscannable.add("malformed")
-            return facts
-        doc = pdfium.PdfDocument(raw)  # owns the handle: close() frees it
-        try:
-            _read_pages(doc, facts, left)
-            properties = _properties(doc)
-            if properties:
-                facts.text = "\n\n".join(filter(None, [facts.text, properties]))[:left]
-            _read_embedded_files(doc, facts, budget)
-        except (pdfium.PdfiumError, ctypes.ArgumentError):  # what a damaged part can raise
+        if raw:
+            return _read_document(raw, budget)
+        facts = PdfFacts()
+        error = pdfium_c.FPDF_GetLastError()
+        if error in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
+            facts.encrypted = True
+            facts.unscannable.add("encrypted")
+        else:
             facts.unscannable.add("malformed")
-        finally:
-            doc.close()
+        return facts
+
+
+def unlock_pdf(data: bytes, passwords: Sequence[str], budget: ScanBudget) -> PdfFacts | None:
+    """What `pdf_facts` reads, from a PDF opened with the first password that opens it;
+    None when none does. A try costs PDFium's key check (MD5 or SHA-256 rounds)."""
+    with _PDFIUM_LOCK:
+
+        def opens(password: str) -> object | None:
+            raw = pdfium_c.FPDF_LoadMemDocument64(data, len(data), password.encode("utf-8"))
+            return raw or None
+
+        raw = budget.first_to_open(passwords, opens)
+        return None if raw is None else _read_document(raw, budget)
+
+
+def _read_document(raw: object, budget: ScanBudget) -> PdfFacts:
+    """Pages, properties and embedded files of a loaded document, which this closes."""
+    facts = PdfFacts()
+    left = budget.limits.max_text_chars - budget.text_chars
+    doc = pdfium.PdfDocument(raw)  # owns the handle: close() frees it
+    try:
+        _read_pages(doc, facts, left)
+        properties = _properties(doc)
+        if properties:
+            facts.text = "\n\n".join(filter(None, [facts.text, properties]))[:left]
+        _read_embedded_files(doc, facts, budget)
+    except (pdfium.PdfiumError, ctypes.ArgumentError):  # what a damaged part can raise
+        facts.unscannable.add("malformed")
+    finally:
+        doc.close()
     return facts
 
 
