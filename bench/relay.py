@@ -119,13 +119,20 @@ def probe_message(case: Case) -> bytes:
 
 
 def mailgate_relay(
-    work: Path, port: int, sink_port: int, name: str = "mailgate", processes: int = 1
+    work: Path,
+    port: int,
+    sink_port: int,
+    name: str = "mailgate",
+    processes: int = 1,
+    database: str | None = None,
 ) -> ChildProcess:
+    """`mailgate relay` on the default pack; with `database`, a node of a fleet on it."""
     folder = work / name
     folder.mkdir(mode=0o755)
     config = folder / "mailgate.yaml"
     config.write_text(
-        f"""\
+        (f"database: {database}\nnode: bench-{name}\n" if database else "")
+        + f"""\
 rules: {REPO / "rules"}
 quarantine:
   path: {folder / "quarantine"}

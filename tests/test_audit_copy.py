@@ -119,8 +119,10 @@ def test_records_reach_the_database_once_across_a_stop_and_start(
         report(reporter, n)
     wait_until(lambda: copy.spool.stat().st_size > 0 and copy.backlog == 30, 30, "30 spooled")
     assert sample(metrics, "mailgate_audit_spool_records") == 30
+    stalled = sample(metrics, "mailgate_audit_sent_timestamp_seconds")
     private_pg.start()
     wait_until(lambda: copy.backlog == 0, 60, "the spool to empty")
+    assert sample(metrics, "mailgate_audit_sent_timestamp_seconds") > stalled
     found = rows(url)
     assert [size for _, _, size in found] == [100 + n for n in range(50)]
     assert len({key for key, _, _ in found}) == 50

@@ -7,9 +7,10 @@ per door: `relay.spool`, `milter.spool`), flushed to disk, then sends the spool'
 records to the database in batches; once the database has all of them the spool is emptied.
 While the database cannot be reached the spool grows and the thread tries again (after 1 s,
 doubling up to 30 s); a node started with records in its spool sends them first. Each record
-gets a key when it is spooled, and the database keeps one row per key, so a batch sent twice
+gets a key as it is queued, and the database keeps one row per key, so a batch sent twice
 (its answer lost, the node stopped before emptying the spool) is stored once. The backlog
-(records not yet in the database) is the metric `mailgate_audit_spool_records`.
+(records not yet in the database) is the metric `mailgate_audit_spool_records`, the time the
+database last took some `mailgate_audit_sent_timestamp_seconds`.
 
 Spool lines are JSON objects `{"k": key, "t": time, "r": record}`, the record exactly as the
 audit line was written. A line cut short by a crash is dropped when the spool is opened
@@ -81,6 +82,13 @@ class AuditCopy:
             "Audit records waiting in the local spool for the fleet's database",
             registry=registry,
         ).set_function(lambda: self.backlog)
+        # With the backlog: records waiting while nothing has been sent for a while means the
+        # database is not taking them (an alert in deploy/prometheus/alerts.yml).
+        self.sent = Gauge(
+            "mailgate_audit_sent_timestamp_seconds",
+            "When the database last took audit records from this door (or it started)",
+            registry=registry,
+        )
 
     @property
     def backlog(self) -> int:
@@ -101,6 +109,7 @@ class AuditCopy:
         self._unsent = self._repair()
         if self._unsent:
             log.info("audit spool %s: %d records to send", self.spool, self._unsent)
+        self.sent.set_to_current_time()
         self._thread = threading.Thread(target=self._run, name="mailgate-audit-copy", daemon=True)
         self._thread.start()
 
@@ -191,6 +200,7 @@ class AuditCopy:
                           "they remain in the audit log", self.spool, refused)  # fmt: skip
             self._sent += size
             self._unsent -= len(lines)
+            self.sent.set_to_current_time()
             if self._failing:
                 log.info("audit records reach the database again")
                 self._failing = False

@@ -42,6 +42,7 @@ LIVE_WITHIN = timedelta(minutes=5)  # a door not heard from for this long is not
 RETENTION_CHECK = 300.0  # seconds between asking whether the hourly retention run is due
 SCRAPE_TIMEOUT = 3.0  # seconds the fleet's packs may take to read at a scrape
 POOL_SIZE = 3  # the audit copy, the heartbeat and retention (whose purge takes a second)
+STOP_WAIT = 10.0  # seconds a stopping node gives a background job to finish
 
 
 class FleetNode:
@@ -140,7 +141,9 @@ class _Periodic:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join()
+        # A retention run in progress is not waited for: its deadline is long, and the lock
+        # goes with the connection, for another node's next turn.
+        self._thread.join(STOP_WAIT)
 
     def _run(self) -> None:
         while not self._stop.is_set():
