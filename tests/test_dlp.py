@@ -251,7 +251,10 @@ def test_not_ssn(text: str) -> None:
 
 
 def test_registry_names_match_detectors() -> None:
-    assert set(DLP_DETECTORS) == {"credit_card", "iban", "us_ssn"}
+    assert set(DLP_DETECTORS) == {
+        "credit_card", "iban", "us_ssn", "uk_nino", "nl_bsn", "de_tax_id", "fr_nir", "es_dni",
+        "it_fiscal_code", "us_aba", "passport_mrz",
+    }  # fmt: skip
     assert all(name == d.name for name, d in DLP_DETECTORS.items())
 
 

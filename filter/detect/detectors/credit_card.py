@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from mailgate.filter.detect.detectors import Match
+from mailgate.filter.detect.detectors.context import keyword_regex
 from mailgate.filter.detect.patterns import FastRegex
 from mailgate.filter.detect.validators import luhn
 
@@ -82,13 +83,8 @@ EXCLUDE_WORDS = (
 )  # fmt: skip
 
 
-def _word_regex(words: tuple[str, ...]) -> re.Pattern[str]:
-    alternatives = sorted((re.escape(w).replace(r"\ ", r"\s+") for w in words), key=len)
-    return re.compile(r"(?<!\w)(?:" + "|".join(reversed(alternatives)) + r")(?!\w)", re.I)
-
-
-_INCLUDE = _word_regex(INCLUDE_WORDS)
-_EXCLUDE = _word_regex(EXCLUDE_WORDS)
+_INCLUDE = keyword_regex(INCLUDE_WORDS)
+_EXCLUDE = keyword_regex(EXCLUDE_WORDS)
 BEFORE = 60  # characters before the number searched for context words
 AFTER = 30  # characters after it searched for card words ("exp 12/27", "CVV 123")
 

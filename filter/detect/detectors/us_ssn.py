@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from mailgate.filter.detect.detectors import Match
+from mailgate.filter.detect.detectors.context import ContextDetector
 from mailgate.filter.detect.patterns import FastRegex
 
 _CANDIDATE = FastRegex(
@@ -19,22 +19,17 @@ _CANDIDATE = FastRegex(
     )
 )
 _CONTEXT = re.compile(r"(?<!\w)(?:ssns?|social[\s-]*security|soc\.?\s*sec)(?!\w)", re.I)
-CONTEXT = 100
 
 
 def valid_ssn(area: str, group: str, serial: str) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
-class UsSsnDetector:
+class UsSsnDetector(ContextDetector):
     name = "us_ssn"
+    candidate = _CANDIDATE
+    keywords = _CONTEXT
 
-    def find(self, text: str) -> list[Match]:
-        found = []
-        for m in _CANDIDATE.finditer(text):
-            area, _sep, group_dashed, group_plain, serial = m.groups()
-            if not valid_ssn(area, group_dashed or group_plain, serial):
-                continue
-            if _CONTEXT.search(text, max(0, m.start() - CONTEXT), m.end() + CONTEXT):
-                found.append(Match(m.start(), m.end(), m.group()))
-        return found
+    def valid(self, m: re.Match[str]) -> bool:
+        area, _sep, group_dashed, group_plain, serial = m.groups()
+        return valid_ssn(area, group_dashed or group_plain, serial)
