@@ -62,6 +62,12 @@ EXPECTED = {
     "confidential.eml": "tag",
     "too-deep.eml": "quarantine",
     "duplicate-subject.eml": "quarantine",
+    "password-zip-card.eml": "quarantine",
+    "password-7z-exe.eml": "reject",
+    "password-in-subject.eml": "accept",
+    "wrong-password-zip.eml": "quarantine",
+    "multipart-no-boundary-card.eml": "quarantine",
+    "eicar-too-deep.eml": "reject",
 }
 
 
@@ -122,6 +128,8 @@ def test_check_json_masks_every_sensitive_value(capsys: pytest.CaptureFixture[st
         "5555-5555-5555-4444",
         "DE89 3704 0044 0532 0130 00",
         "536-90-4187",
+        "Harbour-7731",  # the passwords that opened examples: evidence never names them
+        "Sommer2026!",
     ):
         assert secret not in result.stdout
     samples = [h["sample"] for r in records for h in r["hits"] if h["detector"].startswith("dlp")]

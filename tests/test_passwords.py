@@ -69,6 +69,8 @@ PHRASES = [
     "Het wachtwoord is {q}",
     "Wachtwoord: {q}",
     "wachtwoord voor het bestand: {q}",
+    "Contract (password: {q})",
+    "[pw: {q}]",
     "Password:\n{q}",
     "Passwort:\n\n   {q}",
 ]

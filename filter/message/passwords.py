@@ -130,6 +130,8 @@ def _token_variants(token: str) -> list[str]:
         for left, right in _WRAPPERS:
             if len(clean) > 2 and clean.startswith(left) and clean.endswith(right):
                 clean = clean[1:-1]
+            elif len(clean) > 1 and clean.endswith(right) and left not in clean:
+                clean = clean[:-1]  # the phrase was in brackets: "(password: X)"
         if clean == before:
             break
     variants = [clean, token] if clean and clean != token else [token]

@@ -34,6 +34,7 @@ def examples() -> dict[str, bytes]:
     pdf = make_pdf([show("Autumn brochure: new routes and fares from 3 December.")])
     png = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000") + b"\0" * 40
     card_text = f"Please charge the deposit to my card {CARD_VISA}, expiry 12/28.\n"
+    card_csv = b"name,card,expiry\r\nJ. Doe,4111111111111111,12/28\r\n"
     inner_with_card = s.text_message(card_text, subject="Booking details")
     vba_docx = s.docx_bytes([["Quarterly figures"]], vba=True)
     ics = (
@@ -262,6 +263,43 @@ def examples() -> dict[str, bytes]:
                 s.aes_zip({"salaries.xlsx": b"x" * 500}), "salaries.zip", "application/zip"
             ),
         ),
+        # --- encrypted files and the passwords sent with them (issue 11)
+        "password-zip-card.eml": s.mime_message(
+            s.text_part("Customer list attached. The password is Harbour-7731.\n"),
+            s.attachment_part(
+                s.aes_zip({"customers.csv": card_csv}, "Harbour-7731"),
+                "customers.zip",
+                "application/zip",
+            ),
+        ),
+        # Names encrypted too: only opening it shows the file, a program under a photo's name.
+        "password-7z-exe.eml": s.mime_message(
+            s.text_part("Die Fotos vom Ausflug. Passwort: Sommer2026!\n"),
+            s.attachment_part(
+                s.sevenzip_bytes(
+                    {"photo.jpg": s.pe_executable()}, password="Sommer2026!", header_encryption=True
+                ),
+                "fotos.7z",
+                "application/x-7z-compressed",
+            ),
+        ),
+        "password-in-subject.eml": s.mime_message(
+            s.text_part("Voici le projet de contrat.\n"),
+            s.attachment_part(
+                make_encrypted_pdf([show("Draft contract, version 3")], user=b"Lune-4821"),
+                "contrat.pdf",
+                "application/pdf",
+            ),
+            subject="Contrat (mot de passe : Lune-4821)",
+        ),
+        "wrong-password-zip.eml": s.mime_message(
+            s.text_part("Salaries attached. Password: Winter-2026\n"),
+            s.attachment_part(
+                s.zipcrypto_zip({"salaries.csv": card_csv}, "Winter-2025"),
+                "salaries.zip",
+                "application/zip",
+            ),
+        ),
         "encrypted-pdf.eml": s.mime_message(
             s.text_part("Contract attached, password by phone.\n"),
             s.attachment_part(
@@ -306,6 +344,21 @@ def examples() -> dict[str, bytes]:
             extra_headers=[("X-Classification", "CONFIDENTIAL")],
         ),
         "too-deep.eml": s.nested_messages(12, "the innermost message"),
+        # --- no unread corners (issue 11)
+        # The declared boundary appears nowhere: read as the text it is, its base64 piece decoded.
+        "multipart-no-boundary-card.eml": (
+            s.headers_block("Customer list", [("Content-Type", 'multipart/mixed; boundary="lost"')])
+            + b"\r\nHello,\r\n\r\nthe list as discussed:\r\n\r\n"
+            + b'Content-Type: text/csv; name="customers.csv"\r\n'
+            + b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + s.encode_body(card_csv, "base64")
+        ),
+        "eicar-too-deep.eml": s.nested_messages(
+            60,
+            innermost=s.mime_message(
+                s.text_part("Test file."), s.attachment_part(s.EICAR, "readme.txt", "text/plain")
+            ),
+        ),
         # A second Subject: the one many clients show holds the card number.
         "duplicate-subject.eml": s.text_message(
             "Details as discussed.\n",
