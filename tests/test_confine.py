@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.filter import Action, Envelope, ScanPool
+from mailgate.filter import Action, Engine, Envelope, ScanPool
 from mailgate.filter.scan.confine import Confinement, confine, landlock_available
+from mailgate.filter.scan.engine import envelope_from_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 CAN_CONFINE = os.geteuid() == 0 or landlock_available()
@@ -104,4 +105,33 @@ def test_an_unknown_worker_user_stops_the_pool_from_starting() -> None:
             await pool.start()
         await pool.close()
 
+    asyncio.run(run())
+
+
+@needs_confinement
+def test_confined_workers_judge_every_golden_example_as_the_engine_does() -> None:
+    """Confinement must change nothing a worker sees: libmagic, PDFium, archives and the
+    codecs all work the same behind Landlock and as `nobody` (libmagic denied its database
+    once called every file `data`, so executables went unrecognised)."""
+    examples = sorted((ROOT / "rules" / "examples").glob("*.eml"))
+    engine = Engine.load(ROOT / "rules")
+
+    async def run() -> None:
+        pool = ScanPool(ROOT / "rules", workers=2)
+        await pool.start()
+        try:
+            for path in examples:
+                raw = path.read_bytes()
+                envelope = envelope_from_headers(raw)
+                confined = await pool.scan(raw, envelope)
+                direct = engine.scan(raw, envelope)
+                assert (confined.action, confined.rules, confined.unscannable) == (
+                    direct.action,
+                    direct.rules,
+                    direct.unscannable,
+                ), path.name
+        finally:
+            await pool.close()
+
+    assert len(examples) > 40
     asyncio.run(run())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import mimetypes
 import os
 import pkgutil
 import pwd
@@ -29,8 +30,23 @@ import landlock
 
 PR_SET_NO_NEW_PRIVS = 38
 # Read-only system locations a worker may still load code or data from: shared libraries
-# loaded late (dlopen), libmagic's database, timezone and locale data.
-SYSTEM_READ_ONLY = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime")
+# loaded late (dlopen), libmagic's databases (a handle is opened per thread and mode; denied
+# /etc/magic, libmagic calls every file `data`), timezone data, machine facts. Nothing here
+# is a secret; tests/test_confine.py runs every golden example through confined workers.
+SYSTEM_READ_ONLY = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/magic",
+    "/etc/magic.mime",
+    # what a library asks of the machine (py7zr sizes its buffers from these)
+    "/proc/stat",
+    "/proc/meminfo",
+    "/proc/cpuinfo",
+    "/sys/devices/system/cpu",
+)
 
 
 @dataclass(frozen=True)
@@ -53,10 +69,11 @@ def _no_new_privs() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
 
 
-def _preload_codecs() -> None:
-    """Import every codec now: a message in a rare charset imports its codec on first use,
-    and the worker's user may not be able to read the Python installation (a pyenv under a
-    mode-700 /root)."""
+def _preload_stdlib() -> None:
+    """Load now what the standard library reads lazily from disk: every codec (a message in
+    a rare charset imports its codec on first use, and the worker's user may not be able to
+    read the Python installation: a pyenv under a mode-700 /root) and the MIME types tables
+    (/etc/mime.types, read at the first guess from a file name)."""
     import encodings
 
     for module in pkgutil.iter_modules(encodings.__path__):
@@ -64,6 +81,7 @@ def _preload_codecs() -> None:
             importlib.import_module(f"encodings.{module.name}")
         except ImportError:  # the Windows-only code pages
             continue
+    mimetypes.init()
 
 
 def _drop_user(name: str) -> None:
@@ -96,7 +114,7 @@ def confine(confinement: Confinement) -> list[str]:
     Raises OSError or KeyError (no such user) if a step that applies here fails: a worker that
     cannot be confined as configured must not scan."""
     applied = []
-    _preload_codecs()
+    _preload_stdlib()
     ruleset = _file_ruleset() if confinement.landlock and landlock_available() else None
     if confinement.user and os.geteuid() == 0:
         _drop_user(confinement.user)
