@@ -160,6 +160,13 @@ def test_tag_adds_the_header_and_prefixes_the_subject(
     assert store.count() == 0
 
 
+def test_tag_without_options_names_the_rule_in_a_header(door: MilterDoor) -> None:
+    rc, ctx = feed(door, message("please mark-me and tag-me"))
+    assert rc == Milter.ACCEPT
+    assert header(ctx, "X-Mailgate-Rules") == "mark-word"
+    assert header(ctx, "X-Mailgate-Test") == "yes"  # beside another tag rule's options
+
+
 def test_tag_rule_adds_a_recipient(door: MilterDoor) -> None:
     rc, ctx = feed(door, message("copy-me please"))
     assert rc == Milter.ACCEPT

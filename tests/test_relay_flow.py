@@ -47,6 +47,16 @@ def test_tag_rewrites_subject_and_adds_headers(make_relay, sink):
     assert got.message["X-Mailgate-Test"] == "yes"
 
 
+def test_tag_without_options_names_the_rule_in_a_header(make_relay, sink):
+    relay = make_relay(next_hop(sink.port))
+    with relay.client() as client:
+        code, _ = send(client, message("please mark-me"))
+    assert code == 250
+    [got] = sink.wait_for(1)
+    assert got.message["X-Mailgate-Rules"] == "mark-word"
+    assert got.message["Subject"] == "please mark-me"
+
+
 def test_tag_rule_adds_a_recipient_at_the_next_hop(make_relay, sink):
     relay = make_relay(next_hop(sink.port))
     with relay.client() as client:

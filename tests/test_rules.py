@@ -225,10 +225,6 @@ def test_yara_conditions_by_rule_tag_and_any() -> None:
             "policy.yaml:3: [a] dlp: unknown detector 'passport'",
         ),
         (
-            "rules:\n  - id: a\n    when: [{size_over: 1}]\n    action: tag\n",
-            "policy.yaml:4: [a] action 'tag' needs",
-        ),
-        (
             "rules:\n  - id: a\n    when: [{size_over: 1}]\n    action: tag\n"
             "    tag: {add_recipients: [not-an-address]}\n",
             "policy.yaml:5: [a] tag: add_recipients: 'not-an-address' is not an address",
@@ -242,6 +238,38 @@ def test_yara_conditions_by_rule_tag_and_any() -> None:
 def test_lint_names_file_line_and_rule(yaml_text: str, expected: str) -> None:
     errors = lint_errors(PackSource({"policy.yaml": yaml_text.encode()}))
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_tag_without_options_names_its_rules_in_one_header() -> None:
+    """`action: tag` alone (or with `tag: {}`) is visible: X-Mailgate-Rules names every such
+    rule that hit, once, beside what tag rules with options add."""
+    from mailgate.filter.policy.actions import plan_for
+
+    engine = Engine.from_source(
+        pack("""
+        rules:
+          - id: big-mail
+            when: [{size_over: 10}]
+            action: tag
+          - id: finance
+            when: [{subject: {regex: 'invoice'}}]
+            action: tag
+            tag: {}
+          - id: labelled
+            when: [{subject: {regex: 'invoice'}}]
+            action: tag
+            tag: {headers: {X-Label: 'finance'}}
+    """)
+    )
+    verdict = engine.scan(message(subject="invoice 42"), ENV)
+    assert verdict.action is Action.TAG
+    out = plan_for(verdict).apply(message(subject="invoice 42"))
+    assert out.startswith(b"X-Label: finance\r\nX-Mailgate-Rules: big-mail, finance\r\n")
+    assert out.count(b"X-Mailgate-Rules") == 1
+    assert b"Subject: invoice 42\r\n" in out
+    assert plan_for(engine.scan(message(subject="hello"), ENV)).add_headers == [
+        ("X-Mailgate-Rules", "big-mail")
+    ]
 
 
 def test_yara_syntax_error_names_file_and_line() -> None:

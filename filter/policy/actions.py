@@ -9,7 +9,7 @@ from email.header import Header
 
 from mailgate.filter.message.headers import decode_rfc2047, unfold
 from mailgate.filter.policy.replies import REFUSAL_DEFAULTS, SMTPReply, reply_text
-from mailgate.filter.policy.verdict import Action, Verdict
+from mailgate.filter.policy.verdict import RULES_HEADER, Action, Verdict
 
 _SUBJECT = re.compile(rb"^subject[ \t]*:", re.IGNORECASE)
 
@@ -86,11 +86,13 @@ def refusal_for(verdict: Verdict) -> SMTPReply:
 
 def plan_for(verdict: Verdict) -> DeliveryPlan:
     """Headers, subject change and added recipients from every enforce-mode tag rule that
-    hit. Only messages that go on (accept or tag) are changed; held or refused ones keep
-    their original bytes and envelope."""
+    hit; the tag rules without options named in one X-Mailgate-Rules header. Only messages
+    that go on (accept or tag) are changed; held or refused ones keep their original bytes
+    and envelope."""
     plan = DeliveryPlan()
     if verdict.action > Action.TAG:
         return plan
+    listed: list[str] = []
     for tag in verdict.tags:
         if tag.subject_prefix and not plan.subject_prefix:
             plan.subject_prefix = tag.subject_prefix
@@ -100,6 +102,10 @@ def plan_for(verdict: Verdict) -> DeliveryPlan:
         for recipient in tag.add_recipients:
             if recipient not in plan.add_recipients:
                 plan.add_recipients.append(recipient)
+        if tag.listed_rule and tag.listed_rule not in listed:
+            listed.append(tag.listed_rule)
+    if listed:
+        plan.add_headers.append((RULES_HEADER, ", ".join(listed)))
     return plan
 
 

@@ -317,8 +317,9 @@ def _parse_rule(
         tag = _parse_tag(spec["tag"], lambda m, at=None: problem(m, "tag", at))
         if action is not Action.TAG:
             problem("'tag' options belong to rules with action: tag", "tag")
-    elif action is Action.TAG:
-        problem("action 'tag' needs 'tag: {subject_prefix: …, headers: {…}}'", "action")
+    if action is Action.TAG and tag in (None, TagAction()) and isinstance(rule_id, str):
+        # Without options a tag still shows: the rule's id in X-Mailgate-Rules.
+        tag = TagAction(listed_rule=rule_id)
     smtp_code, smtp_status = None, None
     for key, act, first in (("reject", Action.REJECT, "5"), ("tempfail", Action.TEMPFAIL, "4")):
         if key in spec:

@@ -41,6 +41,12 @@ class TagAction:
     subject_prefix: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     add_recipients: tuple[str, ...] = ()  # a copy for an archive or a supervisor
+    # A tag rule without options: its id, named in the header RULES_HEADER.
+    listed_rule: str = ""
+
+
+# What a tag rule without options adds, so that `action: tag` alone is visible.
+RULES_HEADER = "X-Mailgate-Rules"
 
 
 @dataclass

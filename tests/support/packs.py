@@ -34,6 +34,7 @@ DOOR_TEST_PACK = (
         "tag: {subject_prefix: '[TAGGED] ', headers: {X-Mailgate-Test: 'yes'}}",
     )
     + subject_rule("copy-word", "copy-me", "tag", "tag: {add_recipients: [archive@example.org]}")
+    + subject_rule("mark-word", "mark-me", "tag")  # no options: X-Mailgate-Rules: mark-word
     + subject_rule("busy-word", "tempfail-me", "tempfail", "reason: Try later")
 )
 
