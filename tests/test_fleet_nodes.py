@@ -307,3 +307,21 @@ def test_the_fleet_pack_metric_shows_a_node_on_another_pack(
         10,  # well inside the 30 s between heartbeats: the reload itself reported it
         "gw2's new pack in the fleet metric",
     )
+
+
+def test_front_ends_report_through_their_parent(
+    pg_server: PostgresInstance, make_node: Any
+) -> None:
+    """relay.processes 2: the parent process copies the front ends' records and beats for
+    them, with the pack they report."""
+    url = pg_server.create_database()
+    gw1 = make_node(
+        "gw1", url, settings={"relay": {"processes": 2}, "engine": {"workers": 1}}
+    ).start()
+    for n in range(12):
+        gw1.send(clean(n))
+    wait_until(lambda: len(audit_rows(url)) == 12, 60, "12 audit rows")
+    assert {node for _, node, _ in audit_rows(url)} == {"gw1"}
+    assert len(gw1.audit_lines()) == 12
+    pack = own_pack(gw1)
+    wait_until(lambda: fleet_packs(gw1.metrics_port) == {"gw1": pack}, 30, "gw1's pack")
