@@ -32,6 +32,7 @@ from bench.common import (
     remove_tree,
     smtp_bench_arguments,
     standard_cases,
+    stopped_after,
     tree_cpu,
     warm_up,
 )
@@ -57,17 +58,15 @@ def main() -> int:
     server = PostgresInstance()  # PostgreSQL's own defaults: fsync, synchronous_commit on
     sink = SmtpSinkProgram()
     children: dict[str, ChildProcess] = {}
-    try:
+    with stopped_after(children, sink.stop, server.destroy, lambda: remove_tree(work)):
         server.setup()
         database = server.create_database()
         sink.start()
         ports = {name: free_port() for name in CONTENDERS}
-        children = {
-            "copy-off": mailgate_relay(work, ports["copy-off"], sink.port, "copy-off"),
-            "copy-on": mailgate_relay(
-                work, ports["copy-on"], sink.port, "copy-on", database=database
-            ),
-        }
+        children["copy-off"] = mailgate_relay(work, ports["copy-off"], sink.port, "copy-off")
+        children["copy-on"] = mailgate_relay(
+            work, ports["copy-on"], sink.port, "copy-on", database=database
+        )
         for name, child in children.items():
             child.start()
             wait_until(lambda c=child, p=ports[name]: c.check_alive() or port_open(p), 120, name)
@@ -111,16 +110,6 @@ def main() -> int:
         print(f"target (issue 9): copy-on >= 0.95 x copy-off; {written} audit records, "
               "each one row in the database")  # fmt: skip
         return 0
-    except Exception:
-        for child in children.values():
-            print(f"--- {child.name} log (tail) ---\n{child.log_tail()}")
-        raise
-    finally:
-        for child in children.values():
-            child.stop()
-        sink.stop()
-        server.destroy()
-        remove_tree(work)
 
 
 def check_every_record(work: Path, database: str) -> int:

@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.engine import make_message
 from tests.support.net import free_port, port_open
-from tests.support.processes import end_process, process_table
+from tests.support.processes import ChildProcess, end_process, process_table
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,3 +285,20 @@ def summarise_profile(path: Path, title: str, top: int = 25) -> None:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stopped_after(children: dict[str, ChildProcess], *then: Callable[[], object]) -> Iterator[None]:
+    """Run a bench's body; on a failure print each child's log tail first. Whatever happens,
+    stop every child, then call `then` in order (the sink, a server, removing the folder)."""
+    try:
+        yield
+    except Exception:
+        for child in children.values():
+            print(f"--- {child.name} log (tail) ---\n{child.log_tail()}")
+        raise
+    finally:
+        for child in children.values():
+            child.stop()
+        for step in then:
+            step()

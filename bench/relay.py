@@ -52,6 +52,7 @@ from bench.common import (
     smtp_bench_arguments,
     smtp_source,
     standard_cases,
+    stopped_after,
     summarise_profile,
     tree_cpu,
     warm_up,
@@ -197,15 +198,17 @@ def main() -> int:
     sink = SmtpSinkProgram()
     children: dict[str, ChildProcess] = {}
     ports: dict[str, int] = {}
-    try:
+    with stopped_after(children, sink.stop, lambda: remove_tree(work)):
         sink.start()
         ports = {"direct": sink.port} | {name: free_port() for name in CONTENDERS[1:]}
-        children = {
-            "bare-1": bare_forwarder(work, "bare-1", ports["bare-1"], sink.port, 1),
-            "bare-2": bare_forwarder(work, "bare-2", ports["bare-2"], sink.port, 2),
-            "mailgate": mailgate_relay(work, ports["mailgate"], sink.port),
-            "mailgate-2": mailgate_relay(work, ports["mailgate-2"], sink.port, "mailgate-2", 2),
-        }
+        children.update(
+            {
+                "bare-1": bare_forwarder(work, "bare-1", ports["bare-1"], sink.port, 1),
+                "bare-2": bare_forwarder(work, "bare-2", ports["bare-2"], sink.port, 2),
+                "mailgate": mailgate_relay(work, ports["mailgate"], sink.port),
+                "mailgate-2": mailgate_relay(work, ports["mailgate-2"], sink.port, "mailgate-2", 2),
+            }
+        )
         for child in children.values():
             child.start()
         for name, child in children.items():
@@ -216,15 +219,6 @@ def main() -> int:
 
             wait_until(listening, 120, f"{name} to listen")
         return run_all(args, cases, work, sink, ports, children)
-    except Exception:
-        for child in children.values():
-            print(f"--- {child.name} log (tail) ---\n{child.log_tail()}")
-        raise
-    finally:
-        for child in children.values():
-            child.stop()
-        sink.stop()
-        remove_tree(work)
 
 
 def run_all(
