@@ -155,6 +155,9 @@ class AuditCopy:
             except OSError as exc:  # the spool's disk: logged, the queue kept, tried again
                 log.error("audit spool %s: %s", self.spool, exc)
                 retry_at = time.monotonic() + RETRY_MAX
+            except Exception:  # never let the thread end: the records would pile up unseen
+                log.exception("audit copy to the database failed")
+                retry_at = time.monotonic() + RETRY_MAX
             if stopping:
                 return
             self._wake.wait(self.interval)

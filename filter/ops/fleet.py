@@ -42,6 +42,9 @@ LIVE_WITHIN = timedelta(minutes=5)  # a door not heard from for this long is not
 RETENTION_CHECK = 300.0  # seconds between asking whether the hourly retention run is due
 SCRAPE_TIMEOUT = 3.0  # seconds the fleet's packs may take to read at a scrape
 POOL_SIZE = 3  # the audit copy, the heartbeat and retention (whose purge takes a second)
+# Seconds for one background operation (a batch of 1,000 records takes well under one): while
+# the copy's thread waits on a database that does not answer, new records wait in memory.
+TIMEOUT = 5.0
 STOP_WAIT = 10.0  # seconds a stopping node gives a background job to finish
 
 
@@ -49,7 +52,7 @@ class FleetNode:
     def __init__(self, config: Config, door: str, reporter: Reporter, store: QuarantineStore):
         assert config.database is not None
         self.door = door
-        self.db = Database(config.database, config.node, pool_size=POOL_SIZE)
+        self.db = Database(config.database, config.node, timeout=TIMEOUT, pool_size=POOL_SIZE)
         self.reporter = reporter
         self.copy = AuditCopy(
             self.db, config.audit.spool / f"{door}.spool", reporter.metrics.registry

@@ -93,7 +93,7 @@ class Reporter:
         if self.audit is not None:
             line = self.audit.write(record)
             if self.audit_copy is not None:
-                self.audit_copy.add(record["time"], line)
+                self.audit_copy.add(record.get("time", ""), line)
         self.metrics.observe(door, verdict)
 
     def next_hop_error(self, kind: str) -> None:
