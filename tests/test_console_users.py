@@ -29,3 +29,10 @@ def test_a_user_listed_twice_is_refused_with_its_line(tmp_path: Path) -> None:
     path.write_text("users:\n  ann: {role: auditor}\n  ann: {role: admin}\n")
     with pytest.raises(UsersFileError, match="duplicate key"):
         UsersFile(path)._load()
+
+
+def test_a_users_file_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "console-users.yaml"
+    path.write_text("users: [ann, bob]\n")
+    with pytest.raises(UsersFileError, match="must be mappings"):
+        UsersFile(path)._load()

@@ -72,10 +72,14 @@ class UsersFile:
             raise UsersFileError(f"{self.path}: cannot read: {exc}") from None
         if not isinstance(data, dict):
             raise UsersFileError(f"{self.path}: not a mapping of users and tokens")
-        return {
-            "users": dict(data.get("users") or {}),
-            "tokens": dict(data.get("tokens") or {}),
-        }
+        # plain dicts (the loader's carry line numbers), so that _save can write them back
+        try:
+            return {
+                kind: {name: dict(entry) for name, entry in (data.get(kind) or {}).items()}
+                for kind in ("users", "tokens")
+            }
+        except (AttributeError, TypeError, ValueError):
+            raise UsersFileError(f"{self.path}: users and tokens must be mappings") from None
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
