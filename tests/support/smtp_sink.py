@@ -1,13 +1,16 @@
 """The test SMTP sink: aiosmtpd on 127.0.0.1 recording every message it accepts, as a relay's
 next hop or Postfix's relayhost; with fault modes (4xx/5xx per recipient, refusing MAIL or
-DATA, slow, dropping mid-DATA), optional STARTTLS with a given certificate, and extensions
-turned off on request.
+DATA, slow, dropping or stalling mid-DATA), optional STARTTLS with a given certificate, and
+extensions turned off on request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -40,11 +43,15 @@ class Faults:
     data: str | None = None  # final reply after the message
     delay: float = 0.0  # seconds before every reply, banner included
     drop_mid_data: bool = False  # close the connection after 354 and some of the message
+    # After 354 and some of the message, read nothing more until SmtpSink.resume(); what came,
+    # up to the connection's end, is in SmtpSink.unfinished, never in `received`.
+    stall_mid_data: bool = False
 
 
 class _SinkSMTP(SMTP):
     def __init__(self, sink: SmtpSink, **kwargs: Any) -> None:
         self.sink = sink
+        self.unfinished: bytearray | None = None  # a stalled DATA, as far as it came
         super().__init__(sink, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,7 +77,36 @@ class _SinkSMTP(SMTP):
             assert self.transport is not None
             self.transport.close()
             return
+        if self.sink.faults.stall_mid_data and self.envelope.rcpt_tos:
+            await self._stall_mid_data()
+            return
         await super().smtp_DATA(arg)
+
+    async def _stall_mid_data(self) -> None:
+        assert self.transport is not None
+        # A small receive buffer: what the sender cannot get rid of stays in its own buffers.
+        self.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16
+        )
+        # Kept as it arrives (data_received): aiosmtpd cancels this handler when the
+        # connection ends, taking whatever it had not read yet with it.
+        self.unfinished = bytearray()
+        self.sink.unfinished.append(self.unfinished)
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self._reader.read(1)  # some of the message has come
+        resume = asyncio.Event()
+        self.sink.stalls.append(resume)
+        self.sink.stalled.set()
+        await resume.wait()
+        with contextlib.suppress(ConnectionError):
+            while await self._reader.read(1 << 16):  # to the end of the connection
+                pass
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.unfinished is not None:
+            self.unfinished.extend(data)
+        super().data_received(data)
 
 
 class SmtpSink:
@@ -89,6 +125,9 @@ class SmtpSink:
         # Every MAIL FROM given to the sink, refused ones too, and whether its session was
         # encrypted: what a next hop learned of a transaction, even one that never got to DATA.
         self.mails: list[tuple[str, bool]] = []
+        self.stalled = threading.Event()  # a session is stalled mid-DATA (Faults.stall_mid_data)
+        self.stalls: list[asyncio.Event] = []
+        self.unfinished: list[bytearray] = []  # DATA of stalled sessions, as far as it came
         self.connections = 0
         self.open: set[_SinkSMTP] = set()
         self.extensions_off = extensions_off
@@ -126,6 +165,11 @@ class SmtpSink:
         self.loop.run(stop())
         if self._own_loop:
             self.loop.close()
+
+    def resume(self) -> None:
+        """Let every stalled session read on."""
+        for stall in self.stalls:
+            self.loop.loop.call_soon_threadsafe(stall.set)
 
     def drop_connections(self) -> None:
         """Close every open session, as a next hop does with connections idle too long."""
