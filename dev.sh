@@ -11,8 +11,10 @@ VENV=${MAILGATE_VENV:-.venv}
 apt_packages() {
     # postfix + libmilter-dev: the milter door and its real-Postfix tests; libmagic1: content types;
     # postgresql: the private servers of the fleet tests (tests/support/postgres.py);
-    # chromium + chromium-driver: the console's browser tests (tests/test_console_browser.py)
-    local wanted=(postfix libmilter-dev libmagic1 build-essential postgresql chromium chromium-driver)
+    # chromium + chromium-driver: the console's browser tests (tests/test_console_browser.py);
+    # miltertest: a real milter client for the milter protocol tests (tests/test_milter_protocol.py)
+    local wanted=(postfix libmilter-dev libmagic1 build-essential postgresql chromium chromium-driver
+        miltertest)
     local missing=()
     for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return 0
