@@ -158,9 +158,11 @@ def cmd_lint(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{len(exc.problems)} problem(s) in {folder}", file=sys.stderr)
         return 1
+    for name, index in pack.edm.items():
+        print(f"EDM index {name}: {index.describe()}")
     print(
         f"{folder}: {len(pack.rules)} rules, {len(pack.yara.files)} YARA files, "
-        f"pack version {pack.version}: OK"
+        f"{len(pack.edm)} EDM indexes, pack version {pack.version}: OK"
     )
     return 0
 

@@ -9,6 +9,7 @@ import sys
 # Each module defines register(subparsers) and sets `func` on its parsers.
 COMMAND_MODULES = (
     "mailgate.filter.cli.check",  # check, rules lint/test/stats/diff
+    "mailgate.filter.cli.edm",  # edm build
     "mailgate.filter.cli.quarantine",  # quarantine list/show/release/delete/purge/import
     "mailgate.filter.cli.db",  # db status
     "mailgate.filter.cli.relay",  # relay

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from mailgate.filter.detect.detectors import Match
 from mailgate.filter.detect.detectors.registry import DLP_DETECTORS
+from mailgate.filter.detect.edm.index import NAME as INDEX_NAME
+from mailgate.filter.detect.edm.index import EdmIndex
+from mailgate.filter.detect.edm.match import Search
 from mailgate.filter.detect.masking import mask, mask_field, mask_text
 from mailgate.filter.detect.patterns import PatternError, check_pattern
 from mailgate.filter.detect.validators import VALIDATORS
@@ -459,6 +462,73 @@ class YaraCondition(Condition):
         ]
 
 
+# --- exact data match ----------------------------------------------------------------------
+
+MAX_PROXIMITY = 10_000
+
+
+class EdmCondition(Condition):
+    """`edm: {index: customers, columns: [...], min_columns: 2, min_rows: 1, proximity: 300}`:
+    values of at least `min_columns` columns of one row of the index stand within `proximity`
+    characters of each other, for at least `min_rows` rows. Evidence names the index, the
+    columns and the count of rows, never a value."""
+
+    def __init__(self, spec: Any) -> None:
+        spec = _mapping(spec, "edm")
+        _only_keys(spec, {"index", "columns", "min_columns", "min_rows", "proximity"}, "edm")
+        index = spec.get("index")
+        if not isinstance(index, str) or not INDEX_NAME.fullmatch(index):
+            raise ConditionError("edm: 'index' is required: the name of an index in edm/")
+        self.index = index
+        self.column_names = (
+            _string_list(spec["columns"], "edm.columns") if "columns" in spec else None
+        )
+        self.min_columns = _positive_int(spec.get("min_columns", 2), "edm.min_columns")
+        self.min_rows = _positive_int(spec.get("min_rows", 1), "edm.min_rows")
+        self.proximity = _positive_int(spec.get("proximity", 300), "edm.proximity")
+        if self.proximity > MAX_PROXIMITY:
+            raise ConditionError(f"edm.proximity: at most {MAX_PROXIMITY} characters")
+        self.search: Search | None = None  # once bound to the pack's index
+
+    def bind(self, indexes: dict[str, EdmIndex]) -> str | None:
+        """Look the index and its columns up in the pack; why the condition cannot be used."""
+        index = indexes.get(self.index)
+        if index is None:
+            return (
+                f"no index {self.index!r} in the pack's edm/ folder "
+                f"(mailgate edm build {self.index} FILE.csv --columns ...)"
+            )
+        names = self.column_names or [c.name for c in index.columns]
+        known = ", ".join(c.name for c in index.columns)
+        unknown = [n for n in names if index.column(n) is None]
+        if unknown:
+            return f"index {self.index!r} has no column {unknown[0]!r} (columns: {known})"
+        if self.min_columns > len(set(names)):
+            return f"min_columns {self.min_columns}, but only {len(set(names))} columns searched"
+        columns = frozenset(c for c in map(index.column, names) if c is not None)
+        self.search = Search(self.index, columns, self.min_columns, self.proximity)
+        return None
+
+    def evaluate(self, ctx: ScanContext) -> Result:
+        search = self.search
+        assert search is not None, "bound when the pack was built"
+        rows: set[int] = set()
+        columns: set[int] = set()
+        per_part = []
+        for index, part in ctx.text_parts():
+            found = ctx.edm_rows(search, index)
+            if found:
+                rows.update(found)
+                columns.update(*found.values())
+                per_part.append((part.where, len(found)))
+        if len(rows) < self.min_rows:
+            return None
+        names = [ctx.pack.edm[self.index].columns[c].name for c in sorted(columns)]
+        detail = {"index": self.index, "columns": names, "rows": len(rows)}
+        sample = f"{self.index}: {', '.join(names)}"
+        return [Evidence("edm", where, n, sample, detail) for where, n in per_part]
+
+
 # --- combinators ---------------------------------------------------------------------------
 
 
@@ -509,8 +579,9 @@ class PackCompiler:
 
         self.pattern_set = PatternSet()
         self._ids: dict[str, int] = {}
-        # (condition, file label, rule id, line) for every `yara:` condition
+        # (condition, file label, rule id, line) for every `yara:` and `edm:` condition
         self.yara_references: list[tuple[YaraCondition, str, str | None, int | None]] = []
+        self.edm_references: list[tuple[EdmCondition, str, str | None, int | None]] = []
         self.current: tuple[str, str | None] = ("", None)  # file label and rule being parsed
 
     def add_pattern(self, pattern: str, key: str) -> int:
@@ -541,6 +612,7 @@ CONDITION_NAMES = (
     "recipient",
     "attachment",
     "yara",
+    "edm",
     "size_over",
     "unscannable",
     "any",
@@ -596,6 +668,10 @@ def _parse_named(name: str, value: Any, line: int | None, compiler: PackCompiler
             condition = YaraCondition(value)
             compiler.yara_references.append((condition, *compiler.current, line))
             return condition
+        if name == "edm":
+            edm = EdmCondition(value)
+            compiler.edm_references.append((edm, *compiler.current, line))
+            return edm
         factory = _SIMPLE.get(name)
         if factory is None:
             raise ConditionError(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from mailgate.filter.detect.detectors import Match
 from mailgate.filter.detect.detectors.registry import DLP_DETECTORS
 from mailgate.filter.detect.detectors.yara_scan import YaraMatch
+from mailgate.filter.detect.edm.match import Search, rows_in
 from mailgate.filter.message.model import Message, Part
 from mailgate.filter.message.textview import as_read
 from mailgate.filter.policy.envelope import Envelope
@@ -37,6 +38,7 @@ class ScanContext:
         self._read: dict[int, str] = {}  # each text as the detectors read it (as_read)
         self._body: dict[int, dict[int, list[Match]]] = {}
         self._dlp: dict[tuple[str, int], list[Match]] = {}
+        self._edm: dict[tuple[Search, int], dict[int, frozenset[int]]] = {}
         self._yara: list[YaraMatch] | None = None
         self.yara_seconds = 0.0
 
@@ -80,6 +82,15 @@ class ScanContext:
         found = self._dlp.get(key)
         if found is None:
             found = self._dlp[key] = DLP_DETECTORS[detector].find(self._text(index))
+        return found
+
+    def edm_rows(self, search: Search, index: int) -> dict[int, frozenset[int]]:
+        """The rows of an EDM index found in one text, each with its columns found."""
+        key = (search, index)
+        found = self._edm.get(key)
+        if found is None:
+            edm = self.pack.edm[search.index]
+            found = self._edm[key] = rows_in(edm, self._text(index), search)
         return found
 
     def yara_matches(self) -> list[YaraMatch]:

@@ -5,6 +5,12 @@ what runs, even if someone edits the folder meanwhile; its version is a hash of 
 The snapshot holds the rule files (*.yaml, *.yml), the YARA files compiled on their own
 (yara/*.yar, yara/*.yara) and those below yara/ that they may include; nothing outside the
 folder. A pack is bounded (LIMITS): a pack over a limit is refused before it is parsed.
+
+EDM indexes (edm/*.edm) can be hundreds of megabytes, so the snapshot holds their path and
+identity (the hash of a header that holds the digest of the rest) instead of their bytes:
+whoever builds the pack (the parent, each scan worker) maps the file and checks it whole
+against that identity, so a rebuilt index is a new pack version, and a file replaced between
+the snapshot and a worker's start is refused, never silently used.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.filter.detect.detectors.yara_scan import YaraError, YaraScanner
+from mailgate.filter.detect.edm.index import EdmError, EdmIndex, identity
 from mailgate.filter.detect.patterns import PatternSet
 from mailgate.filter.policy.conditions import (
     AllOf,
@@ -55,6 +62,7 @@ RULE_KEYS = frozenset(
 RULE_FILES = ("*.yaml", "*.yml")
 # yara/*.yar(a) are compiled, each in its own namespace; those in subfolders only included.
 YARA_FILES = ("yara/**/*.yar", "yara/**/*.yara")
+EDM_FILES = "edm/*.edm"
 
 
 @dataclass(frozen=True)
@@ -107,12 +115,21 @@ class Rule:
     line: int
 
 
+@dataclass(frozen=True)
+class IndexFile:
+    """An EDM index of the pack, by path and identity (see the module's docstring)."""
+
+    path: Path
+    identity: str
+
+
 @dataclass
 class PackSource:
     """The pack's files as bytes, keyed by path relative to the pack folder."""
 
     files: dict[str, bytes]
     root: Path | None = None  # where examples are looked up; None for in-memory packs
+    indexes: dict[str, IndexFile] = field(default_factory=dict)  # "edm/NAME.edm" -> file
 
     @classmethod
     def read(cls, root: Path, limits: PackLimits = LIMITS) -> PackSource:
@@ -121,8 +138,9 @@ class PackSource:
             raise PackError([Problem(str(root), None, None, "rule pack folder not found")])
         inside = root.resolve()
         paths = sorted({p for pattern in (*RULE_FILES, *YARA_FILES) for p in root.glob(pattern)})
+        indexes = sorted(root.glob(EDM_FILES))
         sizes = {}
-        for path in paths:
+        for path in paths + indexes:
             name = path.relative_to(root).as_posix()
             if not path.resolve().is_relative_to(inside):
                 raise PackError([Problem(str(path), None, None, "links outside the pack folder")])
@@ -132,13 +150,17 @@ class PackSource:
         problems = _over_limits(sizes, limits, root)
         if problems:
             raise PackError(problems)
-        return cls({name: (root / name).read_bytes() for name in sizes}, root)
+        files = {name: (root / name).read_bytes() for name in sizes if not name.endswith(".edm")}
+        edm = {p.relative_to(root).as_posix(): IndexFile(p.resolve(), identity(p)) for p in indexes}
+        return cls(files, root, edm)
 
     @property
     def version(self) -> str:
         digest = hashlib.sha256()
         for name, data in sorted(self.files.items()):
             digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        for name, index in sorted(self.indexes.items()):
+            digest.update(name.encode() + b"\0" + index.identity.encode())
         return digest.hexdigest()[:12]
 
     def label(self, name: str) -> str:
@@ -149,6 +171,7 @@ def _over_limits(sizes: dict[str, int], limits: PackLimits, root: Path | None) -
     """What in a pack's files (name -> bytes) exceeds the limits."""
     where = str(root) if root else "."
     rule_bytes = sum(n for name, n in sizes.items() if name.endswith((".yaml", ".yml")))
+    # EDM indexes count as files only: they are mapped, not read into memory
     yara_bytes = sum(n for name, n in sizes.items() if name.startswith("yara/"))
     problems = []
     if len(sizes) > limits.files:
@@ -171,6 +194,7 @@ class Pack:
     yara: YaraScanner
     version: str
     source: PackSource = field(repr=False)
+    edm: dict[str, EdmIndex] = field(default_factory=dict, repr=False)  # by index name
 
     @classmethod
     def load(cls, root: Path) -> Pack:
@@ -244,13 +268,33 @@ def build_pack(source: PackSource, limits: PackLimits = LIMITS) -> Pack:
         missing = condition.missing_reference(yara)
         if missing:
             problems.append(Problem(label, line, rule_id, f"yara: {missing}"))
+    edm, unusable = _indexes(source, problems)
+    for edm_condition, label, rule_id, line in compiler.edm_references:
+        if edm_condition.index not in unusable:
+            missing = edm_condition.bind(edm)
+            if missing:
+                problems.append(Problem(label, line, rule_id, f"edm: {missing}"))
     try:
         compiler.pattern_set.compile()
     except Exception as exc:  # a pattern that passed `add` but not the database build
         problems.append(Problem(source.label("."), None, None, f"regex database: {exc}"))
     if problems:
         raise PackError(problems)
-    return Pack(rules, compiler.pattern_set, yara, source.version, source)
+    return Pack(rules, compiler.pattern_set, yara, source.version, source, edm)
+
+
+def _indexes(source: PackSource, problems: list[Problem]) -> tuple[dict[str, EdmIndex], set[str]]:
+    """The pack's EDM indexes, opened and checked, by name; and the names of those that could
+    not be used (their problems added)."""
+    opened, unusable = {}, set()
+    for name, index in sorted(source.indexes.items()):
+        stem = posixpath.basename(name).removesuffix(".edm")
+        try:
+            opened[stem] = EdmIndex(index.path, index.identity)
+        except EdmError as exc:
+            problems.append(Problem(source.label(name), None, None, f"EDM index: {exc.reason}"))
+            unusable.add(stem)
+    return opened, unusable
 
 
 def _parse_rule(
