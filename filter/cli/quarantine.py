@@ -183,7 +183,7 @@ def _summary(r: QuarantineRecord) -> dict[str, object]:
     }
 
 
-def _headers(store: LocalQuarantine, r: QuarantineRecord) -> list[tuple[str, str]]:
+def _headers(store: QuarantineStore, r: QuarantineRecord) -> list[tuple[str, str]]:
     """Every top-level header, unfolded and decoded as the engine reads it, values masked: a
     card number split by a fold or inside an encoded word is masked like a plain one."""
     if r.state == "deleted":

@@ -8,6 +8,7 @@ Layout under `quarantine.path`:
     messages/<id>.eml   the message exactly as received
     tmp/                files being written (same filesystem, so the rename is atomic)
     index.sqlite3       WAL mode, synchronous=FULL: a committed row survives power loss
+    index.lock          held by a process while it sets the index up (journal mode, schema)
 
 States and their changes are `lifecycle`'s, the same in every store: a release claims the
 record (held -> releasing) before it sends, so two releases of one message send it once, and a
