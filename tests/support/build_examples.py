@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.support import samples as s
 from tests.support.outlook_msg import simple_msg
@@ -28,6 +29,67 @@ Call me on +1 (555) 010-2345 if anything is unclear.
 Best regards,
 Alice
 """
+
+
+class Foreign(NamedTuple):
+    """A golden example carrying a file that other software wrote (tests/data/foreign/README.md
+    says which, and how), unchanged, as an attachment under its own name."""
+
+    file: str
+    content_type: str
+    text: str  # the message's own text part
+
+
+FOREIGN = Path(__file__).resolve().parent.parent / "data" / "foreign"
+FOREIGN_EXAMPLES = {
+    "card-pdf-libreoffice.eml": Foreign(
+        "letter-libreoffice.pdf", "application/pdf", "Booking confirmation attached.\n"
+    ),
+    "card-docx-libreoffice.eml": Foreign(
+        "letter-libreoffice.docx",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "Booking confirmation attached.\n",
+    ),
+    "card-odt-libreoffice.eml": Foreign(
+        "letter-libreoffice.odt",
+        "application/vnd.oasis.opendocument.text",
+        "Booking confirmation attached.\n",
+    ),
+    "card-xlsx-libreoffice.eml": Foreign(
+        "customers-libreoffice.xlsx",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "Customer list attached.\n",
+    ),
+    "card-in-zip-infozip.eml": Foreign(
+        "customers-infozip.zip", "application/zip", "Customer list attached.\n"
+    ),
+    "card-in-7z-p7zip.eml": Foreign(
+        "customers-p7zip.7z", "application/x-7z-compressed", "Customer list attached.\n"
+    ),
+    "exe-in-zip-infozip.eml": Foreign(
+        "tools-infozip.zip", "application/zip", "The cleanup tool, as promised.\n"
+    ),
+    "exe-in-7z-p7zip.eml": Foreign(
+        "photos-p7zip.7z", "application/x-7z-compressed", "Holiday photos attached.\n"
+    ),
+    "exe-in-pdf-qpdf.eml": Foreign(
+        "letter-exe-qpdf.pdf", "application/pdf", "Booking confirmation attached.\n"
+    ),
+    "outlook-msg-with-pdf.eml": Foreign(
+        "attachment_msg_pdf.msg", "application/vnd.ms-outlook", "Forwarding the saved mail.\n"
+    ),
+    "outlook-msg-with-attachments.eml": Foreign(
+        "attachment_test_msg.msg", "application/vnd.ms-outlook", "Forwarding the saved mail.\n"
+    ),
+}
+
+
+def foreign_example(example: Foreign) -> bytes:
+    data = (FOREIGN / example.file).read_bytes()
+    return s.mime_message(
+        s.text_part(example.text),
+        s.attachment_part(data, example.file, example.content_type),
+    )
 
 
 def examples() -> dict[str, bytes]:
@@ -365,6 +427,8 @@ def examples() -> dict[str, bytes]:
             subject="Travel booking",
             extra_headers=[("Subject", f"Card {CARD_VISA} exp 12/28")],
         ),
+        # --- files made by other software
+        **{name: foreign_example(example) for name, example in FOREIGN_EXAMPLES.items()},
     }
 
 
