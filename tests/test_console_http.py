@@ -299,15 +299,20 @@ def test_release_from_the_message_page_reaches_the_next_hop_once(env: Env) -> No
     assert (entry.actor, entry.reason) == ("rita", "approved by finance")
 
 
-def test_a_refused_release_stays_held_and_says_why(env: Env) -> None:
-    qid = env.hold(rcpt_tos=["nobody@partner.example"])
-    env.sink.faults.rcpt = {"nobody@partner.example": "550 5.1.1 sink: no such user"}
+def release_refused(env: Env, qid: str, recipient: str) -> Any:
+    """Release `qid` as a reviewer from its page while the next hop refuses `recipient`."""
+    env.sink.faults.rcpt = {recipient: "550 5.1.1 sink: no such user"}
     try:
         client = env.client("rita")
         token = form_token(client.get(f"/message/{qid}").text)
-        page = client.post(f"/message/{qid}/release", data={"csrf": token, "reason": "try"})
+        return client.post(f"/message/{qid}/release", data={"csrf": token, "reason": "try"})
     finally:
         env.sink.faults.rcpt = {}
+
+
+def test_a_refused_release_stays_held_and_says_why(env: Env) -> None:
+    qid = env.hold(rcpt_tos=["nobody@partner.example"])
+    page = release_refused(env, qid, "nobody@partner.example")
     assert "release failed" in page.text and "no such user" in page.text
     assert env.store.get(qid).state == "held"
 
@@ -357,6 +362,69 @@ def test_message_content_is_inert_text(env: Env) -> None:
     tags = re.findall(r"<[a-z][^>]*>", page.lower())
     assert not [t for t in tags if "src=" in t or "javascript:" in t or " on" in t], tags
     assert no_full_card(page)
+
+
+# --- masking -------------------------------------------------------------------------------
+
+DOTTED = "4111.1111.1111.1111"  # a card number in an address: only mask_field catches it
+MASKED_DOTTED = "****.****.****.1111"
+# The Subject's card number split over two RFC 2047 words on two lines.
+FOLDED_SUBJECT = "=?utf-8?B?T3JkZXIgNDExMSAxMTEx?=\r\n =?utf-8?B?IDExMTEgMTExMSB0b2RheQ==?="
+
+
+def test_addresses_subject_and_message_id_are_masked_as_in_the_audit_log(env: Env) -> None:
+    """Sender, recipients, Subject and Message-ID go through mask_field, the audit log's
+    masking, on the list, the message page (facts and headers), the API, the history page
+    and its CSV: a card number inside an address or a folded, encoded Subject is never
+    shown in full."""
+    raw = card_message(FOLDED_SUBJECT).replace(
+        b"From: Alice <alice@example.com>", f"From: <{DOTTED}@example.com>".encode()
+    )
+    raw = raw.replace(b"<card-1@example.com>", f"<{DOTTED}@mid.example>".encode())
+    refused = f"{DOTTED}@partner.example"
+    qid = env.hold(raw, mail_from=f"{DOTTED}@example.com", rcpt_tos=[refused])
+    # The next hop's refusal quotes the address: in the notice on the page, the message's
+    # history and the console's.
+    failed = release_refused(env, qid, refused)
+    client = env.client("rita")
+    assert "release failed" in failed.text and "no such user" in failed.text
+    auth = {"Authorization": f"Bearer {_token(env, 'masking-api')}"}
+    texts = {
+        "list": client.get(f"/?q={qid}").text,
+        "message": client.get(f"/message/{qid}").text,
+        "failed": failed.text,
+        "history": client.get(f"/history?q={qid}").text,
+        "csv": client.get(f"/history.csv?q={qid}").text,
+        "api list": client.get(f"/api/messages?q={qid}", headers=auth).text,
+        "api show": client.get(f"/api/messages/{qid}", headers=auth).text,
+    }
+    for name, text in texts.items():
+        assert DOTTED not in text and no_full_card(text), name
+    assert f"{MASKED_DOTTED}@example.com" in texts["list"]
+    assert f"{MASKED_DOTTED}@partner.example" in texts["list"]
+    assert "Order **** **** **** 1111 today" in texts["list"]
+    message = texts["message"]
+    assert f"&lt;{MASKED_DOTTED}@mid.example&gt;" in message  # the Message-ID, among the facts
+    assert f"From: &lt;{MASKED_DOTTED}@example.com&gt;" in message  # the headers
+    assert "Subject: Order **** **** **** 1111 today" in message
+    assert f"{MASKED_DOTTED}@partner.example" in texts["history"]
+    assert f"{MASKED_DOTTED}@partner.example" in texts["csv"]
+    shown = json.loads(texts["api show"])
+    assert shown["sender"] == f"{MASKED_DOTTED}@example.com"
+    assert shown["recipients"] == [f"{MASKED_DOTTED}@partner.example"]
+    assert shown["subject"] == "Order **** **** **** 1111 today"
+    assert shown["message_id"] == f"<{MASKED_DOTTED}@mid.example>"
+    assert json.loads(texts["api list"])["messages"][0]["sender"] == shown["sender"]
+    # The store keeps the envelope exact: a release needs it.
+    assert env.store.get(qid).sender == f"{DOTTED}@example.com"
+
+
+def _token(env: Env, name: str) -> str:
+    made = mailgate(
+        "console", "token", name, "--role", "auditor", "--config", str(env.config.source)
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
 
 
 # --- history, rules, try -------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import getpass
 import os
 import sys
@@ -16,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailgate.filter.detect.masking import mask_field, mask_sensitive
+from mailgate.filter.detect.masking import mask_field
 from mailgate.filter.message.rawheaders import top_headers
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import json_line, printable, shown
+from mailgate.filter.ops.review import shown_record
 from mailgate.filter.ops.stores import store_for
 from mailgate.filter.policy.units import argument, parse_duration, parse_since
 from mailgate.filter.store.quarantine import (
@@ -132,24 +132,10 @@ def _open(args: argparse.Namespace) -> QuarantineStore:
     return store_for(load_config(args.config), command=True)
 
 
-def _masked(r: QuarantineRecord) -> QuarantineRecord:
-    """The record as shown: addresses with any card number, IBAN or SSN in them masked (the
-    store keeps them exact, for the release), and the rest masked again, for records written
-    before their masking was complete."""
-    return dataclasses.replace(
-        r,
-        sender=mask_field(r.sender),
-        recipients=tuple(mask_field(a) for a in r.recipients),
-        message_id=mask_field(r.message_id),
-        subject=mask_sensitive(r.subject),
-        events=tuple(dataclasses.replace(e, reply=mask_sensitive(e.reply)) for e in r.events),
-    )
-
-
 def _list(args: argparse.Namespace) -> int:
     store = _open(args)
     records = store.list(since=args.since, rule=args.rule, state=args.state)
-    for r in map(_masked, records):
+    for r in map(shown_record, records):
         if args.json:
             print(json_line(_summary(r)))
         else:
@@ -193,7 +179,7 @@ def _headers(store: QuarantineStore, r: QuarantineRecord) -> list[tuple[str, str
 
 def _show(args: argparse.Namespace) -> int:
     store = _open(args)
-    r = _masked(store.get(args.id))
+    r = shown_record(store.get(args.id))
     headers = _headers(store, r)
     if args.json:
         record: dict[str, Any] = r.to_dict()

@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mailgate.filter import ScanPool
+from mailgate.filter import ScanPool, mask_field
 from mailgate.filter.console.charts import daily_bars
 from mailgate.filter.console.security import (
     LOGIN_COOKIE,
@@ -45,7 +45,7 @@ from mailgate.filter.console.security import (
 )
 from mailgate.filter.console.users import Principal, UsersFile, valid_name
 from mailgate.filter.ops.config import Config
-from mailgate.filter.ops.review import masked, message_view, trial
+from mailgate.filter.ops.review import masked, message_view, shown_entry, shown_record, trial
 from mailgate.filter.ops.rulestats import collect, daily
 from mailgate.filter.store.quarantine import (
     STATES,
@@ -109,6 +109,7 @@ def _templates() -> Environment:
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     env.filters["size"] = _human_size
+    env.filters["field"] = mask_field  # an address or header value, masked as everywhere
     env.filters["when"] = lambda moment: moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     return env
 
@@ -329,7 +330,7 @@ def create_app(
                 request,
                 "held.html",
                 session,
-                records=result.records,
+                records=[shown_record(r) for r in result.records],
                 total=result.total,
                 counts=counts,
                 page=page,
@@ -381,7 +382,7 @@ def create_app(
 
     async def message(request: Request) -> Response:
         session = need(request)
-        record = await _record(request.path_params["qid"])
+        record = shown_record(await _record(request.path_params["qid"]))
         view = None
         if record.state != "deleted":
             try:
@@ -484,7 +485,7 @@ def create_app(
                 request,
                 "history.html",
                 session,
-                entries=result.entries,
+                entries=[shown_entry(e) for e in result.entries],
                 total=result.total,
                 page=page,
                 pages=pages,
@@ -503,7 +504,7 @@ def create_app(
         offset = 0
         while True:
             page = await run_in_threadpool(console.store.history, query, offset, 1000)
-            for e in page.entries:
+            for e in map(shown_entry, page.entries):
                 row = [e.time.isoformat(), e.kind, e.actor, e.node, e.qid or "", e.reason, e.detail]
                 writer.writerow([_csv_cell(cell) for cell in row])
             offset += len(page.entries)
@@ -597,12 +598,13 @@ def create_app(
         offset = max(_int(request.query_params.get("offset"), 0), 0)
         limit = min(max(_int(request.query_params.get("limit"), PAGE_SIZE), 1), 500)
         page = await run_in_threadpool(console.store.search, query, offset, limit)
-        return JSONResponse({"total": page.total, "messages": [r.to_dict() for r in page.records]})
+        messages = [shown_record(r).to_dict() for r in page.records]
+        return JSONResponse({"total": page.total, "messages": messages})
 
     async def api_show(request: Request) -> Response:
         api_principal(request)
         record = await _record(request.path_params["qid"])
-        return JSONResponse(record.to_dict())
+        return JSONResponse(shown_record(record).to_dict())
 
     async def api_action(request: Request) -> Response:
         action = _action(request)
@@ -622,7 +624,7 @@ def create_app(
             raise HTTPException(409, str(exc)) from None
         record = await _record(qid)
         return JSONResponse(
-            {"id": qid, "ok": ok, "state": record.state, "reply": reply},
+            {"id": qid, "ok": ok, "state": record.state, "reply": masked(reply)},
             status_code=200 if ok else 502,
         )
 

@@ -1,23 +1,26 @@
 """What a reviewer is shown of a message: its masked headers, the text of its parts as mailgate
 read them, its attachments, and a verdict explained as `mailgate check` explains it.
 
-Every value that leaves here for a page, a CSV or the JSON API has its sensitive runs masked
-(`mask_sensitive`, the masking the engine applies to hit samples and the store to a Subject),
-so the console, a door, never handles a card number in full.
+Every value that leaves here for a page, a CSV or the JSON API has its sensitive runs masked,
+so the console, a door, never handles a card number in full: header values, envelope
+addresses, the Subject and the Message-ID as the audit log masks them (`mask_field`: decoded,
+unfolded, card numbers however their groups are joined), free text (a body, a reason, a next
+hop's reply) with `mask_sensitive`, the masking the engine applies to hit samples.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from mailgate.filter import Engine, Envelope, ScanPool, Verdict
+from mailgate.filter import Engine, Envelope, ScanPool, Verdict, mask_field
 from mailgate.filter.detect.masking import mask_sensitive
 from mailgate.filter.message.mime import parse_message
 from mailgate.filter.message.model import Message, ScanLimits
-from mailgate.filter.message.rawheaders import decoded, top_headers
+from mailgate.filter.message.rawheaders import top_headers
 from mailgate.filter.message.textview import as_read
 from mailgate.filter.scan.engine import envelope_from_headers
+from mailgate.filter.store.quarantine import ActivityEntry, QuarantineRecord
 
 # A page shows this much of each part's text; the rest is counted, not sent to the browser.
 TEXT_SHOWN = 100_000
@@ -85,13 +88,38 @@ def message_view(raw: bytes, limits: ScanLimits | None = None) -> MessageView:
                 source=source,
             )
         )
-    headers = tuple((name, mask_sensitive(decoded(value))) for name, value in top_headers(raw))
+    headers = tuple((name, mask_field(value)) for name, value in top_headers(raw))
     return MessageView(headers, tuple(parts), tuple(sorted(message.unscannable)))
 
 
 def masked(text: str) -> str:
-    """Free text for a page (a file name a reviewer uploaded, a next hop's reply)."""
-    return mask_sensitive(text)
+    """A short text for a page (a file name a reviewer uploaded, a next hop's reply, which
+    may quote an address): masked as eagerly as a field."""
+    return mask_field(text)
+
+
+def shown_record(record: QuarantineRecord) -> QuarantineRecord:
+    """A held message's record as it is shown anywhere (the console's pages and API, the
+    quarantine CLI): sender, recipients, Subject and Message-ID masked as in the audit log.
+    The store keeps the envelope exact, for the release; text stored before its masking was
+    complete is masked again."""
+    return replace(
+        record,
+        sender=mask_field(record.sender),
+        recipients=tuple(mask_field(a) for a in record.recipients),
+        message_id=mask_field(record.message_id),
+        subject=mask_field(record.subject),
+        events=tuple(
+            replace(e, reply=masked(e.reply), reason=mask_sensitive(e.reason))
+            for e in record.events
+        ),
+    )
+
+
+def shown_entry(entry: ActivityEntry) -> ActivityEntry:
+    """A line of the history as it is shown (page, CSV): its reason and detail (a next hop's
+    reply, a client address) masked like a record's events."""
+    return replace(entry, reason=mask_sensitive(entry.reason), detail=masked(entry.detail))
 
 
 def explain(file: str, verdict: Verdict, engine: Engine) -> str:
