@@ -186,6 +186,7 @@ def test_two_relays_hold_into_one_quarantine_listed_from_either(
     assert report["schema_version"] == report["known_version"] >= 1
     assert PASSWORD not in status.stdout and "***" in report["database"]
     assert sink.received == []  # held, not delivered
+    assert not (gw1.folder / "quarantine").exists()  # quarantine.path is not used
     # The database holds the message and only masked values in the record.
     with psycopg.connect(database) as conn:
         record = conn.execute("SELECT subject, hits::text FROM quarantine WHERE id = %s", (first,))
