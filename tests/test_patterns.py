@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailgate.filter.detect.detectors import credit_card, iban, us_ssn
 from mailgate.filter.detect.patterns import (
     PatternError,
     PatternOverrun,
@@ -20,6 +19,11 @@ from mailgate.filter.detect.patterns import (
     check_pattern,
     hyperscan_expression,
 )
+from mailgate.filter.policy.envelope import Envelope
+from mailgate.filter.policy.pack import PackSource
+from mailgate.filter.policy.verdict import Action
+from mailgate.filter.scan.engine import Engine
+from tests.support.cli import run_in_process
 
 # Shapes hyperscan gets wrong without care: overlapping alternatives, lazy repeats, anchors,
 # inline and scoped flags, lookaround, backreferences, Unicode classes.
@@ -341,23 +345,18 @@ def test_lint_passes_shapes_that_cannot_stall(pattern: str) -> None:
 
 
 def test_lint_passes_the_detectors_own_patterns() -> None:
-    from mailgate.filter.detect.detectors import credit_card, iban, us_ssn
-
     for module in (credit_card, iban, us_ssn):
         assert check_pattern(module._CANDIDATE.regex.pattern) == [], module.__name__
 
 
-def test_rules_lint_refuses_the_stalling_regex_with_file_and_line(tmp_path: Path) -> None:
+def test_rules_lint_refuses_the_stalling_regex_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "policy.yaml").write_text(
         "rules:\n  - id: stall\n    when:\n      - body: {regex: '.*x.*x.*x.*y(?<=z)'}\n"
         "    action: reject\n"
     )
-    lint = subprocess.run(
-        [sys.executable, "-m", "mailgate.filter.cli", "rules", "lint", "--rules", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    lint = run_in_process(capsys, "rules", "lint", "--rules", str(tmp_path))
     assert lint.returncode == 1, lint.stdout + lint.stderr
     assert "policy.yaml:4: [stall] body.regex: regex '.*x.*x.*x.*y(?<=z)' refused" in lint.stdout
 
@@ -422,11 +421,6 @@ def test_re_work_is_bounded_whatever_lint_missed(pattern: str, text: str, fallba
 def test_engine_judges_a_message_the_budget_stopped_as_unscannable() -> None:
     """The worker is not stalled for the pool's whole time budget: the scan stops at its own,
     and the pack's `unscannable` rules judge the message."""
-    from mailgate.filter.policy.envelope import Envelope
-    from mailgate.filter.policy.pack import PackSource
-    from mailgate.filter.policy.verdict import Action
-    from mailgate.filter.scan.engine import Engine
-
     rules = (
         "rules:\n"
         f"  - id: slow\n    when: [{{body: {{regex: '{MISSED_BY_LINT}'}}}}]\n    action: reject\n"
