@@ -431,6 +431,23 @@ def test_engine_judges_a_message_the_budget_stopped_as_unscannable() -> None:
     raw = b"Subject: hi\r\nContent-Type: text/plain\r\n\r\n" + b"xy" * 10_000 + b"\r\n"
     verdict = engine.scan(raw, Envelope("a@corp.example", ("b@partner.example",)))
     assert verdict.action is Action.QUARANTINE and verdict.rules == ["unscannable"]
+    assert verdict.unscannable == ["timeout"]  # out of time, not a broken message
+
+
+def test_header_and_subject_regexes_run_on_the_same_budget() -> None:
+    """Header and Subject conditions run the author's regex on `re` alone: a pattern lint
+    missed stops there too, and the message is judged out of time."""
+    rules = (
+        "rules:\n"
+        f"  - id: slow\n    when: [{{subject: {{regex: '{MISSED_BY_LINT}'}}}}]\n    action: reject\n"
+        "  - id: unscannable\n    when: [{unscannable: [timeout]}]\n    action: quarantine\n"
+    )
+    engine = Engine.from_source(PackSource({"policy.yaml": rules.encode()}))
+    subject = b"xy" * 5_000  # within a header value's bound, backtracks for minutes unbounded
+    raw = b"Subject: " + subject + b"\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+    verdict = engine.scan(raw, Envelope("a@corp.example", ("b@partner.example",)))
+    assert verdict.unscannable == ["timeout"] and verdict.rules == ["unscannable"]
+    assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
 
 
 def test_scans_from_other_threads_run_without_the_timer() -> None:

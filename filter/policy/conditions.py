@@ -20,7 +20,12 @@ from mailgate.filter.detect.edm.index import NAME as INDEX_NAME
 from mailgate.filter.detect.edm.index import EdmIndex
 from mailgate.filter.detect.edm.match import Search
 from mailgate.filter.detect.masking import mask, mask_field, mask_text
-from mailgate.filter.detect.patterns import PatternError, check_pattern
+from mailgate.filter.detect.patterns import (
+    PatternError,
+    PatternOverrun,
+    bounded_search,
+    check_pattern,
+)
 from mailgate.filter.detect.validators import VALIDATORS
 from mailgate.filter.message.model import UNSCANNABLE_REASONS
 from mailgate.filter.policy.envelope import domain_of
@@ -56,6 +61,17 @@ class Condition(ABC):
     @abstractmethod
     def evaluate(self, ctx: ScanContext) -> Result:
         """The evidence when the condition holds, None when it does not."""
+
+
+def _search(ctx: ScanContext, regex: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """A rule author's regex over a header value, on the scan's CPU budget for `re`."""
+    try:
+        return bounded_search(regex, text)
+    except PatternOverrun:
+        if ctx.content:
+            raise  # the engine judges the message out of time
+        # Already judging it unscannable, from its headers alone: this regex cannot hold.
+        return None
 
 
 def _compile_regex(pattern: Any, key: str) -> re.Pattern[str]:
@@ -129,7 +145,7 @@ class HeaderCondition(Condition):
                 return None
             return [Evidence("header", self.name, sample="present" if present else "absent")]
         for value in values:
-            m = self.regex.search(value)
+            m = _search(ctx, self.regex, value)
             if m:
                 return [Evidence("header", self.name, sample=mask_text(m.group(0)))]
         return None
@@ -143,7 +159,7 @@ class SubjectCondition(Condition):
 
     def evaluate(self, ctx: ScanContext) -> Result:
         for subject in ctx.message.header("subject"):  # a second Subject is read too
-            m = self.regex.search(subject)
+            m = _search(ctx, self.regex, subject)
             if m:
                 return [Evidence("subject", "Subject", sample=mask_text(m.group(0)))]
         return None
@@ -515,8 +531,7 @@ class EdmCondition(Condition):
         rows: set[int] = set()
         columns: set[int] = set()
         per_part = []
-        for index, part in ctx.text_parts():
-            found = ctx.edm_rows(search, index)
+        for (_, part), found in zip(ctx.text_parts(), ctx.edm_rows(search), strict=True):
             if found:
                 rows.update(found)
                 columns.update(*found.values())

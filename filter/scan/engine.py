@@ -12,6 +12,7 @@ from email.utils import getaddresses
 from pathlib import Path
 
 from mailgate.filter.detect.masking import mask_sensitive
+from mailgate.filter.detect.patterns import PatternOverrun
 from mailgate.filter.message.mime import parse_message
 from mailgate.filter.message.model import Message, ScanLimits
 from mailgate.filter.message.rawheaders import decoded_headers, top_headers
@@ -58,6 +59,10 @@ class Engine:
             verdict = self.evaluate(ctx)
         except MemoryError:
             verdict = self.judge_unscannable(raw, envelope, "over_budget")
+        except PatternOverrun as exc:
+            # a rule's regex backtracking on this text: out of time, not a broken message
+            log.warning("%s; judging the message as timeout", exc)
+            verdict = self.judge_unscannable(raw, envelope, "timeout")
         except Exception:
             log.exception("a detector failed; judging the message as malformed")
             verdict = self.judge_unscannable(raw, envelope, "malformed")

@@ -10,7 +10,12 @@ May import `detect.detectors` (for `Match`), nothing of policy, scanning or the 
 """
 
 from mailgate.filter.detect.patterns.lint import PatternError, check_pattern
-from mailgate.filter.detect.patterns.scan import FastRegex, PatternOverrun, PatternSet
+from mailgate.filter.detect.patterns.scan import (
+    FastRegex,
+    PatternOverrun,
+    PatternSet,
+    bounded_search,
+)
 from mailgate.filter.detect.patterns.translate import hyperscan_expression
 
 __all__ = [
@@ -18,6 +23,7 @@ __all__ = [
     "PatternError",
     "PatternOverrun",
     "PatternSet",
+    "bounded_search",
     "check_pattern",
     "hyperscan_expression",
 ]

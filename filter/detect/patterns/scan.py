@@ -242,6 +242,14 @@ def _re_budget(chars: int) -> Iterator[_Running]:
         raise PatternOverrun(running.pattern, seconds, chars) from None
 
 
+def bounded_search(regex: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """`regex.search(text)` on the same CPU budget as a scan's `re` work: for the rule
+    author's regexes that run on `re` alone (header and Subject conditions)."""
+    with _re_budget(len(text)) as running:
+        running.pattern = regex.pattern
+        return regex.search(text)
+
+
 def _ascii_spans(database: _Database, text: str) -> dict[int, list[tuple[int, int]]]:
     spans: dict[int, list[tuple[int, int]]] = {}
     for pid, start, end in database.scan(text.encode("ascii")):
