@@ -369,6 +369,10 @@ class RelayHandler:
     async def _open_transaction(
         self, server: RelaySMTP, pool: NextHopPool, sender: str, envelope: SMTPEnvelope
     ) -> Reply:
+        if (probe := self.relay.probe_in_flight) is not None:
+            # The readiness probe is connecting: its session is the pool's in a moment, so
+            # no second connection is opened beside it.
+            await asyncio.wait([probe])
         nexthop, pooled = await pool.acquire()
         server.nexthop = nexthop
         self.relay.next_hop_answered = True
@@ -599,6 +603,7 @@ class Relay:
         # Readiness: the next hop has answered at least once (or there is none).
         self.next_hop_answered = nexthop_pool is None
         self._probe: asyncio.Task[None] | None = None
+        self.probe_in_flight: asyncio.Future[None] | None = None  # the probe's current try
         self.metrics_server: MetricsServer | None = None
 
     @classmethod
@@ -808,15 +813,21 @@ class Relay:
         seconds; the first that opens goes into the pool for the next transaction."""
         assert self.nexthop_pool is not None
         while not self.next_hop_answered:
+            attempt = self.probe_in_flight = asyncio.get_running_loop().create_future()
             try:
                 session = await self.nexthop_pool.open()
             except NextHopError as failed:
                 self.next_hop_failed(failed)
                 log.warning("next hop not ready: %s", failed.reply)
+            else:
+                self.next_hop_answered = True
+                self.nexthop_pool.release(session)
+            finally:
+                # Clients waiting for this attempt go on: to its pooled session, if any.
+                self.probe_in_flight = None
+                attempt.set_result(None)
+            if not self.next_hop_answered:
                 await asyncio.sleep(_PROBE_INTERVAL)
-                continue
-            self.next_hop_answered = True
-            self.nexthop_pool.release(session)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -17,6 +17,7 @@ from mailgate.filter.ops.fleet import start_fleet
 from mailgate.filter.ops.report import ForwardingReporter
 from mailgate.filter.ops.service import Serving, StartError, Stopped, run_service, start_scanning
 from mailgate.filter.store.release_mark import ReleaseSecretError
+from mailgate.relay.loop import loop_name
 from mailgate.relay.server import Relay
 
 log = logging.getLogger("mailgate.relay")
@@ -35,7 +36,9 @@ async def serve(
 async def _start(
     config: Config, sock: socket.socket | None, parent: Connection | None, stack: AsyncExitStack
 ) -> Serving:
-    scanning = await start_scanning(config, stack, parent)
+    # The front ends share the machine's workers (engine.workers auto).
+    workers = config.engine.workers_per_process(config.relay.processes)
+    scanning = await start_scanning(config, stack, parent, workers)
     if parent is None:  # a front end's records and pack go to its parent, which runs this
         start_fleet(config, "relay", scanning.reporter, scanning.store, stack)
     try:
@@ -50,7 +53,15 @@ async def _start(
     where = f"next hop {target.host}:{target.port}"
     if not target.host:
         where = f"outbox {config.relay.outbox}"
-    log.info("listening on %s:%d, pack %s, %s", host, port, scanning.pool.pack_version, where)
+    loop = loop_name(asyncio.get_running_loop())
+    log.info(
+        "listening on %s:%d, pack %s, %s, %s loop",
+        host,
+        port,
+        scanning.pool.pack_version,
+        where,
+        loop,
+    )
     stopped = None
     if parent is not None:
         assert isinstance(scanning.reporter, ForwardingReporter)

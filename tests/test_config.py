@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.filter.ops import config as config_module
 from mailgate.filter.ops.config import (
     Config,
     ConfigError,
@@ -280,3 +281,29 @@ def test_top_level_must_be_mapping(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("cpus", "text", "processes", "workers", "each"),
+    [
+        (2, "", 1, 2, 2),  # one front end, every core scans
+        (2, "relay: {processes: auto}\nengine: {workers: auto}\n", 1, 2, 2),
+        (8, "", 2, 8, 4),  # two front ends share the eight workers
+        (8, "engine: {workers: 3}\n", 2, 3, 3),  # a number set is each front end's
+        (8, "relay: {processes: 3}\n", 3, 8, 2),
+        (3, "relay: {processes: 1}\nengine: {workers: null}\n", 1, 3, 3),
+    ],
+)
+def test_front_ends_and_workers_follow_the_cpus_unless_set(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: int,
+    text: str,
+    processes: int,
+    workers: int,
+    each: int,
+) -> None:
+    monkeypatch.setattr(config_module, "_cpu_count", lambda: cpus)
+    c = load_config(write(tmp_path, text))
+    assert (c.relay.processes, c.engine.workers) == (processes, workers)
+    assert c.engine.workers_per_process(c.relay.processes) == each

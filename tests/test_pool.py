@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -240,6 +242,43 @@ def test_worker_killed_mid_scan_gives_a_verdict_and_a_replacement(tmp_path: Path
             (replacement,) = pool._all
             assert replacement is not victim and replacement.process.is_alive()
         finally:
+            await pool.close()
+
+    run(go)
+
+
+def test_a_worker_that_does_not_read_never_stalls_the_event_loop(tmp_path: Path) -> None:
+    """The message goes to the worker in a memfd, only a small frame through the socket: a
+    worker that takes nothing in (stopped here) leaves the door's event loop running. A
+    message this size used to be written into the pipe on the loop, which then waited for
+    the worker to read it. The worker is confined (the tests run as root), and still reads
+    the message it was handed."""
+
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=1, time_budget=60)
+        await pool.start()
+        (worker,) = pool._all
+        os.kill(worker.process.pid, signal.SIGSTOP)
+        # A watchdog, so the test fails instead of hanging if the loop is stuck in a write.
+        resume = threading.Timer(10, os.kill, (worker.process.pid, signal.SIGCONT))
+        resume.start()
+        try:
+            body = b"a line of the quarterly report\r\n" * 30_000  # ~900 KB
+            in_flight = asyncio.ensure_future(pool.scan(message("reject-me", body), ENV))
+            started = time.monotonic()
+            ticks = 0
+            while time.monotonic() - started < 0.5:
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not in_flight.done()
+            assert ticks >= 10 and time.monotonic() - started < 5  # the loop ran on
+            resume.cancel()
+            os.kill(worker.process.pid, signal.SIGCONT)
+            verdict = await in_flight
+            assert verdict.action is Action.REJECT and verdict.rules == ["block-word"]
+        finally:
+            resume.cancel()
+            os.kill(worker.process.pid, signal.SIGCONT)
             await pool.close()
 
     run(go)

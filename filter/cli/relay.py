@@ -10,7 +10,6 @@ and the old one keeps serving) and re-reads relay.fail_open.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import socket
 import sys
@@ -20,6 +19,7 @@ from mailgate.filter.ops.config import ConfigError, add_config_argument, load_co
 from mailgate.filter.ops.logs import setup_logging
 from mailgate.filter.ops.service import EXIT_CANNOT_START
 from mailgate.filter.ops.stores import add_wait_argument, check_database
+from mailgate.relay import loop as relay_loop
 from mailgate.relay.check import check_next_hop
 from mailgate.relay.frontends import supervise
 from mailgate.relay.service import serve
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.front_end is not None:
         sock_fd, pipe_fd = (int(fd) for fd in args.front_end.split(","))
         sock = socket.socket(fileno=sock_fd)
-        return asyncio.run(serve(config, sock, Connection(pipe_fd, readable=False)))
+        return relay_loop.run(serve(config, sock, Connection(pipe_fd, readable=False)))
     if config.relay.processes > 1:
         return supervise(config)
-    return asyncio.run(serve(config))
+    return relay_loop.run(serve(config))

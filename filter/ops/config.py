@@ -220,9 +220,15 @@ class RelayConfig(_Section):
     max_line_length: int = Field(default=2048, ge=1000)  # bytes per line incl. CRLF
     max_header_size: Size = 100 << 10  # all headers together (Postfix's header_size_limit)
     fail_open: bool = False  # engine cannot answer: relay unscanned instead of 451
-    # SMTP front-end processes sharing `listen`, each with its own engine.workers; more than
-    # one puts SMTP handling on every core (audit and metrics are gathered by the parent).
-    processes: int = Field(default=1, ge=1, le=64)
+    # SMTP front-end processes sharing `listen`, the machine's scan workers shared among them
+    # (audit and metrics are gathered by the parent). auto: one per 4 CPUs; on fewer, one
+    # front end does the SMTP and every core scans (bench/contenders.py: two lose on 2).
+    processes: int = Field(default="auto", ge=1, le=64)  # type: ignore[assignment]
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _auto_processes(cls, value: Any) -> Any:
+        return max(1, _cpu_count() // 4) if value in (None, "auto") else value
 
     @field_validator("hostname", mode="before")
     @classmethod
@@ -313,8 +319,10 @@ def _cpu_count() -> int:
 
 
 class EngineConfig(_Section):
-    # scanning processes; None: one per usable CPU. Bounded: each holds a compiled pack.
-    workers: int = Field(default=None, gt=0, le=256)
+    # scanning processes; auto (or null): one per usable CPU, shared among a relay's front
+    # ends (relay.processes). Bounded: each holds a compiled pack.
+    workers: int = Field(default="auto", gt=0, le=256)  # type: ignore[assignment]
+    _workers_auto: bool = PrivateAttr(default=False)
     time_budget: Seconds = 10.0  # per message; overruns go to the pack's unscannable rules
     # per worker process; below 64 MiB a worker cannot even hold the default pack
     memory_budget: Annotated[Size, Field(ge=64 << 20)] = 512 << 20
@@ -325,7 +333,22 @@ class EngineConfig(_Section):
     @field_validator("workers", mode="before")
     @classmethod
     def _default_workers(cls, value: Any) -> Any:
-        return _cpu_count() if value is None else value
+        return _cpu_count() if value in (None, "auto") else value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_auto(cls, data: Any, handler: Any) -> Any:
+        section = handler(data)
+        if isinstance(data, dict):
+            section._workers_auto = data.get("workers", "auto") in (None, "auto")
+        elif not isinstance(data, EngineConfig):
+            section._workers_auto = True
+        return section
+
+    def workers_per_process(self, processes: int) -> int:
+        """The workers of each of `processes` processes that serve side by side: auto shares
+        the CPUs among them, a number set is each one's."""
+        return max(1, self.workers // processes) if self._workers_auto else self.workers
 
 
 class MetricsConfig(_Section):

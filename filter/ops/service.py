@@ -112,13 +112,16 @@ class Scanning:
 
 
 async def start_scanning(
-    config: Config, stack: AsyncExitStack, parent: Connection | None = None
+    config: Config,
+    stack: AsyncExitStack,
+    parent: Connection | None = None,
+    workers: int | None = None,
 ) -> Scanning:
-    """The quarantine, the scan pool on the pack, the reporter (the audit log and metrics, or
-    with `parent` a relay front end's forwarding to its parent) and the pack reloader, each
-    stopped by `stack`."""
+    """The quarantine, the scan pool on the pack (`workers` of them, else engine.workers),
+    the reporter (the audit log and metrics, or with `parent` a relay front end's forwarding
+    to its parent) and the pack reloader, each stopped by `stack`."""
     store, secret = open_quarantine(config)
-    pool = scan_pool_for(config)
+    pool = scan_pool_for(config, workers)
     stack.push_async_callback(pool.close)
     try:
         await pool.start()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
 import pickle
 import resource
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -33,7 +36,9 @@ from mailgate.filter.scan.engine import Engine
 log = logging.getLogger("mailgate.pool")
 
 WARM_UP = b"Subject: warm-up\r\n\r\nCard 4111 1111 1111 1111, SSN 536-90-4187\r\n"
-LARGE_MESSAGE = 1 << 20  # larger messages are written to a worker from a thread
+LARGE_MESSAGE = 1 << 20  # larger messages are copied into their memfd in a thread
+# A worker cannot change the message it is handed, nor the parent after handing it over.
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 OUT_OF_MEMORY = 3  # a worker's exit code when a message does not fit its memory budget
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["mailgate.filter.scan.engine"])
@@ -41,12 +46,67 @@ _context.set_forkserver_preload(["mailgate.filter.scan.engine"])
 
 def _send(conn: Connection, obj: Any) -> None:
     # The C pickler straight into one write: Connection.send's ForkingPickler is needlessly
-    # slow for what crosses here (bytes, an Envelope, a Verdict: plain data only).
+    # slow for what crosses here (an Envelope, a Verdict: plain data only).
     conn.send_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
 def _receive(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
+
+
+def _message_fd(raw: bytes) -> int:
+    """The message in an anonymous memory file (memfd), sealed against change: what goes to
+    a worker instead of the bytes themselves. A copy in memory, never a wait for a reader."""
+    fd = os.memfd_create("mailgate-message", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _send_message(sock: socket.socket, fd: int, size: int, envelope: Envelope) -> None:
+    """A scan request: a small frame (Connection's: a 4-byte length, then the pickled size
+    and envelope) carrying the message's memfd (SCM_RIGHTS). Sent only to an idle worker,
+    whose socket buffer is empty, so this never waits for the worker to read."""
+    payload = pickle.dumps((size, envelope), pickle.HIGHEST_PROTOCOL)
+    frame = struct.pack("!i", len(payload)) + payload
+    sent = socket.send_fds(sock, [frame], [fd])
+    if sent < len(frame):  # not expected for a few hundred bytes; finished blocking if so
+        sock.sendall(frame[sent:])
+
+
+def _receive_message(sock: socket.socket) -> tuple[bytes, Envelope] | None:
+    """The worker's side of `_send_message`: the message and its envelope; None: stop.
+    Reading a received descriptor needs no path, so it works under Landlock."""
+    header, fds, _, _ = socket.recv_fds(sock, 4, 1)
+    try:
+        if len(header) < 4:
+            header += _read_exactly(sock, 4 - len(header))  # EOFError if the parent is gone
+        request = pickle.loads(_read_exactly(sock, struct.unpack("!i", header)[0]))
+        if request is None:
+            return None
+        size, envelope = request
+        raw = os.pread(fds[0], size, 0)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return raw, envelope
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = sock.recv(remaining)
+        if not chunk:
+            raise EOFError("the pool is gone")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _worker_main(
@@ -70,9 +130,10 @@ def _worker_main(
         _send(conn, ("failed", f"cannot confine the worker: {exc}"))
         return
     _send(conn, ("ready", engine.version, applied))
+    requests = socket.socket(fileno=os.dup(conn.fileno()))
     while True:
         try:
-            request = _receive(conn)
+            request = _receive_message(requests)
             if request is None:
                 return
             raw, envelope = request
@@ -87,8 +148,9 @@ def _worker_main(
 
 
 class _Worker:
-    """One worker process and its pipe. The event loop waits on the pipe itself (add_reader):
-    no thread sits between a door and its verdict."""
+    """One worker process and its socket pair: scan requests go one way with the message's
+    memfd, verdicts come back. The event loop waits on the socket itself (add_reader): no
+    thread sits between a door and its verdict."""
 
     def __init__(
         self,
@@ -105,6 +167,8 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        # The same socket as `conn`, for the requests that carry a descriptor.
+        self.requests = socket.socket(fileno=os.dup(self.conn.fileno()))
 
     async def ready(self, timeout: float) -> None:
         reply = await asyncio.wait_for(self._receive(), timeout)
@@ -113,14 +177,21 @@ class _Worker:
             raise OSError(f"worker failed to start: {reply[1]}")
         self.confined: list[str] = reply[2]
 
+    def send(self, raw: bytes, envelope: Envelope, fd: int | None = None) -> None:
+        """Hand the message over (in `fd` when the caller has put it in a memfd already)."""
+        if fd is None:
+            fd = _message_fd(raw)
+        try:
+            _send_message(self.requests, fd, len(raw), envelope)
+        finally:
+            os.close(fd)
+
     async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
+        fd = None
         if len(raw) > LARGE_MESSAGE:
-            # Writing megabytes into the pipe takes a while: not on the event loop.
-            await asyncio.get_running_loop().run_in_executor(
-                None, _send, self.conn, (raw, envelope)
-            )
-        else:
-            _send(self.conn, (raw, envelope))
+            # Copying megabytes takes a while: not on the event loop.
+            fd = await asyncio.get_running_loop().run_in_executor(None, _message_fd, raw)
+        self.send(raw, envelope, fd)
         return await self._receive()
 
     async def _receive(self) -> Any:
@@ -150,7 +221,8 @@ class _Worker:
             self.process.kill()
         else:
             with contextlib.suppress(OSError):
-                _send(self.conn, None)
+                _send(self.conn, None)  # a frame without a descriptor: stop
+        self.requests.close()
         self.conn.close()
         self.process.join(timeout=0 if kill else 2)
         if self.process.is_alive():
@@ -357,7 +429,7 @@ class ScanPool:
         if timeout is not None and start + timeout - time.monotonic() < budget:
             budget, callers = max(0.0, start + timeout - time.monotonic()), True
         try:
-            _send(worker.conn, (raw, envelope))
+            worker.send(raw, envelope)
             if not worker.conn.poll(budget):
                 log.warning("scan overran its %.1fs budget; worker replaced", budget)
                 self._loop.call_soon_threadsafe(self._spawn_replacement, worker)
