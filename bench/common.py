@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.engine import make_message
 from tests.support.net import free_port, port_open
+from tests.support.postfix import PostfixInstance
 from tests.support.processes import ChildProcess, end_process, process_table
 from tests.support.waiting import wait_until
 
@@ -109,6 +110,26 @@ class SmtpSinkProgram:
         process, self._process = self._process, None
         if process is not None:
             end_process(process, timeout=10)
+
+
+def bench_postfix(sink_port: int, listeners: dict[str, dict[str, str]]) -> PostfixInstance:
+    """The benches' private Postfix (not started), relaying to the sink: one smtpd per
+    listener; milter protocol 6, tempfail when a milter fails; enough smtpd and smtp processes
+    for 20 sessions on every listener at once; a connection cache towards the sink. Everything
+    else is Postfix's default (in_flow_delay included: it is part of what Postfix does)."""
+    return PostfixInstance(
+        relayhost_port=sink_port,
+        settings={
+            "milter_protocol": "6",
+            "milter_default_action": "tempfail",
+            "default_process_limit": "200",
+            "smtp_connection_cache_on_demand": "yes",
+            "smtp_connection_cache_destinations": f"[127.0.0.1]:{sink_port}",
+            "default_destination_concurrency_limit": "40",
+            "smtpd_client_connection_count_limit": "0",
+        },
+        listeners=listeners,
+    )
 
 
 def smtp_source(

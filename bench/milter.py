@@ -36,6 +36,7 @@ from bench.common import (
     Case,
     HostCpu,
     SmtpSinkProgram,
+    bench_postfix,
     mime_message_file,
     print_table,
     py_spy,
@@ -167,20 +168,7 @@ def main() -> int:
             milter.wait_ready()
         listeners = {"postfix": {"smtpd_milters": ""}}
         listeners |= {name: {"smtpd_milters": m.postfix_spec} for name, m in milters.items()}
-        postfix = PostfixInstance(
-            relayhost_port=sink.port,
-            settings={
-                "milter_protocol": "6",
-                "milter_default_action": "tempfail",
-                # Enough smtpd and smtp processes for 20 sessions on every listener at once.
-                "default_process_limit": "200",
-                "smtp_connection_cache_on_demand": "yes",
-                "smtp_connection_cache_destinations": f"[127.0.0.1]:{sink.port}",
-                "default_destination_concurrency_limit": "40",
-                "smtpd_client_connection_count_limit": "0",
-            },
-            listeners=listeners,
-        )
+        postfix = bench_postfix(sink.port, listeners)
         postfix.start()
         return run_all(args, cases, work, sink, postfix, milters)
     except Exception:
