@@ -184,6 +184,25 @@ def test_diff_replays_the_quarantine_with_its_envelopes(
     assert f"quarantine:{qid}: quarantine -> accept" in result.stdout
 
 
+def test_diff_replays_the_configured_quarantine(
+    tmp_path: Path, packs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--quarantine` without a folder: the store the configuration names (the fleet's, with
+    `database`), opened as every other command opens it."""
+    old, new = packs
+    store = LocalQuarantine(tmp_path / "held")
+    raw = message("quarantine-me")
+    envelope = envelope_from_headers(raw, door="relay")
+    qid = store.put(raw, envelope, Engine.load(old).scan(raw, envelope), "quarantine-me")
+    config = tmp_path / "mailgate.yaml"
+    config.write_text(f"quarantine:\n  path: {tmp_path / 'held'}\n")
+    result = run_in_process(
+        capsys, "rules", "diff", str(old), str(new), "--quarantine", "--config", str(config)
+    )
+    assert result.returncode == 1
+    assert f"quarantine:{qid}: quarantine -> accept" in result.stdout
+
+
 def test_diff_refuses_a_broken_pack_or_a_missing_corpus(
     tmp_path: Path, packs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,12 +17,14 @@ from mailgate.filter.ops.report import message_id_of
 from mailgate.filter.ops.review import explain
 from mailgate.filter.ops.rulediff import Sample, files_corpus, quarantine_corpus, replay
 from mailgate.filter.ops.rulestats import Stats, collect, from_database, table
+from mailgate.filter.ops.stores import store_for
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import Pack, PackError, PackSource, build_pack
 from mailgate.filter.policy.units import argument, parse_since
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.scan.engine import Engine, envelope_from_headers
 from mailgate.filter.scan.examples import run_examples
+from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError, QuarantineStore
 
 RULES_HELP = "rule pack folder (default: the configuration's rules, as the relay and milter use)"
 
@@ -97,9 +99,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "corpus", nargs="*", type=Path, metavar="CORPUS", help=".eml files or folders of them"
     )
     diff.add_argument(
-        "--quarantine", type=Path, metavar="PATH", help="also replay a quarantine store's messages"
+        "--quarantine",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also replay the held messages of the configured quarantine (the fleet's, with "
+        "`database`), or of the local quarantine folder PATH",
     )
     diff.add_argument("--json", action="store_true", help="one JSON object")
+    add_config_argument(diff)
     diff.set_defaults(func=cmd_diff)
 
 
@@ -253,16 +261,27 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print("mailgate rules diff: give message files, folders or --quarantine", file=sys.stderr)
         return 2
     missing = [p for p in args.corpus if not p.exists()]
-    if args.quarantine is not None and not args.quarantine.is_dir():
+    if args.quarantine and not Path(args.quarantine).is_dir():
         missing.append(args.quarantine)
     if missing:
         print(f"mailgate rules diff: no such file or folder: {missing[0]}", file=sys.stderr)
         return 2
+    store: QuarantineStore | None = None
+    if args.quarantine is not None:
+        try:
+            store = (
+                LocalQuarantine(Path(args.quarantine))
+                if args.quarantine
+                else store_for(load_config(args.config), command=True)
+            )
+        except (ConfigError, QuarantineError, OSError) as exc:  # DatabaseError included
+            print(f"mailgate rules diff: quarantine: {exc}", file=sys.stderr)
+            return 2
 
     def corpus() -> Iterator[Sample]:
         yield from files_corpus(args.corpus)
-        if args.quarantine is not None:
-            yield from quarantine_corpus(args.quarantine)
+        if store is not None:
+            yield from quarantine_corpus(store)
 
     try:
         count, changes = replay(old, new, corpus())

@@ -11,7 +11,7 @@ from typing import Any
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
 from mailgate.filter.scan.engine import Engine, envelope_from_headers
-from mailgate.filter.store.quarantine import LocalQuarantine, QuarantineError
+from mailgate.filter.store.quarantine import QuarantineError, QuarantineStore
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,8 @@ def files_corpus(paths: Iterable[Path]) -> Iterator[Sample]:
             yield Sample(str(file), raw, envelope_from_headers(raw))
 
 
-def quarantine_corpus(path: Path) -> Iterator[Sample]:
+def quarantine_corpus(store: QuarantineStore) -> Iterator[Sample]:
     """Every message still stored in a quarantine, with the envelope it came with."""
-    store = LocalQuarantine(path)
     for record in store.list():
         if record.state == "deleted":
             continue
