@@ -65,12 +65,10 @@ def data_payload(message: bytes) -> bytes:
     crlf = message.count(b"\r\n")
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
         message = b"\r\n".join(message.splitlines()) + b"\r\n"
-    elif not message.endswith(b"\r\n"):
-        message += b"\r\n"
+    ending = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
+    # replace() hands back the message itself when no line starts with a dot: one copy in all.
     stuffed = message.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed + b".\r\n"
+    return b"".join((b"." if stuffed.startswith(b".") else b"", stuffed, ending))
 
 
 def _from_response(response: SMTPResponse) -> Reply:
