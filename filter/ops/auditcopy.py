@@ -41,7 +41,7 @@ BATCH = 1000  # records per insert
 INTERVAL = 0.5  # seconds between rounds while records trickle in
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # seconds between tries while the database is away
 _READ = 4 << 20  # bytes of spool read at a time (grown for a longer line)
-_LINE = re.compile(rb'^\{"k":"[0-9a-f]{32}","t":"([^"\\]{1,64})","r":\{.*\}$', re.DOTALL)
+_LINE_HEAD = re.compile(rb'\{"k":"[0-9a-f]{32}","t":"([^"\\]{1,64})","r":\{')
 
 
 class SpoolInUse(OSError):
@@ -248,8 +248,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _day_of(line: bytes) -> date | None:
     """The UTC day of a spool line's record; None for a damaged line."""
-    match = _LINE.match(line)
-    if match is None:
+    match = _LINE_HEAD.match(line)
+    if match is None or not line.endswith(b"}"):
         return None
     try:
         return utc_day(datetime.fromisoformat(match.group(1).decode()))
