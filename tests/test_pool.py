@@ -282,3 +282,32 @@ def test_a_worker_that_does_not_read_never_stalls_the_event_loop(tmp_path: Path)
             await pool.close()
 
     run(go)
+
+
+def test_a_free_worker_goes_to_the_caller_that_has_waited_longest(tmp_path: Path) -> None:
+    """First come, first served: when every worker is busy, the callers get one in the order
+    they asked, so under load no session waits while later ones are served (the relay's p99
+    reply latency). Before, every waiter was woken and the same ones kept winning."""
+
+    async def go() -> None:
+        pool = ScanPool(write_pack(tmp_path / "rules", PACK), workers=1, time_budget=60)
+        await pool.start()
+        try:
+            slow = message("big", b"<p>" + b"<b>x</b> 1234 " * 100_000 + b"</p>\r\n")
+            slow = slow.replace(b"\r\n\r\n", b"\r\nContent-Type: text/html\r\n\r\n", 1)
+            first = asyncio.ensure_future(pool.scan(slow, ENV))
+            while pool._idle._workers:  # in flight once the only worker has taken it
+                await asyncio.sleep(0)
+            finished: list[int] = []
+            queued = []
+            for n in range(8):
+                task = asyncio.ensure_future(pool.scan(message(f"fine {n}"), ENV))
+                task.add_done_callback(lambda _, n=n: finished.append(n))
+                queued.append(task)
+                await asyncio.sleep(0.01)  # each in line before the next asks
+            await asyncio.gather(first, *queued)
+            assert finished == list(range(8))
+        finally:
+            await pool.close()
+
+    run(go)

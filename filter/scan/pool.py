@@ -229,44 +229,88 @@ class _Worker:
             self.process.kill()
 
 
+class _Waiter:
+    """One caller waiting for a worker: a coroutine (its future, on its loop) or a thread
+    (an event it waits on); `worker` is what it was handed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] | None = loop.create_future() if loop else None
+        self.event = threading.Event()
+        self.worker: _Worker | None = None
+        self.gone = False  # stopped waiting (timed out, cancelled): hand it nothing
+
+
 class _IdleWorkers:
     """Idle workers, taken by coroutines on the pool's event loop and by other threads (the
-    milter's libmilter threads) alike; whoever takes one does the pipe I/O itself."""
+    milter's libmilter threads) alike; whoever takes one does the socket I/O itself. A worker
+    that comes back goes to the longest waiting caller: first come, first served, so under
+    load no session waits while later ones are served (its reply latency stays bounded)."""
 
     def __init__(self) -> None:
         self._workers: deque[_Worker] = deque()
-        self._ready = threading.Condition()
-        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._waiters: deque[_Waiter] = deque()
+        self._lock = threading.Lock()
 
     def put(self, worker: _Worker) -> None:
-        with self._ready:
-            self._workers.append(worker)
-            self._ready.notify()
-            waiters = list(self._async_waiters)
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+        with self._lock:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.gone:
+                    waiter.worker = worker
+                    break
+            else:
+                self._workers.append(worker)
+                return
+        if waiter.loop is None:
+            waiter.event.set()
+        else:
+            waiter.loop.call_soon_threadsafe(_wake, waiter)
 
-    def take_nowait(self) -> _Worker | None:
-        with self._ready:
-            return self._workers.popleft() if self._workers else None
+    def _wait(self, loop: asyncio.AbstractEventLoop | None) -> _Waiter | _Worker:
+        """An idle worker at once when one is free and nobody waits, else a place in line."""
+        with self._lock:
+            if self._workers and not self._waiters:
+                return self._workers.popleft()
+            waiter = _Waiter(loop)
+            self._waiters.append(waiter)
+            return waiter
+
+    def _leave(self, waiter: _Waiter) -> _Worker | None:
+        """Stop waiting; the worker it was handed meanwhile, if any."""
+        with self._lock:
+            waiter.gone = True
+            return waiter.worker
 
     def take_blocking(self, timeout: float) -> _Worker | None:
-        with self._ready:
-            if not self._ready.wait_for(lambda: self._workers, timeout):
-                return None
-            return self._workers.popleft()
+        place = self._wait(None)
+        if isinstance(place, _Worker):
+            return place
+        place.event.wait(timeout)
+        return self._leave(place)
 
     async def take(self) -> _Worker:
-        """Cancellation-safe: a worker is only ever taken by a caller that gets it."""
-        waiter = (asyncio.get_running_loop(), asyncio.Event())
-        self._async_waiters.add(waiter)
+        """Cancellation-safe: a worker is only ever taken by a caller that gets it; one handed
+        to a caller that has gone goes back."""
+        place = self._wait(asyncio.get_running_loop())
+        if isinstance(place, _Worker):
+            return place
+        assert place.future is not None
         try:
-            while (worker := self.take_nowait()) is None:
-                await waiter[1].wait()
-                waiter[1].clear()
-            return worker
-        finally:
-            self._async_waiters.discard(waiter)
+            await place.future
+        except BaseException:
+            if (worker := self._leave(place)) is not None:
+                self.put(worker)  # handed one just as it was cancelled: it goes back
+            raise
+        worker = self._leave(place)  # handed before the future was resolved
+        assert worker is not None
+        return worker
+
+
+def _wake(waiter: _Waiter) -> None:
+    assert waiter.future is not None
+    if not waiter.future.done():
+        waiter.future.set_result(None)
 
 
 class ScanPool:
