@@ -106,7 +106,8 @@ def test_killed_during_the_scan_nothing_is_kept_and_a_resend_is_held_once(relay_
         client.send(raw)
         before = bytes_written(relay.pid)
         client.send(b".\r\n")
-        # The message in one write to the worker's pipe: the relay is in the scan, waiting.
+        # The message written out for the worker (into the memfd it is handed over in): the
+        # relay is in the scan, waiting for a verdict that cannot come.
         wait_until(
             lambda: bytes_written(relay.pid) - before >= len(raw),
             30,
