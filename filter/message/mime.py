@@ -143,6 +143,22 @@ class _LineBuffer(feedparser.BufferedSubFile):
         return super().readline()
 
 
+class _LineEndAtEnd:
+    """The feed parser's `NLCRE_eol` (a line end at the very end of a text), searched from two
+    characters before the end: the same match, as none can begin earlier, without the scan
+    of the whole text that its search makes. The parser searches every part's body so."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.pattern.search(text, max(0, len(text) - 2))
+
+
+if not isinstance(feedparser.NLCRE_eol, _LineEndAtEnd):  # a module global: once per process
+    feedparser.NLCRE_eol = _LineEndAtEnd(feedparser.NLCRE_eol)  # type: ignore[assignment]
+
+
 class _BoundedFeedParser(FeedParser):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
