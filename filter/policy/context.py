@@ -38,7 +38,7 @@ class ScanContext:
         self._read: dict[int, str] = {}  # each text as the detectors read it (as_read)
         self._body: dict[int, dict[int, list[Match]]] = {}
         self._dlp: dict[tuple[str, int], list[Match]] = {}
-        self._edm: dict[tuple[Search, int], dict[int, frozenset[int]]] = {}
+        self._edm: dict[Search, list[dict[int, frozenset[int]]]] = {}
         self._yara: list[YaraMatch] | None = None
         self.yara_seconds = 0.0
 
@@ -84,13 +84,13 @@ class ScanContext:
             found = self._dlp[key] = DLP_DETECTORS[detector].find(self._text(index))
         return found
 
-    def edm_rows(self, search: Search, index: int) -> dict[int, frozenset[int]]:
-        """The rows of an EDM index found in one text, each with its columns found."""
-        key = (search, index)
-        found = self._edm.get(key)
+    def edm_rows(self, search: Search) -> list[dict[int, frozenset[int]]]:
+        """For each of `text_parts`, the rows of an EDM index found in it, each with the
+        columns found together (one pass over all of them)."""
+        found = self._edm.get(search)
         if found is None:
-            edm = self.pack.edm[search.index]
-            found = self._edm[key] = rows_in(edm, self._text(index), search)
+            texts = [self._text(index) for index, _ in self.text_parts()]
+            found = self._edm[search] = rows_in(self.pack.edm[search.index], texts, search)
         return found
 
     def yara_matches(self) -> list[YaraMatch]:

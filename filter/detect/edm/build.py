@@ -93,6 +93,7 @@ class _Builder:
         self.hasher = Hasher(salt)
         self.chunk, self.folder = chunk, folder
         self.rows = self.too_long = self.max_words = 0
+        self.digits: list[int] = []  # the fewest and most digits of a number value
         self.values = [0] * len(names)
         self.numbers = [True] * len(names)
         self.emails = [True] * len(names)
@@ -122,8 +123,11 @@ class _Builder:
 
     def _learn(self, column: int, values: list[str], words: list[list[str]]) -> None:
         self.values[column] += len(values)
-        if self.numbers[column]:  # a number is one word of digits
-            self.numbers[column] = all(len(w) == 1 and w[0].isdigit() for w in words)
+        lengths = [len(w[0]) for w in words if len(w) == 1 and w[0].isdigit()]
+        if lengths:  # a number is one word of digits
+            self.digits = [min(self.digits[:1] + lengths), max(self.digits[1:] + lengths)]
+        if self.numbers[column]:
+            self.numbers[column] = len(lengths) == len(words)
         if self.emails[column]:
             self.emails[column] = all(map(EMAIL.fullmatch, map(str.strip, values)))
 
@@ -178,6 +182,7 @@ def build_index(
             "rows": report.rows,
             "entries": report.entries,
             "max_words": max(builder.max_words, 1),
+            "digits": builder.digits or None,
             "salt": salt.hex(),
             "columns": [vars(c) for c in report.columns],
         }

@@ -9,19 +9,23 @@ Layout (little-endian):
 
 The header names the index and its columns (with each column's kind: `number` when every
 value is a number, `email` when every value is an address, else `text`), the row and entry
-counts, the salt, the longest value in words, and the SHA-256 of the three arrays. Nothing of
+counts, the salt, the longest value in words, the fewest and most digits of a number value
+(the scanner skips other numbers), and the SHA-256 of the three arrays. Nothing of
 a value is stored but its hash. A file is checked whole when it is opened (digest, sizes,
 order, bounds) and then only mapped: every process maps the same pages of the page cache.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import mmap
 import os
 import re
 import struct
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ MAX_HEADER = 1 << 16
 ENTRY_BYTES = 8 + 4 + 1
 MAX_ROWS = (1 << 32) - 1
 MAX_COLUMNS = 64
+FEW = 32  # hashes looked up one by one rather than with numpy
 KINDS = ("number", "email", "text")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -106,6 +111,15 @@ def _field(header: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     return value
 
 
+def _bounds(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in value)
+        and 1 <= value[0] <= value[1]
+    )
+
+
 class EdmIndex:
     """One index, checked and mapped read-only. Lookups need no lock: nothing changes."""
 
@@ -119,6 +133,7 @@ class EdmIndex:
         self._parse_header(header)
         self._map(len(stored), header["sha256"])
         self.hasher = Hasher(self.salt)
+        self.addresses: dict[str, list[tuple[int, int]]] = {}  # the scanner's memo
 
     def _parse_header(self, header: dict[str, Any]) -> None:
         path = self.path
@@ -126,6 +141,7 @@ class EdmIndex:
         self.rows = _field(header, "rows", int, path)
         self.entries = _field(header, "entries", int, path)
         self.max_words = _field(header, "max_words", int, path)
+        digits = header.get("digits")  # [fewest, most] digits of a number value, or None
         salt = _field(header, "salt", str, path)
         columns = _field(header, "columns", list, path)
         _field(header, "sha256", str, path)
@@ -140,6 +156,7 @@ class EdmIndex:
             or not 0 <= self.rows <= MAX_ROWS
             or not 0 <= self.entries <= self.rows * len(parsed)
             or not 1 <= self.max_words <= MAX_WORDS
+            or not (digits is None or _bounds(digits))
             or not 1 <= len(parsed) <= MAX_COLUMNS
             or len(set(names)) != len(names)
             or not all(isinstance(c.name, str) and c.name for c in parsed)
@@ -147,6 +164,7 @@ class EdmIndex:
         ):
             raise EdmError(path, "corrupt index: inconsistent header")
         self.columns = parsed
+        self.digits = (digits[0], digits[1]) if digits else None
 
     def _map(self, offset: int, digest: str) -> None:
         path = self.path
@@ -164,6 +182,12 @@ class EdmIndex:
             raise EdmError(path, "corrupt index: its content does not match its digest")
         n = self.entries
         self.hashes = np.frombuffer(buffer, "<u8", n, offset)
+        # What `bisect` reads: the hashes as Python ints, straight from the mapping.
+        self._sorted: Sequence[int] = (
+            memoryview(buffer)[offset : offset + 8 * n].cast("Q")
+            if sys.byteorder == "little"
+            else self.hashes
+        )
         self.row_ids = np.frombuffer(buffer, "<u4", n, offset + 8 * n)
         self.column_ids = np.frombuffer(buffer, "u1", n, offset + 12 * n)
         same = self.hashes[1:] == self.hashes[:-1]
@@ -178,12 +202,23 @@ class EdmIndex:
     def column(self, name: str) -> int | None:
         return next((i for i, c in enumerate(self.columns) if c.name == name), None)
 
-    def ranges(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each hash, where its entries lie: [start, end) into the arrays."""
-        return (
-            np.searchsorted(self.hashes, hashes, "left"),
-            np.searchsorted(self.hashes, hashes, "right"),
-        )
+    def find(self, hashes: list[int]) -> list[tuple[int, int, int]]:
+        """Which of `hashes` the index holds, and where the entries of each lie: (position in
+        `hashes`, start, end) into the arrays. A few are looked up one by one (`bisect` on
+        the mapped file: numpy's per-call cost, some microseconds, would be most of it)."""
+        if len(hashes) <= FEW:
+            found = []
+            for position, hashed in enumerate(hashes):
+                start = bisect.bisect_left(self._sorted, hashed)
+                if start < self.entries and self._sorted[start] == hashed:
+                    end = bisect.bisect_right(self._sorted, hashed, start)
+                    found.append((position, start, end))
+            return found
+        wanted = np.array(hashes, np.uint64)
+        low = np.searchsorted(self.hashes, wanted)
+        held = np.flatnonzero(self.hashes[np.minimum(low, self.entries - 1)] == wanted)
+        high = np.searchsorted(self.hashes, wanted[held], "right")
+        return list(zip(held.tolist(), low[held].tolist(), high.tolist(), strict=True))
 
     def describe(self) -> str:
         columns = ", ".join(f"{c.name} ({c.kind})" for c in self.columns)

@@ -17,6 +17,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +29,14 @@ _LETTER = re.compile(r"[^\W\d_]")
 _NOT_DIGIT = re.compile(r"\D+")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # splitmix64's finaliser: every bit of the chain so far moves every bit of the next step.
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_M1, _M2, _MASK = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, (1 << 64) - 1
 
 
 def value_words(value: str) -> list[str]:
     """The words a value is matched by (see the module's docstring); [] for no value."""
     if value.isascii():  # the same words, sooner: no letter but [A-Za-z], which fold to lower
+        if value.isdigit():
+            return [value]
         words = WORD.findall(value.lower())
         digits = "".join(words)
         return [digits] if digits.isdigit() else words
@@ -44,15 +47,15 @@ def value_words(value: str) -> list[str]:
     return [word.casefold() for word in WORD.findall(value)]
 
 
-def then(chain: np.ndarray, word: np.ndarray) -> np.ndarray:
-    """The hashes of words already chained to `chain`, followed by a word hashed to `word`
-    (uint64 arrays, element by element; arithmetic wraps at 2**64)."""
+def then(chain: Any, word: Any) -> Any:
+    """The hash of words already chained to `chain`, followed by a word hashed to `word`:
+    on Python ints, or element by element on uint64 arrays (the same arithmetic, mod 2**64)."""
     x = chain ^ (chain >> 30)
-    x = x * _M1
+    x = (x * _M1) & _MASK
     x ^= x >> 27
-    x = x * _M2
+    x = (x * _M2) & _MASK
     x ^= x >> 31
-    return x + word
+    return (x + word) & _MASK
 
 
 class Hasher:
@@ -65,11 +68,20 @@ class Hasher:
         self.salt = salt
         self._cache: dict[str, int] = {}
 
-    def word(self, word: str) -> int:
-        return int(self.words([word])[0])
+    def chain(self, words: Sequence[str]) -> int:
+        """The hash of one value's words (as `value_words` gives them)."""
+        hashes = self.hashes(words)
+        chained = hashes[0]
+        for word in hashes[1:]:
+            chained = then(chained, word)
+        return chained
 
     def words(self, words: Sequence[str]) -> np.ndarray:
         """The hashes of `words`, as a uint64 array."""
+        return np.array(self.hashes(words), dtype=np.uint64)
+
+    def hashes(self, words: Sequence[str]) -> list[int]:
+        """The hashes of `words`."""
         cache = self._cache
         found = list(map(cache.get, words))
         if None in found:
@@ -82,7 +94,7 @@ class Hasher:
                     data = word.encode("utf-8", "surrogatepass")
                     digest = hashlib.blake2b(data, key=key, digest_size=8).digest()
                     found[index] = cache[word] = int.from_bytes(digest, "little")
-        return np.array(found, dtype=np.uint64)
+        return found
 
     def values(self, values: Sequence[Sequence[str]]) -> np.ndarray:
         """The hash of each value's words (as `value_words` gives them, none empty)."""
