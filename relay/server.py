@@ -43,6 +43,7 @@ from mailgate.filter import (
 )
 from mailgate.filter.ops.config import Config
 from mailgate.filter.ops.metrics import MetricsServer
+from mailgate.filter.ops.notices import SenderNotices
 from mailgate.filter.ops.report import Reporter, message_id_of
 from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.filter.store.release_mark import find_mark, released_id
@@ -327,7 +328,9 @@ class RelayHandler:
         session.host_name = hostname
         # No AUTH here: who may relay is decided by network and client certificate.
         kept = [r for r in responses[:-1] if not r[4:].upper().startswith("AUTH")]
-        return [*kept, "250-PIPELINING", responses[-1]]
+        # One item: aiosmtpd writes each item of the list by itself, and a write per line
+        # is a send per line (Postfix sends the reply in one).
+        return ["\r\n".join([*kept, "250-PIPELINING", responses[-1]])]
 
     async def handle_HELO(
         self, server: RelaySMTP, session: Session, envelope: SMTPEnvelope, hostname: str
@@ -621,8 +624,10 @@ class Relay:
         outbox: Outbox | None = None,
         release_secret: bytes | None = None,
         reporter: Reporter | None = None,
+        notices: SenderNotices | None = None,
     ) -> None:
-        """`reporter`: audit log and metrics for every message; None reports nothing."""
+        """`reporter`: audit log and metrics for every message; None reports nothing.
+        `notices`: tells the sender of each message held."""
         if (nexthop_pool is None) == (outbox is None):
             raise ValueError("give exactly one of nexthop_pool and outbox")
         self.config = config
@@ -632,6 +637,7 @@ class Relay:
         self.outbox = outbox
         self.release_secret = release_secret
         self.reporter = reporter
+        self.notices = notices
         self.fail_open = config.relay.fail_open
         self.handler = RelayHandler(self)
         self.tls_context = server_context(config.relay.tls)
@@ -650,6 +656,7 @@ class Relay:
         scanner: Scanner,
         store: QuarantineStore,
         reporter: Reporter | None = None,
+        notices: SenderNotices | None = None,
     ) -> Relay:
         """The relay the configuration describes, reporting each message to `reporter`, by
         default the audit log (audit.path, else stdout) and this process's metrics."""
@@ -659,13 +666,9 @@ class Relay:
                 config, store, engine=lambda: getattr(scanner, "engine", None)
             )
         target = config.relay.next_hop
-        if target.host:
-            pool = NextHopPool(target, config.relay.hostname)
-            return cls(
-                config, scanner, store, nexthop_pool=pool, release_secret=secret, reporter=reporter
-            )
-        outbox = Outbox(config.relay.outbox)
-        return cls(config, scanner, store, outbox=outbox, release_secret=secret, reporter=reporter)
+        pool = NextHopPool(target, config.relay.hostname) if target.host else None
+        outbox = None if target.host else Outbox(config.relay.outbox)
+        return cls(config, scanner, store, pool, outbox, secret, reporter, notices)
 
     def reconfigure(self, config: Config) -> None:
         """What applies live (SIGHUP): fail_open, the relay's answer to an engine failure."""
@@ -751,6 +754,8 @@ class Relay:
         except Exception:
             log.exception("%s: quarantine write failed", env.queue_id)
             return str(replies.NOT_HELD), None
+        if self.notices is not None:
+            self.notices.held(qid)
         return str(replies.HELD.format(id=qid)), qid
 
     async def deliver(

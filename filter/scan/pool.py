@@ -431,11 +431,14 @@ class ScanPool:
         if self._engine is None or self._closed:
             return _engine_failure("the rules engine is not running")
         try:
-            worker = await asyncio.wait_for(self._acquire(), self.start_timeout)
+            async with asyncio.timeout(self.start_timeout):
+                worker = await self._acquire()
         except TimeoutError:
             return _engine_failure("no engine worker became free in time")
         try:
-            verdict = await asyncio.wait_for(worker.scan(raw, envelope), self.time_budget)
+            # A deadline on this task, not wait_for's task per message.
+            async with asyncio.timeout(self.time_budget):
+                verdict = await worker.scan(raw, envelope)
         except TimeoutError:
             log.warning("scan overran its %.1fs budget; worker replaced", self.time_budget)
             self._spawn_replacement(worker)
