@@ -4,12 +4,24 @@ the migration of a store written before they existed."""
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
-from mailgate.filter.store.quarantine import HeldQuery, HistoryQuery, LocalQuarantine
+from mailgate.filter.store import quarantine
+from mailgate.filter.store.quarantine import (
+    HeldQuery,
+    HistoryQuery,
+    LocalQuarantine,
+    QuarantineStore,
+)
+from tests.support.postgres import SKIP_REASON, binaries, pg_server_fixture  # noqa: F401
 from tests.support.releases import record_release
 
 CARD = "4111 1111 1111 1111"
@@ -17,7 +29,7 @@ MASKED = "**** **** **** 1111"
 
 
 def hold(
-    store: LocalQuarantine,
+    store: QuarantineStore,
     sender: str = "alice@example.com",
     rcpts: tuple[str, ...] = ("bob@example.net",),
     rules: tuple[str, ...] = ("card-numbers",),
@@ -170,4 +182,147 @@ def test_a_store_from_before_the_console_is_migrated(tmp_path: Path) -> None:
     assert store.rule_counts(HeldQuery(state="held")) == {"iban": 1, "watch": 1}
     assert store.search(HeldQuery(rule="watch", sender="old@example.com")).total == 1
     assert store.search(HeldQuery(domain="example.net")).total == 1
+    assert store.search(HeldQuery(domain="example.net", state="held")).total == 1
+    assert store.search(HeldQuery(text="OLD@exam")).total == 1  # the trigram index
+    assert store.search(HeldQuery(text="b@example.n", rule="iban")).total == 1
+    assert store.search(HeldQuery(text="ld")).total == 1  # too short for it: every row
     assert store.get("20240101T000000000Z-aaaaaaaaaaaaaaaa").node == ""
+    with sqlite3.connect(folder / "index.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(quarantine._MIGRATIONS)
+
+
+# --- both stores: the console's filters through their indexes --------------------------------
+
+
+@pytest.fixture(params=["local", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QuarantineStore]:
+    if request.param == "local":
+        yield LocalQuarantine(tmp_path / "q", node="gw1")
+        return
+    if binaries() is None:
+        pytest.skip(SKIP_REASON)
+    from mailgate.filter.store.database import Database
+    from mailgate.filter.store.dburl import parse_database_url
+    from mailgate.filter.store.postgres import PostgresQuarantine
+
+    url = request.getfixturevalue("pg_server").create_database()
+    database = Database(parse_database_url(url), "gw1")
+    database.prepare()
+    yield PostgresQuarantine(database)
+    database.close()
+
+
+def held_five(store: QuarantineStore) -> list[str]:
+    mails = [
+        ("alice@example.com", ("bob@partner.example",), ("card-numbers",), "Order 7 for ACME"),
+        ("carol@example.org", ("dave@bank.example",), ("iban",), "Wire 100%_ today"),
+        ("alice@example.com", ("erin@bank.example",), ("iban",), "order 8 (ACME)"),
+        ("zed@example.com", ("Bob@Partner.example",), ("card-numbers",), "Quarterly ORDER"),
+        ("alice@example.com", ("eve@else.example",), ("iban", "card-numbers"), "Re: order"),
+    ]
+    ids = []
+    for sender, rcpts, rules, subject in mails:
+        ids.append(hold(store, sender, rcpts, rules, subject=subject))
+        time.sleep(0.002)  # distinct times: the order is the time order
+    return ids
+
+
+def test_text_domain_and_recipient_filters_in_both_stores(
+    store: QuarantineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text of 3 characters or more through the trigram index (any case, any part of the
+    id, Subject, sender or a recipient; %, _ and quotes literal), a shorter one through every
+    row; the domain and recipient filters; all combined with the state, the rule and the
+    time, in time order both ways, the same whether the matches are sorted or the rows read
+    in time order (`SORT_LIMIT`)."""
+    a, b, c, d, e = held_five(store)
+    record_release(store, b, "rev", "250 ok")
+    store.delete(d, "rev", "spam")
+    cases: list[tuple[HeldQuery, list[str]]] = [
+        (HeldQuery(text="ORDER"), [e, d, c, a]),
+        (HeldQuery(text="order", state="held"), [e, c, a]),
+        (HeldQuery(text="order", newest_first=False, state="held"), [a, c, e]),
+        (HeldQuery(text="acme)"), [c]),
+        (HeldQuery(text="100%_"), [b]),
+        (HeldQuery(text="0%_ t"), [b]),
+        (HeldQuery(text="%_x"), []),
+        (HeldQuery(text='"acme"'), []),
+        (HeldQuery(text="bank.exa"), [c, b]),
+        (HeldQuery(text=a[-10:]), [a]),  # part of the id
+        (HeldQuery(text=a), [a]),
+        (HeldQuery(text="E:"), [e]),  # short (no id holds a colon)
+        (HeldQuery(text="order", rule="iban"), [e, c]),
+        (HeldQuery(text="order", domain="partner.example"), [d, a]),
+        (HeldQuery(text="order", sender="ALICE@example.com", state="held"), [e, c, a]),
+        (HeldQuery(domain="bank.example"), [c, b]),
+        (HeldQuery(domain="@Bank.Example."), [c, b]),
+        (HeldQuery(domain="example.com", state="held"), [e, c, a]),
+        (HeldQuery(domain="partner.example", state="deleted"), [d]),
+        (HeldQuery(domain="bank.example", rule="iban", state="released"), [b]),
+        (HeldQuery(recipient="bob@partner.example"), [d, a]),
+        (HeldQuery(recipient="bob@partner.example", state="held"), [a]),
+        (HeldQuery(rule="iban", state="held"), [e, c]),
+        (HeldQuery(rule="card-numbers", state="deleted"), [d]),
+        (HeldQuery(text="order", until=datetime.now(UTC) - timedelta(hours=1)), []),
+    ]
+    for query, expected in cases:
+        page = store.search(query)
+        assert ([r.id for r in page.records], page.total, page.exact) == (
+            expected,
+            len(expected),
+            True,
+        ), query
+    for module in (quarantine, *_postgres_module()):  # read in time order, never sorted
+        monkeypatch.setattr(module, "SORT_LIMIT", 1)
+    for query, expected in cases:
+        assert ids(store.search(query)) == expected, query
+    assert ids(store.search(HeldQuery(text="order"), 1, 2)) == [d, c]
+    assert store.rule_counts(HeldQuery(text="order", state="held")) == {
+        "card-numbers": 2,
+        "iban": 2,
+    }
+    assert store.rule_counts(HeldQuery(domain="bank.example")) == {"iban": 2}
+    assert store.rule_counts(HeldQuery(domain="example.com", state="held", rule="x")) == {
+        "card-numbers": 2,
+        "iban": 2,
+    }
+    assert store.rule_counts(HeldQuery(state="deleted")) == {"card-numbers": 1}
+
+
+def test_a_common_word_is_counted_only_so_far(
+    store: QuarantineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text search counts at most TEXT_COUNT_LIMIT + 1 matches and says the count is not
+    exact (the console then shows "more than"); the page itself is whole."""
+    for module in (quarantine, *_postgres_module()):
+        monkeypatch.setattr(module, "TEXT_COUNT_LIMIT", 2)
+    a, _, c, d, e = held_five(store)
+    page = store.search(HeldQuery(text="order"))
+    assert (ids(page), page.total, page.exact) == ([e, d, c, a], 3, False)
+    exact = store.search(HeldQuery(text="order", rule="iban"))
+    assert (exact.total, exact.exact) == (2, True)
+    assert store.search(HeldQuery(state="held")).exact  # counted in full without a text
+
+
+def test_purged_messages_leave_no_index_rows(store: QuarantineStore) -> None:
+    held_five(store)
+    assert store.purge(timedelta(0), "boss") == 5
+    for query in (HeldQuery(text="order"), HeldQuery(domain="bank.example", state="held")):
+        assert store.search(query).total == 0
+    assert store.rule_counts(HeldQuery()) == store.rule_counts(HeldQuery(domain="x.y")) == {}
+    if not isinstance(store, LocalQuarantine):
+        return
+    with sqlite3.connect(store.index_path) as db:
+        for side in ("message_rules", "message_domains", "message_search"):
+            assert db.execute(f"SELECT count(*) FROM {side}").fetchone()[0] == 0, side
+        db.execute("INSERT INTO message_text (message_text) VALUES ('integrity-check')")
+        assert db.execute("SELECT count(*) FROM message_text").fetchone()[0] == 0
+
+
+def _postgres_module() -> list[Any]:
+    """The PostgreSQL store's module, where psycopg is installed: it takes the limit too."""
+    try:
+        from mailgate.filter.store import postgres
+    except ImportError:
+        return []
+    return [postgres]

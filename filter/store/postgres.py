@@ -34,6 +34,8 @@ from mailgate.filter.store.lifecycle import (
     refusal,
 )
 from mailgate.filter.store.quarantine import (
+    SORT_LIMIT,
+    TEXT_COUNT_LIMIT,
     ActivityEntry,
     HeldPage,
     HeldQuery,
@@ -371,27 +373,51 @@ class PostgresQuarantine(StateChanges):
         def read(conn: Conn) -> HeldPage:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # page and total
             with conn.cursor(row_factory=dict_row) as cursor:
-                rows = cursor.execute(
-                    f"SELECT {_COLUMNS}, {_SHOWN} AS state FROM quarantine {where}"
-                    f" ORDER BY time {order}, id {order} LIMIT %(limit)s OFFSET %(offset)s",
+                if query.text:  # counted this far, as in every store
+                    total = cursor.execute(
+                        f"SELECT count(*) AS n FROM (SELECT 1 FROM quarantine {where}"
+                        " LIMIT %(cap)s) AS c",
+                        {**params, "cap": TEXT_COUNT_LIMIT + 1},
+                    ).fetchone()["n"]
+                else:
+                    side = _side_where(query) if query.rule or query.domain else None
+                    table, counted, values = side or ("quarantine", where, params)
+                    total = cursor.execute(
+                        f"SELECT count(*) AS n FROM {table} {counted}", values
+                    ).fetchone()["n"]
+                rows = f"SELECT {_COLUMNS}, {_SHOWN} AS state FROM quarantine {where}"
+                if query.text and total <= SORT_LIMIT:
+                    # Few matches: all of them through the trigram index, then sorted. Left to
+                    # itself, the planner would walk the time index for the page's 50 rows
+                    # (right for a common word) and read every row for a rare one.
+                    rows = f"WITH found AS MATERIALIZED ({rows}) SELECT * FROM found"
+                records = cursor.execute(
+                    f"{rows} ORDER BY time {order}, id {order} LIMIT %(limit)s OFFSET %(offset)s",
                     params,
                 ).fetchall()
-                total = cursor.execute(f"SELECT count(*) AS n FROM quarantine {where}", params)
-                return HeldPage(tuple(_record(row, ()) for row in rows), total.fetchone()["n"])
+                exact = not query.text or total <= TEXT_COUNT_LIMIT
+                return HeldPage(tuple(_record(row, ()) for row in records), total, exact)
 
         return self.db.run(read, retry=True, timeout=max(self.db.timeout, ADMIN_TIMEOUT))
 
     def rule_counts(self, query: HeldQuery) -> dict[str, int]:
-        where, params = _where(replace(query, rule=None))
+        query = replace(query, rule=None)
+        side = _side_where(query)
+        if side is not None:
+            # From the side tables' indexes alone (the start page, a domain's messages).
+            table, where, params = side
+            source = f"{table} JOIN quarantine_rule_hits r USING (id)" if query.domain else table
+            sql = f"SELECT rule, count(*) FROM {source} {where} GROUP BY rule"
+        else:
+            where, params = _where(query)
+            # A rule is in one of the two lists of a message, once.
+            sql = (
+                "SELECT rule, count(*) FROM quarantine, unnest(rules || monitor) AS rule"
+                f" {where} GROUP BY rule"
+            )
 
         def read(conn: Conn) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT rule, count(*) FROM quarantine q, LATERAL"
-                " (SELECT DISTINCT r AS rule FROM unnest(q.rules || q.monitor) r) AS hit"
-                f" {where} GROUP BY rule ORDER BY rule",
-                params,
-            ).fetchall()
-            return {rule: n for rule, n in rows}
+            return {rule: n for rule, n in conn.execute(f"{sql} ORDER BY rule", params)}
 
         return self.db.run(read, retry=True, atomic=False, timeout=ADMIN_TIMEOUT)
 
@@ -505,15 +531,12 @@ def _where(query: HeldQuery) -> tuple[str, dict[str, Any]]:
     if query.sender:
         clauses.append("lower(sender) = %(sender)s")
         params["sender"] = query.sender.strip().lower()
+    # The indexed columns of schema 4 (004_console_search.sql).
     if query.recipient:
-        clauses.append("EXISTS (SELECT 1 FROM unnest(recipients) r WHERE lower(r) = %(rcpt)s)")
+        clauses.append("recipients_lower @> ARRAY[%(rcpt)s]::text[]")
         params["rcpt"] = query.recipient.strip().lower()
     if query.domain:
-        domain = "lower(substring({} from '@([^@]*)$'))"
-        clauses.append(
-            f"({domain.format('sender')} = %(domain)s OR EXISTS (SELECT 1 FROM"
-            f" unnest(recipients) r WHERE {domain.format('r')} = %(domain)s))"
-        )
+        clauses.append("domains @> ARRAY[%(domain)s]::text[]")
         params["domain"] = query.domain.strip().lower().lstrip("@").rstrip(".")
     if query.since is not None:
         clauses.append("time >= %(since)s")
@@ -522,14 +545,44 @@ def _where(query: HeldQuery) -> tuple[str, dict[str, Any]]:
         clauses.append("time < %(until)s")
         params["until"] = as_utc(query.until)
     if query.text:
-        clauses.append(
-            "(subject ILIKE %(like)s OR sender ILIKE %(like)s"
-            " OR array_to_string(recipients, ' ') ILIKE %(like)s OR id = %(text)s)"
-        )
-        text = query.text.strip()
-        params["like"] = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
-        params["text"] = text
+        clauses.append("search ILIKE %(like)s")
+        params["like"] = "%" + re.sub(r"([\\%_])", r"\\\1", query.text.strip()) + "%"
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def _side_where(query: HeldQuery) -> tuple[str, str, dict[str, Any]] | None:
+    """The side table (schema 4) that answers a count for `query` alone, with WHERE and
+    parameters: quarantine_rule_hits for a rule, quarantine_domain_hits for a domain (alias
+    d), each holding state and time; for neither, quarantine_rule_hits (counts per rule).
+    None when the query needs the records (an address, a text, both a rule and a domain, or
+    a release's lease)."""
+    if (
+        query.sender
+        or query.recipient
+        or query.text
+        or (query.rule and query.domain)
+        or query.state in ("releasing", "release_unknown")
+    ):
+        return None
+    table, at = ("quarantine_domain_hits d", "d.") if query.domain else ("quarantine_rule_hits", "")
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if query.domain:
+        clauses.append("d.domain = %(domain)s")
+        params["domain"] = query.domain.strip().lower().lstrip("@").rstrip(".")
+    if query.rule:
+        clauses.append("rule = %(rule)s")
+        params["rule"] = query.rule
+    if query.state is not None:
+        clauses.append(f"{at}state = %(state)s")
+        params["state"] = checked_state(query.state)
+    if query.since is not None:
+        clauses.append(f"{at}time >= %(since)s")
+        params["since"] = as_utc(query.since)
+    if query.until is not None:
+        clauses.append(f"{at}time < %(until)s")
+        params["until"] = as_utc(query.until)
+    return table, (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _check_id(qid: str) -> None:

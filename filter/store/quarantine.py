@@ -155,7 +155,52 @@ ALTER TABLE messages ADD COLUMN claimed_at TEXT;
 ALTER TABLE messages ADD COLUMN lease_until TEXT;
 ALTER TABLE messages ADD COLUMN mark_used INTEGER NOT NULL DEFAULT 0;
 """
-_MIGRATIONS = ((1, _SCHEMA_V1), (2, _SCHEMA_V2))
+# Version 3: the console's domain filter and text search through indexes, as message_rules
+# serves the rule filter (state and time are copies of the message's, so a filtered page and
+# its count come out of one table's index). The searched text (search_text) is kept in
+# message_search and indexed by FTS5's trigram tokenizer: any 3 or more characters of it
+# are found without reading every row.
+_SCHEMA_V3 = """
+CREATE TABLE message_domains (
+    domain TEXT NOT NULL,  -- lower case
+    id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    time TEXT NOT NULL,
+    PRIMARY KEY (domain, id)
+) WITHOUT ROWID;
+CREATE INDEX message_domains_state ON message_domains(domain, state, time);
+CREATE INDEX message_domains_id ON message_domains(id);
+INSERT OR IGNORE INTO message_domains (domain, id, state, time)
+    SELECT a.domain, m.id, m.state, m.time FROM message_addresses a JOIN messages m USING (id);
+CREATE TABLE message_search (
+    seq INTEGER PRIMARY KEY,  -- the FTS row's; an alias of the rowid, so VACUUM keeps it
+    id TEXT NOT NULL UNIQUE REFERENCES messages(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    time TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX message_search_state ON message_search(state, time);
+CREATE INDEX message_search_time ON message_search(time);
+CREATE VIRTUAL TABLE message_text USING fts5(
+    text, content='message_search', content_rowid='seq', tokenize='trigram'
+);
+-- The index follows its rows (a purge removes them through the foreign key).
+CREATE TRIGGER message_search_insert AFTER INSERT ON message_search BEGIN
+    INSERT INTO message_text (rowid, text) VALUES (new.seq, new.text);
+END;
+CREATE TRIGGER message_search_delete AFTER DELETE ON message_search BEGIN
+    INSERT INTO message_text (message_text, rowid, text) VALUES ('delete', old.seq, old.text);
+END;
+INSERT INTO message_search (id, state, time, text)
+    SELECT id, state, time, id || char(10) || subject || char(10) || sender || char(10)
+        || coalesce((SELECT group_concat(value, char(10)) FROM json_each(recipients)), '')
+    FROM messages;
+"""
+_MIGRATIONS = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3))
+# A text search counts its matches this far: past it the page says "more than" and leaves
+# the counts per rule out, so that a word in every message costs no more than a rare one.
+TEXT_COUNT_LIMIT = 10_000
+SORT_LIMIT = 2_000  # matches of a text sorted for a page; more are read in time order
 
 
 class QuarantineError(Exception):
@@ -238,7 +283,8 @@ class HeldQuery:
 @dataclass(frozen=True)
 class HeldPage:
     records: tuple[QuarantineRecord, ...]  # one page, without their events
-    total: int  # how many match the query in all
+    total: int  # how many match the query in all; with a text, at most TEXT_COUNT_LIMIT + 1
+    exact: bool = True  # False: a text search matched more than TEXT_COUNT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -330,7 +376,8 @@ class QuarantineStore(Protocol):
         ...
 
     def search(self, query: HeldQuery, offset: int = 0, limit: int = 50) -> HeldPage:
-        """One page of the messages matching `query`, by time (then id)."""
+        """One page of the messages matching `query`, by time (then id), and how many match
+        (with a text, counted up to TEXT_COUNT_LIMIT + 1: see `HeldPage.exact`)."""
         ...
 
     def rule_counts(self, query: HeldQuery) -> dict[str, int]:
@@ -386,6 +433,12 @@ def held_fields(
         "reason": verdict.reason,
         "pack_version": verdict.pack_version,
     }
+
+
+def search_text(qid: str, fields: dict[str, Any]) -> str:
+    """What a text search looks in, the same in every store: the id, the (masked) Subject,
+    the sender and the recipients, a line each."""
+    return "\n".join([qid, fields["subject"], fields["sender"], *fields["recipients"]])
 
 
 def is_valid_id(qid: str) -> bool:
@@ -469,9 +522,8 @@ class LocalQuarantine(StateChanges):
                 for version, script in _MIGRATIONS:
                     if db.execute("PRAGMA user_version").fetchone()[0] < version:
                         db.execute("BEGIN IMMEDIATE")
-                        for statement in script.split(";"):
-                            if statement.strip():
-                                db.execute(statement)
+                        for statement in _statements(script):
+                            db.execute(statement)
                         db.execute(f"PRAGMA user_version = {version}")
                         db.execute("COMMIT")
         finally:
@@ -549,6 +601,15 @@ class LocalQuarantine(StateChanges):
                     "INSERT INTO message_addresses (address, domain, is_sender, id) "
                     "VALUES (?, ?, ?, ?)",
                     [(a.lower(), _domain(a), sender, qid) for a, sender in addresses],
+                )
+                db.executemany(
+                    "INSERT INTO message_domains (domain, id, state, time) "
+                    "VALUES (?, ?, 'held', ?)",
+                    [(domain, qid, now) for domain in {_domain(a) for a, _ in addresses}],
+                )
+                db.execute(
+                    "INSERT INTO message_search (id, state, time, text) VALUES (?, 'held', ?, ?)",
+                    (qid, now, search_text(qid, fields)),
                 )
                 db.execute(
                     "INSERT INTO events (id, time, kind, actor, node) "
@@ -660,7 +721,8 @@ class LocalQuarantine(StateChanges):
     @staticmethod
     def _set_state(db: sqlite3.Connection, qid: str, state: str) -> None:
         db.execute("UPDATE messages SET state = ? WHERE id = ?", (state, qid))
-        db.execute("UPDATE message_rules SET state = ? WHERE id = ?", (state, qid))
+        for side in ("message_rules", "message_domains", "message_search"):
+            db.execute(f"UPDATE {side} SET state = ? WHERE id = ?", (state, qid))
 
     def _event(
         self, db: sqlite3.Connection, qid: str, kind: str, actor: str, reply: str, reason: str = ""
@@ -771,34 +833,45 @@ class LocalQuarantine(StateChanges):
         return self._select(where, params)
 
     def search(self, query: HeldQuery, offset: int = 0, limit: int = 50) -> HeldPage:
-        source, where, params = _held_where(query)
-        at = "r" if query.rule else "m"
+        at = _driver(query)
         order = "DESC" if query.newest_first else "ASC"
         with self._connect() as db:
             db.execute("BEGIN")  # the page and its total from one snapshot
+            source, where, params = _held_where(query)
+            if query.text:
+                total = db.execute(
+                    f"SELECT count(*) FROM (SELECT 1 {source} {where} LIMIT ?)",
+                    [*params, TEXT_COUNT_LIMIT + 1],
+                ).fetchone()[0]
+            else:
+                total = db.execute(f"SELECT count(*) {source} {where}", params).fetchone()[0]
+            # Many matches of a text: read in time order rather than sort them all.
+            source, where, params = _held_where(query, page=True, walk=total > SORT_LIMIT)
             rows = db.execute(
                 f"SELECT m.* {source} {where} ORDER BY {at}.time {order}, {at}.id {order} "
                 "LIMIT ? OFFSET ?",
                 [*params, max(limit, 0), max(offset, 0)],
             ).fetchall()
-            total = db.execute(f"SELECT count(*) {source} {where}", params).fetchone()[0]
             db.execute("COMMIT")
-        return HeldPage(tuple(_record(row, ()) for row in rows), total)
+        records = tuple(_record(row, ()) for row in rows)
+        return HeldPage(records, total, exact=not query.text or total <= TEXT_COUNT_LIMIT)
 
     def rule_counts(self, query: HeldQuery) -> dict[str, int]:
         query = replace(query, rule=None)
-        if not (query.sender or query.recipient or query.domain or query.text):
-            # State and time only (the start page): the rule index alone answers it.
-            _, where, params = _held_where(query, alias="r")
-            sql = f"SELECT rule, count(*) AS n FROM message_rules r {where} GROUP BY rule"
+        source, where, params = _held_where(query)
+        at = _driver(query)
+        if at == "m":
+            # No side table narrows it (the start page): the rule index alone answers.
+            source, where, params = _held_where(query, driver="r")
+            sql = f"SELECT rule, count(*) AS n {source} {where} GROUP BY rule"
         else:
-            source, where, params = _held_where(query)
+            # From the matching rows to their rules, in that order (CROSS JOIN keeps it).
             sql = (
-                "SELECT rule, count(*) AS n FROM message_rules "
-                f"WHERE id IN (SELECT m.id {source} {where}) GROUP BY rule"
+                f"SELECT r.rule, count(*) AS n {source} CROSS JOIN message_rules r"
+                f" ON r.id = {at}.id {where} GROUP BY r.rule"
             )
         with self._connect() as db:
-            return {row["rule"]: row["n"] for row in db.execute(f"{sql} ORDER BY rule", params)}
+            return {row[0]: row[1] for row in db.execute(f"{sql} ORDER BY 1", params)}
 
     def history(self, query: HistoryQuery, offset: int = 0, limit: int = 100) -> HistoryPage:
         clauses: list[str] = []
@@ -866,18 +939,35 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-def _held_where(query: HeldQuery, alias: str | None = None) -> tuple[str, str, list[Any]]:
-    """FROM, WHERE and parameters for a query. Filtered by rule, the rows come from the
-    rule's index in `message_rules` (alias r, which also holds state and time); else from
-    `messages` (alias m). The address filters go through `message_addresses`' indexes."""
-    at = alias or ("r" if query.rule else "m")
-    source = (
-        "FROM message_rules r JOIN messages m ON m.id = r.id" if query.rule else "FROM messages m"
-    )
+def _driver(query: HeldQuery) -> str:
+    """The alias of the table a query's rows come from, the side table of its narrowest
+    indexed filter (each holds state and time too, so a page and its count come out of that
+    table's index): message_search s for a text (through the trigram index), message_rules
+    r for a rule, message_domains d for a domain; else messages m."""
+    if query.text and len(query.text.strip()) >= 3:
+        return "s"
+    if query.rule:
+        return "r"
+    if query.domain:
+        return "d"
+    return "s" if query.text else "m"
+
+
+def _held_where(
+    query: HeldQuery, page: bool = False, walk: bool = False, driver: str | None = None
+) -> tuple[str, str, list[Any]]:
+    """FROM, WHERE and parameters for a query, its rows from `driver` (default `_driver`),
+    joined to `messages` (m) for a `page` (which reads their columns) or when the state needs
+    a release's lease. A text of 3 characters or more is looked up in the trigram index and
+    its matches read first; with `walk` (a common word), the rows are read in time order
+    instead and each checked against the matches, so the first ones make a page without
+    sorting every match. A shorter text is looked for in every row's text."""
+    at = driver or _driver(query)
+    text = query.text.strip() if query.text else ""
     clauses: list[str] = []
     params: list[Any] = []
     if query.rule:
-        clauses.append("r.rule = ?")
+        clauses.append("r.rule = ?" if at == "r" else _having(at, "message_rules", "rule = ?"))
         params.append(query.rule)
     if query.state is not None:
         clause, values = _state_clause(query.state, at, "m.lease_until")
@@ -891,22 +981,61 @@ def _held_where(query: HeldQuery, alias: str | None = None) -> tuple[str, str, l
         params.append(_iso_utc(query.until))
     for value, sender in ((query.sender, 1), (query.recipient, 0)):
         if value:
-            clauses.append(
-                "m.id IN (SELECT id FROM message_addresses WHERE address = ? AND is_sender = ?)"
-            )
+            clauses.append(_having(at, "message_addresses", "address = ? AND is_sender = ?"))
             params += [value.strip().lower(), sender]
     if query.domain:
-        clauses.append("m.id IN (SELECT id FROM message_addresses WHERE domain = ?)")
+        clauses.append("d.domain = ?" if at == "d" else _having(at, "message_domains", "domain=?"))
         params.append(query.domain.strip().lower().lstrip("@").rstrip("."))
-    if query.text:
-        # LIKE: case-insensitive for ASCII and faster than lower() on every row.
-        needle = "%" + re.sub(r"([\\%_])", r"\\\1", query.text.strip()) + "%"
+    indexed = len(text) >= 3  # a trigram's length
+    if text and not indexed:
+        like = "text LIKE ? ESCAPE '\\'"
+        clauses.append(f"s.{like}" if at == "s" else _having(at, "message_search", like))
+        params.append("%" + re.sub(r"([\\%_])", r"\\\1", text) + "%")
+    elif text:
         clauses.append(
-            "(m.subject LIKE ? ESCAPE '\\' OR m.sender LIKE ? ESCAPE '\\'"
-            " OR m.recipients LIKE ? ESCAPE '\\' OR m.id = ?)"
+            "s.seq IN (SELECT rowid FROM message_text WHERE message_text MATCH ?)"
+            if walk
+            else "message_text MATCH ?"
         )
-        params += [needle, needle, needle, query.text.strip()]
+        params.append(_phrase(text))
+    if at == "m":
+        source = "FROM messages m"
+    elif at == "s" and indexed and not walk:
+        source = "FROM message_text CROSS JOIN message_search s ON s.seq = message_text.rowid"
+    elif at == "s":
+        # In time order (with the state first when given), never in the matches' order.
+        index = "message_search_state" if query.state is not None else "message_search_time"
+        source = f"FROM message_search s INDEXED BY {index}"
+    else:
+        source = f"FROM {_SIDE_TABLES[at]} {at}"
+    if at != "m" and (page or query.state in ("releasing", "release_unknown")):
+        source += f" JOIN messages m ON m.id = {at}.id"
     return source, (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def _having(at: str, table: str, condition: str) -> str:
+    """The rows of `at` whose message has a row in side table `table` meeting `condition`."""
+    return f"{at}.id IN (SELECT id FROM {table} WHERE {condition})"
+
+
+_SIDE_TABLES = {"r": "message_rules", "d": "message_domains", "s": "message_search"}
+
+
+def _phrase(text: str) -> str:
+    """`text` as one FTS5 phrase: with the trigram tokenizer, a part of the indexed text."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script (a trigger's body holds semicolons)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement[:80]!r}")
 
 
 def checked_state(state: str) -> str:
