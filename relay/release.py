@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from mailgate.filter import replies
 from mailgate.filter.ops.config import Config, SmtpTarget
+from mailgate.filter.ops.notices import SenderNotices
 from mailgate.filter.store.lifecycle import Change
 from mailgate.filter.store.quarantine import (
     QuarantineError,
@@ -63,9 +64,12 @@ def release_message(
     actor: str,
     reason: str = "",
     force: bool = False,
+    notices: SenderNotices | None = None,
+    share_reason: bool = False,
 ) -> ReleaseResult:
     """Release one held message and record the outcome with `actor` and the reviewer's
-    `reason`; `force` also sends a message whose earlier release is release_unknown. Raises
+    `reason`; `force` also sends a message whose earlier release is release_unknown. Once it
+    is released, `notices` tells its sender (with the reason when `share_reason`). Raises
     QuarantineError (UnknownMessage) for an id that is not in the store, a message that was
     deleted, is release_unknown (without `force`), or whose stored envelope cannot be sent.
     Runs its own event loop: call it from synchronous code such as the CLI, or from a worker
@@ -85,8 +89,9 @@ def release_message(
         target = config.release_target
         if target.host:
             sending = True  # an outbox write, by contrast, is whole or not there
+            envelope = (record.sender, record.recipients)
             reply, unknown = asyncio.run(
-                _bounded(target, config.relay.hostname, record, message, limit)
+                _bounded(target, config.relay.hostname, *envelope, message, limit)
             )
         else:
             delivery_id = Outbox(config.relay.outbox).deliver(
@@ -104,7 +109,24 @@ def release_message(
         text += " (the record was meanwhile released with --force elsewhere)"
     if outcome is Change.UNKNOWN:
         text += f"; the next hop may have it: `mailgate quarantine release --force {qid}`"
+    if reply.ok and notices is not None:
+        notices.released(qid, reason if share_reason else "")
     return ReleaseResult(qid, released=reply.ok, already=False, reply=text)
+
+
+def send_notice(config: Config, message: bytes, recipient: str) -> tuple[bool, str]:
+    """Send a notice of mailgate's own (ops.notices) to `recipient` from the null sender,
+    where a release goes: (sent, the next hop's reply or the outbox delivery). Blocking and
+    bounded as a release is."""
+    target = config.release_target
+    if not target.host:
+        delivery_id = Outbox(config.relay.outbox).deliver(message, "", (recipient,))
+        return True, str(Reply.of(replies.IN_OUTBOX.format(id=delivery_id)))
+    limit = release_limit(config)
+    reply, _ = asyncio.run(
+        _bounded(target, config.relay.hostname, "", (recipient,), message, limit)
+    )
+    return reply.ok, str(reply)
 
 
 def _check_envelope(record: QuarantineRecord) -> None:
@@ -122,13 +144,18 @@ def _check_envelope(record: QuarantineRecord) -> None:
 
 
 async def _bounded(
-    target: SmtpTarget, hostname: str, record: QuarantineRecord, message: bytes, limit: float
+    target: SmtpTarget,
+    hostname: str,
+    sender: str,
+    recipients: tuple[str, ...],
+    message: bytes,
+    limit: float,
 ) -> tuple[Reply, bool]:
     """(the reply, whether the next hop may have the message without having said so)."""
     stage: list[str] = []
     try:
         reply = await asyncio.wait_for(
-            _submit(target, hostname, record.sender, record.recipients, message, stage), limit
+            _submit(target, hostname, sender, recipients, message, stage), limit
         )
     except TimeoutError:
         reply = Reply.of(replies.RELEASE_TIMED_OUT.format(limit=limit))

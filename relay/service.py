@@ -18,6 +18,7 @@ from mailgate.filter.ops.report import ForwardingReporter
 from mailgate.filter.ops.service import Serving, StartError, Stopped, run_service, start_scanning
 from mailgate.filter.store.release_mark import ReleaseSecretError
 from mailgate.relay.loop import loop_name
+from mailgate.relay.release import send_notice
 from mailgate.relay.server import Relay
 
 log = logging.getLogger("mailgate.relay")
@@ -38,11 +39,14 @@ async def _start(
 ) -> Serving:
     # The front ends share the machine's workers (engine.workers auto).
     workers = config.engine.workers_per_process(config.relay.processes)
-    scanning = await start_scanning(config, stack, parent, workers)
+    send = functools.partial(send_notice, config)
+    scanning = await start_scanning(config, stack, parent, workers, send_notice=send)
     if parent is None:  # a front end's records and pack go to its parent, which runs this
         start_fleet(config, "relay", scanning.reporter, scanning.store, stack)
     try:
-        relay = Relay.from_config(config, scanning.pool, scanning.store, scanning.reporter)
+        relay = Relay.from_config(
+            config, scanning.pool, scanning.store, scanning.reporter, scanning.notices
+        )
         await relay.start(sock=sock, serve_metrics=parent is None)
     except (OSError, ReleaseSecretError) as exc:
         # Binding relay.listen or metrics.listen, the outbox folder: exc names which.

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -23,9 +24,12 @@ from starlette.testclient import TestClient
 
 from mailgate.filter import Engine
 from mailgate.filter.cli.console import refusal
+from mailgate.filter.console import app as app_module
 from mailgate.filter.console.security import SignInLimiter
-from mailgate.filter.ops.config import packaged_rules_dir
-from mailgate.filter.store.quarantine import HistoryQuery, LocalQuarantine
+from mailgate.filter.ops.config import load_config, packaged_rules_dir
+from mailgate.filter.ops.stores import store_for
+from mailgate.filter.store import postgres, quarantine
+from mailgate.filter.store.quarantine import HistoryQuery, LocalQuarantine, QuarantineStore
 from tests.support.console import (
     CARD,
     MASKED_CARD,
@@ -33,13 +37,18 @@ from tests.support.console import (
     add_users,
     card_message,
     console_app,
+    console_process,
     form_token,
     hold,
     hostile_html_message,
     sign_in,
+    with_pool,
     write_config,
 )
+from tests.support.net import free_port
+from tests.support.postgres import SKIP_REASON, binaries, pg_server_fixture  # noqa: F401
 from tests.support.smtp_sink import SmtpSink
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 MAILGATE = Path(sys.executable).with_name("mailgate")
@@ -70,7 +79,10 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     environment = Env(tmp_path_factory.mktemp("console"))
-    with TestClient(environment.app, client=("127.0.0.1", 40000)) as main:  # runs the lifespan
+    with (
+        TestClient(environment.app, client=("127.0.0.1", 40000)) as main,
+        with_pool(main, environment.config),
+    ):
         environment.main = main  # type: ignore[attr-defined]
         yield environment
     environment.sink.stop()
@@ -145,7 +157,7 @@ def test_sign_in_needs_the_form_token(env: Env) -> None:
 def test_cookies_are_secure_over_tls(env: Env, tmp_path: Path) -> None:
     config = write_config(tmp_path, env.sink.port, tls={"cert": "c.pem", "key": "k.pem"})
     add_users(config, {"rita": "reviewer"})
-    app = console_app(config, LocalQuarantine(config.quarantine.path), False)
+    app = console_app(config, LocalQuarantine(config.quarantine.path))
     client = TestClient(app, base_url="https://testserver")  # a Secure cookie needs https
     assert "Secure" in sign_in(client, "rita").headers["set-cookie"]
 
@@ -175,7 +187,7 @@ def test_failed_sign_ins_are_rate_limited_per_user_and_per_client(env: Env) -> N
 def test_sessions_expire(env: Env, tmp_path: Path) -> None:
     config = write_config(tmp_path, env.sink.port, session_timeout="1s")
     add_users(config, {"rita": "reviewer"})
-    client = TestClient(console_app(config, LocalQuarantine(config.quarantine.path), False))
+    client = TestClient(console_app(config, LocalQuarantine(config.quarantine.path)))
     assert sign_in(client, "rita").status_code == 303
     assert client.get("/", follow_redirects=False).status_code == 200
     time.sleep(1.2)
@@ -185,10 +197,23 @@ def test_sessions_expire(env: Env, tmp_path: Path) -> None:
 # --- held mail -----------------------------------------------------------------------------
 
 
-def test_held_mail_lists_filters_counts_and_pages(env: Env, tmp_path: Path) -> None:
-    store = LocalQuarantine(tmp_path / "q", node="gw-b")
+@pytest.fixture(params=["local", "postgres"])
+def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> QuarantineStore:
+    """An empty store of node gw-b: a local folder, or a database of its own on the private
+    PostgreSQL, opened as `mailgate console` opens it (store_for)."""
+    settings: dict[str, Any] = {"quarantine": {"path": str(tmp_path / "q")}, "node": "gw-b"}
+    if request.param == "postgres":
+        if binaries() is None:
+            pytest.skip(SKIP_REASON)
+        settings["database"] = request.getfixturevalue("pg_server").create_database()
+    (tmp_path / "store.yaml").write_text(json.dumps(settings))
+    return store_for(load_config(tmp_path / "store.yaml"))
+
+
+def test_held_mail_lists_filters_counts_and_pages(env: Env, fresh_store: QuarantineStore) -> None:
+    store = fresh_store
     config = env.config
-    app = console_app(config, store, False)
+    app = console_app(config, store)
     client = TestClient(app)
     assert sign_in(client, "audrey").status_code == 303
     iban = (
@@ -445,10 +470,40 @@ def test_history_filters_and_csv_are_masked(env: Env) -> None:
     assert no_full_card(answer.text)
 
 
+def test_history_and_text_search_over_both_stores(
+    env: Env, fresh_store: QuarantineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history (filters, CSV, masked reasons) and a text search past the count limit, the
+    same over the fleet's store as over the local one."""
+    store = fresh_store
+    client = TestClient(console_app(env.config, store))
+    assert sign_in(client, "rita").status_code == 303
+    kept, gone = (hold(store, env.engine, card_message(f"order {n}")) for n in range(2))
+    token = form_token(client.get(f"/message/{gone}").text)
+    reason = f"=HYPERLINK(card {CARD})"
+    deleted = client.post(f"/message/{gone}/delete", data={"csrf": token, "reason": reason})
+    assert deleted.status_code == 200
+    page = client.get(f"/history?kind=deleted&actor=rita&q={gone}").text
+    assert "1 entry" in page and f"=HYPERLINK(card {MASKED_CARD})" in page
+    assert "<td>signed_in</td>" not in page and no_full_card(page)
+    assert "<td>signed_in</td>" in client.get("/history?kind=signed_in").text
+    rows = list(csv.reader(io.StringIO(client.get(f"/history.csv?q={gone}").text)))
+    assert rows[1][1:6] == ["deleted", "rita", "gw-b", gone, f"'=HYPERLINK(card {MASKED_CARD})"]
+    assert len(rows) == 2
+    assert "0 entries" in client.get("/history?kind=released").text
+
+    for module in (quarantine, postgres, app_module):
+        monkeypatch.setattr(module, "TEXT_COUNT_LIMIT", 1)
+    more = client.get("/?q=order&state=any").text
+    assert "More than 1 messages match this text" in more and "<b>2</b>" not in more
+    assert f"/message/{kept}" in more and f"/message/{gone}" in more
+    assert "1 message(s)" in client.get(f"/?q={kept[-12:]}").text
+
+
 def test_admin_purges_and_the_purge_is_in_the_history(env: Env, tmp_path: Path) -> None:
     store = LocalQuarantine(tmp_path / "q")
     hold(store, env.engine, card_message())
-    client = TestClient(console_app(env.config, store, False))
+    client = TestClient(console_app(env.config, store))
     assert sign_in(client, "adam").status_code == 303
     page = client.get("/history").text
     assert "Purge" in page
@@ -580,7 +635,7 @@ def test_adduser_and_deluser(env: Env, tmp_path: Path) -> None:
         stdin="an0ther-pass\n",
     )
     assert again.returncode == 0 and "updated nina (admin)" in again.stdout
-    client = TestClient(console_app(config, LocalQuarantine(config.quarantine.path), False))
+    client = TestClient(console_app(config, LocalQuarantine(config.quarantine.path)))
     assert sign_in(client, "nina", "s3cret-pass").status_code == 401
     assert sign_in(client, "nina", "an0ther-pass").status_code == 303
     assert "nina (admin)" in client.get("/").text
@@ -610,6 +665,36 @@ def test_refuses_to_listen_off_loopback_without_tls_or_proxy(env: Env, tmp_path:
     assert refusal(write_config(tmp_path / "v6", 1, listen="[::1]:8025")) is None
 
 
+def test_the_console_process_runs_on_the_service_runner(env: Env, tmp_path: Path) -> None:
+    """`mailgate console` as a process: it serves; SIGHUP re-reads console.trusted_proxy (a
+    proxy's header is believed from then on) and keeps serving; SIGTERM stops it with 0; a
+    port in use stops the start with 2, saying which."""
+    import httpx
+
+    port = free_port()
+    config = write_config(tmp_path, env.sink.port, listen=f"127.0.0.1:{port}")
+    add_users(config, {"pat": "reviewer"})
+    url = f"http://127.0.0.1:{port}"
+    proxied = {"X-Forwarded-User": "pat"}
+    with console_process(config) as process:
+        assert httpx.get(f"{url}/login").status_code == 200
+        assert httpx.get(f"{url}/", headers=proxied).status_code == 303  # not believed
+        write_config(
+            tmp_path, env.sink.port, listen=f"127.0.0.1:{port}",
+            trusted_proxy={"header": "X-Forwarded-User", "from": ["127.0.0.0/8"]},
+        )  # fmt: skip
+        assert process.process is not None
+        process.process.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: httpx.get(f"{url}/", headers=proxied).status_code == 200, 30, "the reload"
+        )
+        assert "pat (reviewer)" in httpx.get(f"{url}/", headers=proxied).text
+        busy = mailgate("console", "--config", str(config.source))
+        assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+        assert process.stop() == 0
+    assert "stopping on SIGTERM" in config.source.with_name("console.log").read_text()
+
+
 def test_trusted_proxy_headers_count_only_from_its_networks(env: Env, tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
@@ -620,7 +705,7 @@ def test_trusted_proxy_headers_count_only_from_its_networks(env: Env, tmp_path: 
             "from": ["10.0.0.0/8"],
         },
     )
-    app = console_app(config, env.store, False)
+    app = console_app(config, env.store)
     headers = {"X-Forwarded-User": "pat", "X-Forwarded-Groups": "staff, reviewer"}
     proxy = TestClient(app, client=("10.2.3.4", 40000))
     page = proxy.get("/", headers=headers)

@@ -1,24 +1,28 @@
 """`mailgate console [--config FILE]`: serve the review console; `console adduser|deluser|token`
 manage who may use it.
 
-Exit codes: 0 done; 1 the server could not start; 2 usage or bad configuration (including a
-listen address the console refuses).
+The server runs on the runner every door shares (filter/console/service.py): SIGTERM stops
+it cleanly, SIGHUP reloads the rule pack and the live console settings.
+
+Exit codes: 0 done; 1 the server could not start (the console extra or the database
+missing) or stopped by itself; 2 usage or bad configuration (including a listen address the
+console refuses, a broken pack, a port in use).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import ipaddress
 import sys
-from functools import partial
 from typing import TYPE_CHECKING
 
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
-from mailgate.filter.ops.stores import add_wait_argument, check_database, store_for
+from mailgate.filter.ops.logs import setup_logging
+from mailgate.filter.ops.stores import add_wait_argument, check_database
 
 if TYPE_CHECKING:
-    from mailgate.filter import ScanPool
     from mailgate.filter.console.users import UsersFile
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -96,49 +100,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mailgate console: refusing to start: {why}", file=sys.stderr)
         return USAGE
     try:
-        import uvicorn
-
-        from mailgate.filter.console.app import create_app
+        from mailgate.filter.console import service
     except ImportError as exc:
         print(
             f"mailgate console: {exc.name} is missing: pip install 'mailgate[console]'",
             file=sys.stderr,
         )
         return FAILED
-    from mailgate.filter.ops.service import scan_pool_for
-    from mailgate.relay.release import release_message
+    from mailgate.relay.release import release_message, send_notice
 
     refused = check_database(config, "console", wait=args.wait_for_database)
     if refused:
         print(f"mailgate console: {refused}", file=sys.stderr)
         return FAILED
-    store = store_for(config)
-
-    async def start_pool() -> ScanPool:
-        pool = scan_pool_for(config, workers=1)  # "Try a message" only: one worker will do
-        await pool.start()
-        return pool
-
-    release = partial(release_message, config, store)
-    app = create_app(config, store, release, start_pool)
-    tls = config.console.tls
-    print(
-        f"mailgate console on {'https' if tls else 'http'}://{config.console.listen}/",
-        file=sys.stderr,
-    )
-    uvicorn.run(
-        app,
-        host=config.console.listen.host,
-        port=config.console.listen.port,
-        ssl_certfile=str(tls.cert) if tls else None,
-        ssl_keyfile=str(tls.key) if tls else None,
-        log_level="warning",
-        server_header=False,
-        # The client address comes from the socket; the trusted proxy's headers are read by
-        # the console itself, only from the networks it lists.
-        proxy_headers=False,
-    )
-    return OK
+    setup_logging()  # remote strings (addresses, replies) masked and escaped
+    return service.run(config, release_message, functools.partial(send_notice, config))
 
 
 def _users(args: argparse.Namespace) -> UsersFile | None:

@@ -8,6 +8,7 @@ time_budget); SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
@@ -56,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"mailgate milter: {refused}", file=sys.stderr)
         return EXIT_CANNOT_START
     from mailgate.filter.milter import service  # imports pymilter, found above
+    from mailgate.relay.release import send_notice
 
-    return service.run(config)
+    return service.run(config, functools.partial(send_notice, config))

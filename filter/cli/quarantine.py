@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import getpass
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mailgate.filter.detect.masking import mask_field
 from mailgate.filter.message.rawheaders import top_headers
-from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
+from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import json_line, printable, shown
+from mailgate.filter.ops.notices import NoticeError, SenderNotices, delete_message
 from mailgate.filter.ops.review import shown_record
 from mailgate.filter.ops.stores import store_for
 from mailgate.filter.policy.units import argument, parse_duration, parse_since
@@ -71,11 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(release_unknown: the next hop may have it already)",
     )
     _add_actor(release)
+    _add_reason(release)
     release.set_defaults(func=_guarded(_release))
 
     delete = commands.add_parser("delete", help="delete a message (its record is kept)")
     delete.add_argument("id")
     _add_actor(delete)
+    _add_reason(delete)
     delete.set_defaults(func=_guarded(_delete))
 
     purge = commands.add_parser("purge", help="remove messages and records older than an age")
@@ -111,7 +115,7 @@ def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
         except (ConfigError, UnknownMessage) as exc:
             print(exc, file=sys.stderr)
             return USAGE
-        except (QuarantineError, ReleaseSecretError, OSError) as exc:
+        except (QuarantineError, ReleaseSecretError, NoticeError, OSError) as exc:
             # OSError: the outbox or the quarantine folder could not be written.
             print(exc, file=sys.stderr)
             return FAILED
@@ -125,6 +129,28 @@ def _add_actor(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SUDO_USER") or getpass.getuser(),
         help="who does this, for the record (default: $SUDO_USER or the current user)",
     )
+
+
+def _add_reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", default="", help="why, for the record")
+    parser.add_argument(
+        "--share-reason",
+        action="store_true",
+        help="with quarantine.notify_sender: tell the sender the reason too",
+    )
+
+
+@contextlib.contextmanager
+def _notices(config: Config, store: QuarantineStore) -> Iterator[SenderNotices]:
+    """The sender notices, waited for before the command ends."""
+    # Imported here: the relay package is only needed by the actions that send.
+    from mailgate.relay.release import release_limit, send_notice
+
+    notices = SenderNotices(config, store, functools.partial(send_notice, config))
+    try:
+        yield notices
+    finally:
+        notices.close(timeout=release_limit(config))
 
 
 def _open(args: argparse.Namespace) -> QuarantineStore:
@@ -226,10 +252,19 @@ def _release(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store = store_for(config, command=True)
     store.get(args.id)  # unknown id: usage error before anything is sent
-    # Imported here: the relay package is only needed by this one action.
     from mailgate.relay.release import release_message
 
-    result = release_message(config, store, args.id, args.actor, force=args.force)
+    with _notices(config, store) as notices:
+        result = release_message(
+            config,
+            store,
+            args.id,
+            args.actor,
+            args.reason,
+            force=args.force,
+            notices=notices,
+            share_reason=args.share_reason,
+        )
     reply = shown(result.reply)  # the next hop's words
     if result.already:
         print(result.reply)  # "already being released" or "already released"
@@ -241,8 +276,13 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    store = _open(args)
-    if store.delete(args.id, args.actor):
+    config = load_config(args.config)
+    store = store_for(config, command=True)
+    with _notices(config, store) as notices:
+        deleted = delete_message(
+            store, args.id, args.actor, args.reason, notices, share_reason=args.share_reason
+        )
+    if deleted:
         print(f"deleted {args.id}")
     else:
         print(f"{args.id} was already deleted")

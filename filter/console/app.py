@@ -12,10 +12,9 @@ import csv
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,10 +44,13 @@ from mailgate.filter.console.security import (
 )
 from mailgate.filter.console.users import Principal, UsersFile, valid_name
 from mailgate.filter.ops.config import Config
+from mailgate.filter.ops.notices import SenderNotices, delete_message
 from mailgate.filter.ops.review import masked, message_view, shown_entry, shown_record, trial
 from mailgate.filter.ops.rulestats import collect, daily
 from mailgate.filter.store.quarantine import (
     STATES,
+    TEXT_COUNT_LIMIT,
+    HeldPage,
     HeldQuery,
     HistoryQuery,
     QuarantineError,
@@ -83,8 +85,13 @@ class ReleaseOutcome(Protocol):
     def reply(self) -> str: ...
 
 
-# (qid, actor, reason) -> outcome; blocking (it talks SMTP): run in a worker thread.
-Releaser = Callable[[str, str, str], ReleaseOutcome]
+class Releaser(Protocol):
+    """`relay.release.release_message` bound to the configuration, the store and the sender
+    notices; blocking (it talks SMTP): run in a worker thread."""
+
+    def __call__(
+        self, qid: str, actor: str, reason: str, *, share_reason: bool = False
+    ) -> ReleaseOutcome: ...
 
 
 @dataclass
@@ -96,10 +103,27 @@ class Console:
     sessions: Sessions
     limiter: SignInLimiter
     pool: ScanPool | None = None
+    notices: SenderNotices | None = None
+
+    @property
+    def notify(self) -> bool:
+        """Senders are told of releases and deletes (a reviewer may share the reason)."""
+        return self.notices is not None and self.notices.enabled
 
     @property
     def secure_cookies(self) -> bool:
         return self.config.console.tls is not None
+
+    def reconfigure(self, fresh: Config) -> None:
+        """What applies live from a re-read configuration (SIGHUP): who the trusted proxy is
+        and how long new sessions last."""
+        settings = {
+            "trusted_proxy": fresh.console.trusted_proxy,
+            "session_timeout": fresh.console.session_timeout,
+        }
+        console = self.config.console.model_copy(update=settings)
+        self.config = self.config.model_copy(update={"console": console})
+        self.sessions.timeout = console.session_timeout
 
 
 def _templates() -> Environment:
@@ -157,10 +181,12 @@ def create_app(
     config: Config,
     store: QuarantineStore,
     release: Releaser,
-    start_pool: Callable[[], Awaitable[ScanPool]] | None = None,
+    pool: ScanPool | None = None,
+    notices: SenderNotices | None = None,
 ) -> Starlette:
     """The console over `store`; `release` is the CLI's release function bound to the
-    configuration; `start_pool` starts the scan pool "Try a message" judges in."""
+    configuration; `pool` the started scan pool "Try a message" judges in (its owner stops
+    it); `notices` tells senders of deletes (releases tell them through `release`)."""
     console = Console(
         config=config,
         store=store,
@@ -168,18 +194,10 @@ def create_app(
         users=UsersFile(config.console.users),
         sessions=Sessions(config.console.session_timeout),
         limiter=SignInLimiter(),
+        pool=pool,
+        notices=notices,
     )
     env = _templates()
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if start_pool is not None:
-            console.pool = await start_pool()
-        try:
-            yield
-        finally:
-            if console.pool is not None:
-                await console.pool.close()
 
     def render(
         request: Request, template: str, session: Session | None, status: int = 200, **values: Any
@@ -189,6 +207,7 @@ def create_app(
             me=session.principal if session else None,
             csrf=session.csrf if session else "",
             states=STATES,
+            notify=console.notify,
             **values,
         )
         return HTMLResponse(page, status_code=status)
@@ -197,7 +216,7 @@ def create_app(
         """The session of this request: the cookie's, or one opened for the user the trusted
         proxy names (its header is ignored from anywhere else)."""
         session = console.sessions.get(request.cookies.get(SESSION_COOKIE))
-        proxy = config.console.trusted_proxy
+        proxy = console.config.console.trusted_proxy
         peer = request.client.host if request.client else ""
         if proxy is None or not from_trusted_proxy(proxy, peer):
             return None if session is not None and session.via_proxy else session
@@ -221,7 +240,7 @@ def create_app(
     def finish(request: Request, response: Response) -> Response:
         new = getattr(request.state, "new_session", None)
         if new is not None:
-            age = int(config.console.session_timeout)
+            age = int(console.config.console.session_timeout)
             _set_cookie(response, request, console, SESSION_COOKIE, new.id, age)
         return response
 
@@ -285,7 +304,7 @@ def create_app(
             console,
             SESSION_COOKIE,
             session.id,
-            int(config.console.session_timeout),
+            int(console.config.console.session_timeout),
         )
         response.delete_cookie(LOGIN_COOKIE, path="/")
         return response
@@ -312,12 +331,13 @@ def create_app(
         session = need(request)
         query, shown = held_query(request.query_params)
         page = max(_int(request.query_params.get("page"), 1), 1)
-        result, counts = await run_in_threadpool(
-            lambda: (
-                console.store.search(query, (page - 1) * PAGE_SIZE, PAGE_SIZE),
-                console.store.rule_counts(query),
-            )
-        )
+
+        def read() -> tuple[HeldPage, dict[str, int]]:
+            result = console.store.search(query, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+            # A text found in very many messages is counted only so far: no counts per rule.
+            return result, console.store.rule_counts(query) if result.exact else {}
+
+        result, counts = await run_in_threadpool(read)
         pages = max((result.total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
 
         def link(**changes: Any) -> str:
@@ -331,7 +351,9 @@ def create_app(
                 "held.html",
                 session,
                 records=[shown_record(r) for r in result.records],
+                count_limit=TEXT_COUNT_LIMIT,
                 total=result.total,
+                exact=result.exact,
                 counts=counts,
                 page=page,
                 pages=pages,
@@ -356,7 +378,7 @@ def create_app(
         done, failed = 0, []
         for qid in ids[:PAGE_SIZE]:
             try:
-                ok, reply = await act(session, str(action), qid, reason)
+                ok, reply = await act(session, str(action), qid, reason, _share(form))
             except QuarantineError as exc:
                 ok, reply = False, str(exc)
             done += ok
@@ -370,12 +392,19 @@ def create_app(
         joiner = "&" if "?" in back else "?"
         return RedirectResponse(f"{back}{joiner}{urlencode({'notice': masked(notice)})}", 303)
 
-    async def act(session: Session, action: str, qid: str, reason: str) -> tuple[bool, str]:
+    async def act(
+        session: Session, action: str, qid: str, reason: str, share: bool = False
+    ) -> tuple[bool, str]:
+        """Release or delete `qid`; `share`: the sender's notice carries the reason."""
         actor = session.principal.name
         if action == "release":
-            outcome = await run_in_threadpool(console.release, qid, actor, reason)
+            outcome = await run_in_threadpool(
+                partial(console.release, qid, actor, reason, share_reason=share)
+            )
             return outcome.released or outcome.already, outcome.reply
-        deleted = await run_in_threadpool(console.store.delete, qid, actor, reason)
+        deleted = await run_in_threadpool(
+            delete_message, console.store, qid, actor, reason, console.notices, share
+        )
         return deleted, "deleted" if deleted else "already deleted"
 
     # --- one message ---------------------------------------------------------------------------
@@ -416,7 +445,7 @@ def create_app(
         form = await form_of(request, session)
         qid = (await _record(request.path_params["qid"])).id
         reason = _reason(form)
-        ok, reply = await act(session, action, qid, reason)
+        ok, reply = await act(session, action, qid, reason, _share(form))
         notice = "" if ok else f"{action} failed: {reply}"
         suffix = f"?{urlencode({'notice': masked(notice)})}" if notice else ""
         return RedirectResponse(f"/message/{qid}{suffix}", 303)
@@ -599,7 +628,7 @@ def create_app(
         limit = min(max(_int(request.query_params.get("limit"), PAGE_SIZE), 1), 500)
         page = await run_in_threadpool(console.store.search, query, offset, limit)
         messages = [shown_record(r).to_dict() for r in page.records]
-        return JSONResponse({"total": page.total, "messages": messages})
+        return JSONResponse({"total": page.total, "exact": page.exact, "messages": messages})
 
     async def api_show(request: Request) -> Response:
         api_principal(request)
@@ -614,12 +643,14 @@ def create_app(
             body = json.loads(await request.body() or b"{}")
         except ValueError:
             raise HTTPException(400, 'the body must be JSON: {"reason": "..."}') from None
-        reason = str(body.get("reason", "")).strip() if isinstance(body, dict) else ""
+        body = body if isinstance(body, dict) else {}
+        reason = str(body.get("reason", "")).strip()
         if not reason:
             raise HTTPException(400, "a reason is required")
         session = Session("", principal, "", 0.0, client_of(request, console))
         try:
-            ok, reply = await act(session, action, qid, reason[:2000])
+            share = body.get("share_reason") is True
+            ok, reply = await act(session, action, qid, reason[:2000], share)
         except QuarantineError as exc:
             raise HTTPException(409, str(exc)) from None
         record = await _record(qid)
@@ -669,7 +700,6 @@ def create_app(
             Mount("/static", StaticFiles(directory=static), name="static"),
         ],
         exception_handlers={HTTPException: http_error},
-        lifespan=lifespan,
     )
     app.state.console = console
     app.add_middleware(SecurityHeaders)
@@ -709,6 +739,11 @@ def _reason(form: FormData) -> str:
     if not reason:
         raise HTTPException(400, "a reason is required")
     return reason[:2000]
+
+
+def _share(form: FormData) -> bool:
+    """The reviewer ticked "tell the sender this reason"."""
+    return form.get("share") == "1"
 
 
 def _int(value: str | None, default: int) -> int:

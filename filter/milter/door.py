@@ -33,6 +33,7 @@ from mailgate.filter import (
     replies,
 )
 from mailgate.filter.ops.config import MilterConfig
+from mailgate.filter.ops.notices import SenderNotices
 from mailgate.filter.ops.report import Reporter
 from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.filter.store.release_mark import RELEASE_HEADER, released_id
@@ -74,6 +75,7 @@ class MilterDoor:
     spool_in_memory: int = SPOOL_IN_MEMORY
     milter_name: str = "mailgate"
     reporter: Reporter | None = None  # audit log and metrics; None: neither
+    notices: SenderNotices | None = None  # tells the sender of each message held
 
     def __post_init__(self) -> None:
         if self.fail_mode not in FAIL_MODES:
@@ -288,6 +290,8 @@ class MailgateMilter(Milter.Base):
             log.error("%s: tempfail: quarantine store failed: %r", self.label, exc)
             return self._reply_tempfail(replies.NOT_HELD, verdict)
         log.info("%s: quarantined as %s: %s", self.label, quarantine_id, verdict.reason)
+        if self.door.notices is not None:
+            self.door.notices.held(quarantine_id)
         return Milter.DISCARD, verdict, {"milter": "discard", "quarantine_id": quarantine_id}
 
     def _engine_failed(self, why: str) -> Decision:

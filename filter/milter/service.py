@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from mailgate.filter.milter.door import MilterDoor, libmilter, serve, unix_socket_path
 from mailgate.filter.ops.config import Config, MilterConfig
 from mailgate.filter.ops.fleet import start_fleet
+from mailgate.filter.ops.notices import Send
 from mailgate.filter.ops.service import (
     Serving,
     Stopped,
@@ -32,13 +33,15 @@ log = logging.getLogger("mailgate.milter")
 LIBMILTER_STOP_GRACE = 10.0  # seconds for libmilter's connections to finish at a stop
 
 
-def run(config: Config) -> int:
-    """Serve Postfix until SIGTERM; the exit status."""
-    return asyncio.run(run_service("milter", config, functools.partial(_start, config)))
+def run(config: Config, send_notice: Send | None = None) -> int:
+    """Serve Postfix until SIGTERM; the exit status. `send_notice` sends the sender notices
+    (the relay's, handed in by the command: a door imports no other door)."""
+    start = functools.partial(_start, config, send_notice)
+    return asyncio.run(run_service("milter", config, start))
 
 
-async def _start(config: Config, stack: AsyncExitStack) -> Serving:
-    scanning = await start_scanning(config, stack)
+async def _start(config: Config, send_notice: Send | None, stack: AsyncExitStack) -> Serving:
+    scanning = await start_scanning(config, stack, send_notice=send_notice)
     pool, reporter = scanning.pool, scanning.reporter
     start_fleet(config, "milter", reporter, scanning.store, stack)
     serve_metrics(config, lambda: pool.engine is not None, reporter.metrics, stack)
@@ -47,6 +50,7 @@ async def _start(config: Config, stack: AsyncExitStack) -> Serving:
         store=scanning.store,
         release_secret=scanning.release_secret,
         reporter=reporter,
+        notices=scanning.notices,
     )
     door.apply(config.milter)
     socket_path = unix_socket_path(config.milter.socket)

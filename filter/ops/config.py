@@ -278,6 +278,17 @@ class QuarantineConfig(_Section):
     # Default for `mailgate quarantine purge` when --older-than is not given; with `database`
     # also enforced for the fleet once an hour.
     retention: Annotated[timedelta, BeforeValidator(parse_duration)] | None = None
+    # Tell the sender when a message is held, released or deleted (ops/notices.py), through
+    # where a release goes; the notice comes from notify_from (None: postmaster@relay.hostname).
+    notify_sender: bool = False
+    notify_from: str | None = None
+
+    @field_validator("notify_from")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^\s<>@]+@[^\s<>@]+", value):
+            raise ValueError(f"not an address: {value!r} (local@domain, no name or brackets)")
+        return value
 
     @field_validator("release_to")
     @classmethod

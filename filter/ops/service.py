@@ -27,9 +27,11 @@ from multiprocessing.connection import Connection
 from mailgate.filter import PackError, PackReloader, QuarantineStore, ScanPool
 from mailgate.filter.ops.config import Config, ConfigError, load_config
 from mailgate.filter.ops.metrics import Metrics, MetricsServer
+from mailgate.filter.ops.notices import NoticeError, Send, SenderNotices
 from mailgate.filter.ops.report import ForwardingReporter, Reporter
 from mailgate.filter.ops.stores import store_for
 from mailgate.filter.scan.confine import Confinement
+from mailgate.filter.scan.reload import ReloadResult
 from mailgate.filter.store.quarantine import QuarantineError
 from mailgate.filter.store.release_mark import ReleaseSecretError
 
@@ -109,6 +111,17 @@ class Scanning:
     pool: ScanPool
     reporter: Reporter
     reloader: PackReloader
+    notices: SenderNotices
+
+
+def notices_for(config: Config, store: QuarantineStore, send: Send | None) -> SenderNotices:
+    """The sender notices `quarantine.notify_sender` asks for, sent with `send` (the relay's
+    `send_notice`, handed in by the caller: a door imports no other door); StartError if a
+    template cannot be used."""
+    try:
+        return SenderNotices(config, store, send)
+    except NoticeError as exc:
+        raise StartError(f"sender notices: {exc}") from exc
 
 
 async def start_scanning(
@@ -116,17 +129,16 @@ async def start_scanning(
     stack: AsyncExitStack,
     parent: Connection | None = None,
     workers: int | None = None,
+    send_notice: Send | None = None,
 ) -> Scanning:
     """The quarantine, the scan pool on the pack (`workers` of them, else engine.workers),
     the reporter (the audit log and metrics, or with `parent` a relay front end's forwarding
-    to its parent) and the pack reloader, each stopped by `stack`."""
+    to its parent), the pack reloader and the sender notices (sent with `send_notice`), each
+    stopped by `stack`."""
     store, secret = open_quarantine(config)
-    pool = scan_pool_for(config, workers)
-    stack.push_async_callback(pool.close)
-    try:
-        await pool.start()
-    except (PackError, OSError) as exc:
-        raise StartError(f"rule pack {config.rules}:\n{exc}") from exc
+    notices = notices_for(config, store, send_notice)
+    stack.push_async_callback(asyncio.to_thread, notices.close)
+    pool = await start_pool(config, stack, workers)
     if parent is not None:
         reporter: Reporter = ForwardingReporter(parent, lambda: pool.engine)
     else:
@@ -134,17 +146,41 @@ async def start_scanning(
         if reporter.audit is not None:
             stack.callback(reporter.audit.close)
     reporter.set_pack(pool.pack_version)
-    reloader = PackReloader(pool, config.rules, on_result=reporter.observe_reload)
+    reloader = await start_reloader(config, pool, stack, reporter.observe_reload)
+    return Scanning(store, secret, pool, reporter, reloader, notices)
+
+
+async def start_pool(config: Config, stack: AsyncExitStack, workers: int | None = None) -> ScanPool:
+    """The scan pool on the pack, started (StartError if the pack does not load), closed by
+    `stack`."""
+    pool = scan_pool_for(config, workers)
+    stack.push_async_callback(pool.close)
+    try:
+        await pool.start()
+    except (PackError, OSError) as exc:
+        raise StartError(f"rule pack {config.rules}:\n{exc}") from exc
+    return pool
+
+
+async def start_reloader(
+    config: Config,
+    pool: ScanPool,
+    stack: AsyncExitStack,
+    on_result: Callable[[ReloadResult], None] | None = None,
+) -> PackReloader:
+    """The pack reloader of `pool` (SIGHUP and changes to the rules folder), stopped by
+    `stack`."""
+    reloader = PackReloader(pool, config.rules, on_result=on_result)
     await reloader.start()
     stack.push_async_callback(reloader.stop)
-    return Scanning(store, secret, pool, reporter, reloader)
+    return reloader
 
 
 @dataclass
 class Serving:
     """What a started door gives the runner."""
 
-    reporter: Reporter  # its audit file is reopened on SIGHUP
+    reporter: Reporter | None  # its audit file is reopened on SIGHUP
     reloader: PackReloader | None = None  # asked to reload on SIGHUP
     on_hangup: Callable[[], None] | None = None  # what else SIGHUP does (pass it on)
     reconfigure: Callable[[Config], None] | None = None  # apply the re-read configuration
@@ -206,7 +242,7 @@ async def run_service(name: str, config: Config, start: Start) -> int:
 
 def _hangup(serving: Serving, config: Config) -> None:
     log.info("SIGHUP: reopening the audit file, reloading the rule pack and the configuration")
-    if serving.reporter.audit is not None:
+    if serving.reporter is not None and serving.reporter.audit is not None:
         serving.reporter.audit.reopen()
     if serving.reloader is not None:
         serving.reloader.request("signal")

@@ -20,9 +20,13 @@ from mailgate.filter import Engine, Envelope, ScanPool
 from mailgate.filter.console.app import create_app
 from mailgate.filter.console.users import UsersFile
 from mailgate.filter.ops.config import Config, load_config, packaged_rules_dir
+from mailgate.filter.ops.notices import SenderNotices
 from mailgate.filter.ops.service import scan_pool_for
-from mailgate.filter.store.quarantine import LocalQuarantine
+from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.relay.release import release_message
+from tests.support.cli import mailgate_process
+from tests.support.net import port_open
+from tests.support.processes import ChildProcess
 
 CARD = "4111 1111 1111 1111"
 MASKED_CARD = "**** **** **** 1111"
@@ -71,11 +75,20 @@ def hostile_html_message(remote: str) -> bytes:
     ).encode()
 
 
-def write_config(folder: Path, next_hop_port: int, **console: Any) -> Config:
+def write_config(
+    folder: Path,
+    next_hop_port: int,
+    *,
+    database: str | None = None,
+    quarantine: dict[str, Any] | None = None,
+    **console: Any,
+) -> Config:
+    """mailgate.yaml in `folder`: the default pack, the next hop on 127.0.0.1, `console:`
+    settings; with `database`, the fleet's store."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = {
+    data: dict[str, Any] = {
         "rules": str(packaged_rules_dir()),
-        "quarantine": {"path": "quarantine"},
+        "quarantine": {"path": "quarantine", **(quarantine or {})},
         "relay": {
             "hostname": "mailgate.example.test",
             "outbox": "outbox",
@@ -85,6 +98,8 @@ def write_config(folder: Path, next_hop_port: int, **console: Any) -> Config:
         "audit": {"path": "audit.jsonl"},
         "console": {"listen": "127.0.0.1:8025", "users": "console-users.yaml", **console},
     }
+    if database is not None:
+        data.update(database=database, node="gw-console")
     (folder / "mailgate.yaml").write_text(yaml.safe_dump(data))
     return load_config(folder / "mailgate.yaml")
 
@@ -95,7 +110,7 @@ def add_users(config: Config, users: dict[str, str] = USERS) -> None:
         file.set_user(name, role, PASSWORD)
 
 
-def hold(store: LocalQuarantine, engine: Engine, raw: bytes, **envelope: Any) -> str:
+def hold(store: QuarantineStore, engine: Engine, raw: bytes, **envelope: Any) -> str:
     """Judge `raw` with the real engine and keep it as a door would."""
     env = Envelope(
         mail_from=envelope.get("mail_from", "alice@example.com"),
@@ -114,9 +129,25 @@ async def _start_pool(config: Config) -> ScanPool:
     return pool
 
 
-def console_app(config: Config, store: LocalQuarantine, with_pool: bool = True) -> Starlette:
-    release = partial(release_message, config, store)
-    return create_app(config, store, release, partial(_start_pool, config) if with_pool else None)
+def console_app(
+    config: Config, store: QuarantineStore, notices: SenderNotices | None = None
+) -> Starlette:
+    """The console as `mailgate console` builds it (release and delete tell the sender through
+    `notices`), without the scan pool: see `with_pool`."""
+    release = partial(release_message, config, store, notices=notices)
+    return create_app(config, store, release, notices=notices)
+
+
+@contextmanager
+def with_pool(client: TestClient, config: Config) -> Iterator[ScanPool]:
+    """The scan pool of "Try a message", started on the event loop of `client` (entered: its
+    loop runs the application) and closed at the end."""
+    pool = client.portal.call(_start_pool, config)
+    client.app.state.console.pool = pool  # type: ignore[attr-defined]
+    try:
+        yield pool
+    finally:
+        client.portal.call(pool.close)
 
 
 def form_token(html: str) -> str:
@@ -160,6 +191,23 @@ class RunningConsole:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+@contextmanager
+def console_process(config: Config) -> Iterator[ChildProcess]:
+    """`mailgate console --config` as a real process, serving once this yields (its log in
+    the configuration's folder); stopped with SIGTERM at the end."""
+    assert config.source is not None
+    port = config.console.listen.port
+    process = mailgate_process(
+        "console", "--config", str(config.source), log=config.source.with_name("console.log"),
+        ready=lambda: port_open(port),
+    )  # fmt: skip
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @contextmanager
