@@ -21,6 +21,7 @@ from mailgate.filter.detect.edm.index import EdmIndex
 from mailgate.filter.detect.edm.match import Search, _everything, anchor_columns, rows_in
 from mailgate.filter.detect.edm.words import value_words
 from mailgate.filter.message.textview import as_read
+from mailgate.filter.ops.config import packaged_rules_dir
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.pack import PackError, PackSource, build_pack
 from mailgate.filter.policy.verdict import Action, Verdict
@@ -280,6 +281,19 @@ def test_a_broken_csv_is_a_clear_error(
     assert re.search(expected, done.stderr), done.stderr
     assert not (tmp_path / "pack" / "edm" / "customers.edm").exists()
     assert not list((tmp_path / "pack").rglob("*.partial"))
+
+
+def test_the_shipped_pack_gets_no_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --rules and without a rules folder here, the configured pack is the one shipped
+    with mailgate: a customer list has no place there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "customers.csv").write_text(csv_text(ROWS))
+    done = run_in_process(capsys, "edm", "build", "customers", "customers.csv", "--columns", "name")
+    assert done.returncode == 2
+    assert "give --rules DIR" in done.stderr
+    assert not (packaged_rules_dir() / "edm").exists()
 
 
 def test_many_rows_merge_from_sorted_runs_on_disk(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from mailgate.filter.cli.check import RULES_HELP, rules_dir
 from mailgate.filter.detect.edm.build import build_index
 from mailgate.filter.detect.edm.index import NAME, EdmError
 from mailgate.filter.detect.edm.words import MAX_WORDS
-from mailgate.filter.ops.config import add_config_argument
+from mailgate.filter.ops.config import add_config_argument, packaged_rules_dir
 from mailgate.filter.ops.logs import printable
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -61,6 +61,13 @@ def _build(args: argparse.Namespace) -> int:
         return USAGE
     if not folder.is_dir():
         print(f"edm build: no rule pack folder {folder}", file=sys.stderr)
+        return USAGE
+    if folder.resolve() == packaged_rules_dir().resolve():
+        print(
+            "edm build: the pack shipped with mailgate is no place for your records: "
+            "give --rules DIR (or keep a rules folder beside mailgate.yaml)",
+            file=sys.stderr,
+        )
         return USAGE
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     try:

@@ -19,6 +19,7 @@ import csv
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from mailgate.filter.detect.edm.words import EMAIL, MAX_WORDS, Hasher, value_wor
 CHUNK = 1 << 21  # entries sorted in memory at a time (about 27 MB while sorting)
 BATCH = 4096  # records hashed together
 _COPY = 1 << 20  # bytes copied at a time when the index file is put together
+_HASH = struct.Struct("<Q")
 
 
 @dataclass
@@ -61,10 +63,16 @@ class _Run:
     path: Path
     count: int
 
-    def hashes(self) -> np.ndarray:
-        if not self.count:
-            return np.empty(0, np.uint64)
-        return np.memmap(self.path, "<u8", "r", 0, (self.count,))
+    def below(self, bound: int) -> int:
+        """How many of the run's hashes are below `bound` (up to 2**64): a binary search that
+        reads the file (mapping it would count every page it touched as ours)."""
+        low, high = 0, self.count
+        with open(self.path, "rb") as f:
+            while low < high:
+                middle = (low + high) // 2
+                (value,) = _HASH.unpack(os.pread(f.fileno(), 8, 8 * middle))
+                low, high = (middle + 1, high) if value < bound else (low, middle)
+        return low
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, count = self.count, stop - start
@@ -254,15 +262,9 @@ def _read(csv_path: Path, columns: list[str], salt: bytes, chunk: int, folder: P
 
 def _merge(runs: list[_Run], limit: int, out: tuple[BinaryIO, BinaryIO, BinaryIO]) -> None:
     """Every run's entries in order into the three block files, one hash range at a time."""
-    hashes = [run.hashes() for run in runs]
-
-    def position(index: int, bound: int) -> int:
-        if bound >= 1 << 64:
-            return len(hashes[index])
-        return int(np.searchsorted(hashes[index], np.uint64(bound), "left"))
 
     def emit(low: int, high: int) -> None:
-        slices = [(i, position(i, low), position(i, high)) for i in range(len(runs))]
+        slices = [(i, run.below(low), run.below(high)) for i, run in enumerate(runs)]
         total = sum(b - a for _, a, b in slices)
         if total == 0:
             return

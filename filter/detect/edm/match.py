@@ -1,9 +1,11 @@
 """Finding an index's rows in a text: values of one row, from enough columns, close together.
 
-The text's candidates are every run of up to `max_words` adjacent words (at most MAX_GAP
-characters apart: `Anna O'Brien`, `anna.obrien@example.com`) and every number (digit groups
-joined by up to three of ` ./()+-`, and each run of up to MAX_GROUPS consecutive groups of it:
-`+1 (555) 123-4567` holds `5551234567`). Each is hashed with the index's key and looked up.
+The texts of a message are searched together, in one pass. Their candidates are every run
+of up to `max_words` adjacent words (at most MAX_GAP characters apart: `Anna O'Brien`,
+`anna.obrien@example.com`) and every number (digit groups joined by up to three of
+` ./()+-`, and each run of up to MAX_GROUPS consecutive groups of it: `+1 (555) 123-4567`
+holds `5551234567`) with as many digits as a number value of the index may have. Each is
+hashed with the index's key and looked up.
 
 A search first finds anchors: values that tie the text to at most MAX_ROWS_PER_VALUE rows (a
 city or a common first name ties it to none). When enough of the searched columns hold only
