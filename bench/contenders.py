@@ -23,8 +23,10 @@ machine's other work falls on all of them alike; each figure is the median of th
 Reported per size: msgs/s (messages delivered to smtp-sink per second, everything the load and
 the latency probe sent), p50/p99 reply latency under load (a probe of the bench's own sends one
 message per connection, sequentially, during the load: connect to the reply to the message),
-the filter's CPU ms per message (its process and children), and the ratios to Postfix alone,
-to rspamd and to the no-op milter.
+the CPU ms per message of everything on the path (Postfix's processes, the filter's, reaped
+children included; not smtp-source and smtp-sink), and the ratios to Postfix alone, to rspamd
+and to the no-op milter. relay-2 (only with --contenders) is the relay with two front ends of
+one scan worker each.
 
 Before measuring, each filter is shown to act: the EICAR example is refused by mailgate (relay
 and milter) and rspamd, and passed by Postfix alone and the no-op milter.
@@ -300,7 +302,8 @@ def report(contenders: dict[str, Contender], sizes: list[Size], repetitions: int
             rates[size.label, name] = rate
             rows.append([name, rate, p50, p99, cpu])
         for row in rows:
-            row.append(row[1] / rates[size.label, "postfix"])
+            postfix = rates.get((size.label, "postfix"))
+            row.append(row[1] / postfix if postfix else None)
         print_table(
             f"{size.label}: {size.count} messages, medians of {repetitions}",
             ["contender", "msgs/s", "p50 ms", "p99 ms", "path CPU ms/msg", "x postfix"],

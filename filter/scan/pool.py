@@ -177,21 +177,22 @@ class _Worker:
             raise OSError(f"worker failed to start: {reply[1]}")
         self.confined: list[str] = reply[2]
 
-    def send(self, raw: bytes, envelope: Envelope, fd: int | None = None) -> None:
-        """Hand the message over (in `fd` when the caller has put it in a memfd already)."""
-        if fd is None:
-            fd = _message_fd(raw)
+    def send(self, raw: bytes, envelope: Envelope) -> None:
+        """Hand the message over: in its memfd, with a small frame on the socket."""
+        fd = _message_fd(raw)
         try:
             _send_message(self.requests, fd, len(raw), envelope)
         finally:
             os.close(fd)
 
     async def scan(self, raw: bytes, envelope: Envelope) -> Verdict:
-        fd = None
         if len(raw) > LARGE_MESSAGE:
-            # Copying megabytes takes a while: not on the event loop.
-            fd = await asyncio.get_running_loop().run_in_executor(None, _message_fd, raw)
-        self.send(raw, envelope, fd)
+            # Copying megabytes takes a while: not on the event loop. A caller cancelled
+            # meanwhile leaves the thread to finish (and close the memfd); the pool then
+            # replaces the worker, whose answer nobody reads.
+            await asyncio.get_running_loop().run_in_executor(None, self.send, raw, envelope)
+        else:
+            self.send(raw, envelope)
         return await self._receive()
 
     async def _receive(self) -> Any:
