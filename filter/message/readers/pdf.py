@@ -13,6 +13,7 @@ import ctypes
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -132,7 +133,7 @@ def _properties(doc: pdfium.PdfDocument) -> str:
     return "\n".join(values)
 
 
-def _notes(page: pdfium.PdfPage) -> list[str]:
+def _notes(page: Any) -> list[str]:
     """The text of the page's annotations (comment notes, free text, form field tooltips)."""
     notes = []
     for index in range(pdfium_c.FPDFPage_GetAnnotCount(page)):
@@ -207,24 +208,47 @@ def _read_pages(doc: pdfium.PdfDocument, facts: PdfFacts, left: int) -> None:
 
 
 def _page_text(doc: pdfium.PdfDocument, index: int) -> str:
-    page = doc.get_page(index)
-    notes = _notes(page)  # before flattening, which folds some annotations into the page
+    # PDFium's own calls on the page and its text: pypdfium2's page and text-page objects
+    # (finalizers, parent tracking) cost more than loading a short page's text.
+    page = _load_page(doc, index)
     try:
+        notes = _notes(page)  # before flattening, which folds some annotations into the page
         # Filled-in form fields and other annotations live outside the page content; flatten
         # draws their appearance into it (in memory only), and the page must then be reloaded.
         if pdfium_c.FPDFPage_Flatten(page, pdfium_c.FLAT_NORMALDISPLAY) == pdfium_c.FLATTEN_SUCCESS:
-            page.close()
-            page = doc.get_page(index)
-        textpage = page.get_textpage()
+            pdfium_c.FPDF_ClosePage(page)
+            page = None
+            page = _load_page(doc, index)
+        textpage = pdfium_c.FPDFText_LoadPage(page)
+        if not textpage:
+            raise pdfium.PdfiumError("Failed to load text page.")
         try:
-            # Bounded over the whole plane rather than get_text_range: the same text (joined
-            # along lines, CRLF between lines) but full Unicode, and no Python recursion per
-            # glyph left out of the text at the page's start (get_text_range raises
-            # ctypes.ArgumentError from a RecursionError after ~1000 of them).
-            text = textpage.get_text_bounded(-_PLANE, -_PLANE, _PLANE, _PLANE)
+            text = _bounded_text(textpage)
         finally:
-            textpage.close()
+            pdfium_c.FPDFText_ClosePage(textpage)
     finally:
-        page.close()
+        if page:
+            pdfium_c.FPDF_ClosePage(page)
     text = text.replace("\r\n", "\n").replace(_HYPHEN_MARK, "")
     return "\n".join([text, *notes]) if notes else text
+
+
+def _load_page(doc: pdfium.PdfDocument, index: int) -> Any:
+    page = pdfium_c.FPDF_LoadPage(doc, index)
+    if not page:
+        raise pdfium.PdfiumError("Failed to load page.")
+    return page
+
+
+def _bounded_text(textpage: Any) -> str:
+    """The text within the whole plane rather than by character range: the same text (joined
+    along lines, CRLF between lines) but full Unicode, and no Python recursion per glyph left
+    out of the text at the page's start (pypdfium2's get_text_range raises
+    ctypes.ArgumentError from a RecursionError after ~1000 of them)."""
+    box = (-_PLANE, _PLANE, _PLANE, -_PLANE)  # left, top, right, bottom
+    count = pdfium_c.FPDFText_GetBoundedText(textpage, *box, None, 0)
+    if count <= 0:
+        return ""
+    buffer = (ctypes.c_ushort * count)()
+    pdfium_c.FPDFText_GetBoundedText(textpage, *box, buffer, count)
+    return bytes(buffer).decode("utf-16-le", "ignore")
