@@ -545,7 +545,10 @@ def _where(query: HeldQuery) -> tuple[str, dict[str, Any]]:
         clauses.append("time < %(until)s")
         params["until"] = as_utc(query.until)
     if query.text:
-        clauses.append("search ILIKE %(like)s")
+        # A text under 3 characters has no trigram: the index would be read whole, then every
+        # row; `search || ''` is not the indexed column, so the rows are read in time order.
+        searched = "(search || '')" if len(query.text.strip()) < 3 else "search"
+        clauses.append(f"{searched} ILIKE %(like)s")
         params["like"] = "%" + re.sub(r"([\\%_])", r"\\\1", query.text.strip()) + "%"
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 

@@ -21,8 +21,10 @@ retention.
 The review console reads the store through `search` (one page of a filtered, sorted list and
 its total), `rule_counts` and `history` (releases, deletes, purges and the console's own
 activity such as sign-ins, newest first), so that a store of 100,000 held messages answers a
-page without reading them all; the index keeps the rules and addresses of each message in
-side tables for that. Reasons typed by reviewers are stored masked, like the Subject.
+page without reading them all; the index keeps the rules, addresses, domains and searched
+text of each message in side tables for that (the text under an FTS5 trigram index), each
+with the message's state and time, so a filtered page and its count come out of one index.
+Reasons typed by reviewers are stored masked, like the Subject.
 """
 
 from __future__ import annotations
