@@ -439,7 +439,8 @@ def test_header_and_subject_regexes_run_on_the_same_budget() -> None:
     missed stops there too, and the message is judged out of time."""
     rules = (
         "rules:\n"
-        f"  - id: slow\n    when: [{{subject: {{regex: '{MISSED_BY_LINT}'}}}}]\n    action: reject\n"
+        f"  - id: slow\n    when: [{{subject: {{regex: '{MISSED_BY_LINT}'}}}}]\n"
+        "    action: reject\n"
         "  - id: unscannable\n    when: [{unscannable: [timeout]}]\n    action: quarantine\n"
     )
     engine = Engine.from_source(PackSource({"policy.yaml": rules.encode()}))
