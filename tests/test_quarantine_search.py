@@ -8,13 +8,12 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Action, Hit, Verdict
-from mailgate.filter.store import quarantine
+from mailgate.filter.store import postgres, quarantine
 from mailgate.filter.store.quarantine import (
     HeldQuery,
     HistoryQuery,
@@ -272,7 +271,7 @@ def test_text_domain_and_recipient_filters_in_both_stores(
             len(expected),
             True,
         ), query
-    for module in (quarantine, *_postgres_module()):  # read in time order, never sorted
+    for module in (quarantine, postgres):  # read in time order, never sorted
         monkeypatch.setattr(module, "SORT_LIMIT", 1)
     for query, expected in cases:
         assert ids(store.search(query)) == expected, query
@@ -294,7 +293,7 @@ def test_a_common_word_is_counted_only_so_far(
 ) -> None:
     """A text search counts at most TEXT_COUNT_LIMIT + 1 matches and says the count is not
     exact (the console then shows "more than"); the page itself is whole."""
-    for module in (quarantine, *_postgres_module()):
+    for module in (quarantine, postgres):
         monkeypatch.setattr(module, "TEXT_COUNT_LIMIT", 2)
     a, _, c, d, e = held_five(store)
     page = store.search(HeldQuery(text="order"))
@@ -317,12 +316,3 @@ def test_purged_messages_leave_no_index_rows(store: QuarantineStore) -> None:
             assert db.execute(f"SELECT count(*) FROM {side}").fetchone()[0] == 0, side
         db.execute("INSERT INTO message_text (message_text) VALUES ('integrity-check')")
         assert db.execute("SELECT count(*) FROM message_text").fetchone()[0] == 0
-
-
-def _postgres_module() -> list[Any]:
-    """The PostgreSQL store's module, where psycopg is installed: it takes the limit too."""
-    try:
-        from mailgate.filter.store import postgres
-    except ImportError:
-        return []
-    return [postgres]
