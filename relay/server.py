@@ -18,6 +18,7 @@ import functools
 import inspect
 import ipaddress
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -156,19 +157,22 @@ class RelaySMTP(SMTP):
             self.transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parsing as it is, less the typing.Protocol class it builds on
-        every call (a few per cent of the relay's CPU): (address, rest), (None, None) if it
-        does not parse or its local part is too long."""
+        """aiosmtpd's address parsing, less the typing.Protocol class it builds on every call
+        (a few per cent of the relay's CPU), with the common form read by a regex:
+        (address, rest), (None, None) if it does not parse or its local part is too long."""
         if not arg:
             return "", ""
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr = address.addr_spec
+        if (simple := _SIMPLE_PATH.match(arg)) is not None:
+            addr, rest = simple.group(1), arg[simple.end() :]
+        else:
+            try:
+                if arg.lstrip().startswith("<"):
+                    address, rest = get_angle_addr(arg)
+                else:
+                    address, rest = get_addr_spec(arg)
+                addr = address.addr_spec
+            except (HeaderParseError, IndexError):  # IndexError: the parser on '"', '<', ...
+                return None, None
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest
@@ -274,6 +278,14 @@ class RelaySMTP(SMTP):
             if buf.find(b"\r\n.", 0, end + 2) < 0:
                 return bytes(view[2 : end + 2])
             return bytes(view[: end + 2]).replace(b"\r\n.", b"\r\n")[2:]
+
+
+# A path as nearly every client sends it, <dot-atom@dot-atom> then nothing or parameters, is
+# read without the header parser, which takes 50-120 us a call: the same (address, rest) as
+# get_angle_addr gives (a test compares them); anything else is left to it.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_SIMPLE_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>(?:[ \t]+(?=[^\s(])|\Z)")
 
 
 @functools.cache
@@ -568,15 +580,16 @@ class RelayHandler:
             self.relay.reporter.report_verdict(
                 "relay", env, message_id_of(raw), len(raw), verdict, outcome
             )
-        log.debug(  # the audit record is the per-message line
-            "%s: from=<%s> rcpt=%d action=%s rules=%s -> %s",
-            env.queue_id,
-            mask_field(env.mail_from),
-            len(env.rcpt_tos),
-            verdict.action,
-            ",".join(verdict.rules) or "-",
-            reply.splitlines()[-1],
-        )
+        if log.isEnabledFor(logging.DEBUG):  # masking the sender costs ~40 us: not for nothing
+            log.debug(  # the audit record is the per-message line
+                "%s: from=<%s> rcpt=%d action=%s rules=%s -> %s",
+                env.queue_id,
+                mask_field(env.mail_from),
+                len(env.rcpt_tos),
+                verdict.action,
+                ",".join(verdict.rules) or "-",
+                reply.splitlines()[-1],
+            )
         return reply
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import types
 
 import pytest
@@ -117,3 +118,56 @@ def test_restricted_dir_keeps_every_command_and_hook() -> None:
     hooks = {n.removeprefix("handle_") for n in object.__dir__(handler) if n.startswith("handle_")}
     assert set(server._handle_hooks) == hooks
     assert {"EHLO", "MAIL", "RCPT", "DATA", "STARTTLS"} <= hooks
+
+
+_PATH_PIECES = [*'aZ0.@<> \t\r\n()"!#-_,:\\', "x y", "[1.2.3.4]", "ü", "SIZE=10", "BODY=8BITMIME"]
+_pieces = st.lists(st.sampled_from(_PATH_PIECES), max_size=6).map("".join)
+
+
+def _getaddr_both_ways(arg: str) -> tuple[object, object]:
+    """(the relay's answer, the header parser's answer) for one MAIL/RCPT argument."""
+
+    async def both() -> tuple[object, object]:
+        relay = types.SimpleNamespace()
+        relay.handler = RelayHandler(relay)  # type: ignore[arg-type]
+        server = RelaySMTP(relay, hostname="mx.test")  # type: ignore[arg-type]
+        fast = server._getaddr(arg)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("mailgate.relay.server._SIMPLE_PATH", re.compile(r"(?!)"))
+            return fast, server._getaddr(arg)
+
+    return asyncio.run(both())
+
+
+@given(_pieces, _pieces, _pieces, _pieces)
+def test_simple_paths_read_as_the_header_parser_reads_them(
+    before: str, local: str, domain: str, after: str
+) -> None:
+    """`_getaddr` reads the common <local@domain> form itself; for every argument, the answer
+    is the one the header parser gives (paths near that form included)."""
+    fast, parsed = _getaddr_both_ways(f"{before}<{local}@{domain}>{after}")
+    assert fast == parsed
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("<bob@example.org>", ("bob@example.org", "")),
+        (" <bob@example.org> SIZE=100", ("bob@example.org", "SIZE=100")),
+        ("<a.b-c+d@x.example>\tBODY=8BITMIME", ("a.b-c+d@x.example", "BODY=8BITMIME")),
+        ("<a@b> (comment) SIZE=1", ("a@b", "SIZE=1")),  # the parser's way: a comment skipped
+        ('"', (None, None)),  # the parser raised IndexError here: now a syntax error
+        ("<", (None, None)),
+    ],
+)
+def test_paths_and_parameters(arg: str, expected: tuple[str | None, str | None]) -> None:
+    assert _getaddr_both_ways(arg) == (expected, expected)
+
+
+@pytest.mark.parametrize(
+    "arg", ["<bob@example.org>", "<bob@example.org> SIZE=100", "<a.b-c+d@x.example>\tBODY=8BIT"]
+)
+def test_common_paths_take_the_short_way(arg: str) -> None:
+    from mailgate.relay.server import _SIMPLE_PATH
+
+    assert _SIMPLE_PATH.match(arg) is not None
