@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailgate.filter import replies
 from mailgate.filter.scan.pool import ScanPool
@@ -136,3 +138,11 @@ def test_no_module_writes_a_reply_inline() -> None:
 )
 def test_the_check_finds_inline_replies(source: str, found: list[int]) -> None:
     assert inline_replies(source) == found
+
+
+@given(st.text(max_size=60))
+def test_reply_text_is_printable_one_line_whatever_it_is_given(text: str) -> None:
+    """The short way for printable text gives what the character-by-character way gives."""
+    spaced = "".join(c if c.isprintable() else " " for c in text)
+    assert replies.reply_text(text) == " ".join(spaced.split())[: replies.MAX_REPLY_TEXT]
+    assert replies.reply_text(text).isprintable()

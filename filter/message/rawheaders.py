@@ -52,9 +52,23 @@ def decoded_headers(raw: bytes) -> list[tuple[str, str]]:
 
 
 def first_header(raw: bytes, name: str) -> str:
-    """The first value of a header ('' when absent), unfolded, undecoded."""
+    """The first value of a header ('' when absent), unfolded, undecoded: `top_headers`'
+    answer, with only that header's lines decoded (the doors ask for it per message)."""
     wanted = name.lower()
-    return next((v for k, v in top_headers(raw) if k.lower() == wanted), "")
+    found: str | None = None
+    for line in header_section(raw).splitlines():
+        if line[:1] in (b" ", b"\t"):
+            if found is not None:
+                found = (found + _text(line))[:VALUE_LIMIT]
+            continue
+        key, colon, value = line.partition(b":")
+        if not colon or not key or key[:1].isspace():
+            continue  # not a header line: a fold after it still belongs to the last header
+        if found is not None:
+            break
+        if _text(key).strip().lower() == wanted:
+            found = _text(value)[:VALUE_LIMIT]
+    return (found or "").strip()
 
 
 def _text(data: bytes) -> str:

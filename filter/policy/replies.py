@@ -18,7 +18,8 @@ MAX_REPLY_TEXT = 400  # a reply line must stay under 512 octets (RFC 5321 4.5.3.
 
 def reply_text(text: str) -> str:
     """Text fit for an SMTP reply line: printable, one line, bounded."""
-    printable = "".join(ch if ch.isprintable() else " " for ch in text)
+    # Most texts (every next hop's reply the relay passes on) are printable already.
+    printable = text if text.isprintable() else "".join(c if c.isprintable() else " " for c in text)
     return " ".join(printable.split())[:MAX_REPLY_TEXT]
 
 
