@@ -9,12 +9,14 @@ hid, comments and XML sections.
 
 from __future__ import annotations
 
+import random
+import sys
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
-from mailgate.filter.message.html import html_to_text
+from mailgate.filter.message.html import SPACES, collapse_spaces, html_to_text
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Action
 from mailgate.filter.scan.engine import Engine
@@ -99,6 +101,30 @@ def test_depth_size_and_odd_characters_lose_nothing() -> None:
     long_alt = f'<img alt="{"x" * 10_500_000} {CARD}"><p>end</p>'  # past libxml2's 10 MB
     assert html_to_text(long_alt).endswith(f"end\n\n{'x' * 10} {CARD}"[-30:])
     assert html_to_text("a\udcff<b>b</b>\x00\x01c") == "a\ufffdbc"
+
+
+def test_hidden_pieces_each_on_its_own_in_the_order_they_began() -> None:
+    """A piece ends where the text is shown again (a visible child) and a new one begins
+    after it; a comment in shown text is a piece of its own, one in hidden text joins it."""
+    text = html_to_text(
+        '<p>A <span style="visibility:hidden">h1 <b style="visibility:visible">V</b> h2</span>'
+        ' B<!-- c1 --> C<span hidden>h3 <!-- c2 --></span><img alt="alt"></p>'
+    )
+    assert text == "A V B C\n\nh1\n\nh2\n\nc1\n\nh3 c2\n\nalt"
+
+
+def test_white_space_collapses_as_str_split_says() -> None:
+    """The renderer collapses white space with a few replaces instead of str.split: the same
+    runs of any of Unicode's white space characters, in any order and mix."""
+    assert (
+        "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c != " ")
+        == SPACES
+    )
+    rng = random.Random(12)
+    alphabet = [" ", "  ", "\r\n", *SPACES, "a", "bc", "\u00e9", "\x00", "\x01"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert collapse_spaces(text) == " ".join(text.split()), repr(text)
 
 
 def message(html: str) -> bytes:

@@ -56,6 +56,10 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 # (whitespace collapses between tags, not across them). Neither reaches here as text.
 _BREAK, _TAG = "\x00", "\x01"
 _BREAKS = re.compile(r"\n[\n ]*")
+# What str.split() splits on besides the space (str.isspace), the ASCII ones apart. Unicode
+# has none past U+3000 (a test checks every code point), so the search stops there.
+SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c != " ")
+_ASCII_SPACES = "".join(c for c in SPACES if c.isascii())
 # Zero-width and soft-hyphen characters: invisible when rendered, so they must not split
 # a number for the detectors either.
 INVISIBLE_CHARS = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
@@ -140,27 +144,34 @@ def _computed(parent: int, attrib: Any) -> int:
 
 
 class _Renderer:
-    """lxml parser target: sorts the text into what is shown and the hidden pieces, each a
-    list of strings with `_BREAK` and `_TAG` where tags stood."""
+    """lxml parser target: the text in document order, with `_BREAK` and `_TAG` where tags
+    stood, and which stretches of it are hidden pieces (the rest is what is shown)."""
 
     def __init__(self, comments_as_markup: bool) -> None:
         # Comments are parsed as HTML in turn (Outlook renders `<!--[if mso]>` blocks), once.
         self.comments_as_markup = comments_as_markup
+        self.pieces: list[str] = []
+        # lxml calls this for every text node: the list's own append, no Python frame each.
+        # lxml looks the target's methods up once, so `reset` empties this list, never swaps it.
+        self.data = self.pieces.append
         self.reset()
 
     def reset(self) -> None:
-        self.shown: list[str] = []
-        self.hidden: list[list[str]] = []
+        self.pieces.clear()
+        # [start, end) in `pieces` of each hidden piece, in order; where the one text goes
+        # into now began (None: text is shown now).
+        self.hidden: list[tuple[int, int]] = []
+        self.hiding_from: int | None = None
         self.attributes: list[str] = []
         self.states = [0]  # the hiding bits of each open element, the document's first
-        self.out = self.shown  # where text goes now: `shown` or the last hidden piece
 
     def _into(self, state: int) -> None:
         if not state:
-            self.out = self.shown
-        elif self.out is self.shown:
-            self.out = []
-            self.hidden.append(self.out)
+            if self.hiding_from is not None:
+                self.hidden.append((self.hiding_from, len(self.pieces)))
+                self.hiding_from = None
+        elif self.hiding_from is None:
+            self.hiding_from = len(self.pieces)
 
     def start(self, tag: str, attrib: Any) -> None:
         mark, never_shown = _kind(tag)
@@ -171,19 +182,16 @@ class _Renderer:
             state = _computed(parent, attrib)
         if never_shown:
             state |= _NONE
-        self.states.append(state)
         if state != parent:
             self._into(state)
-        self.out.append(mark)
+        self.states.append(state)
+        self.pieces.append(mark)
 
     def end(self, tag: str) -> None:
-        self.out.append(_kind(tag)[0])
+        self.pieces.append(_kind(tag)[0])
         state = self.states.pop()
         if state != self.states[-1]:
             self._into(self.states[-1])
-
-    def data(self, text: str) -> None:
-        self.out.append(text)
 
     def comment(self, text: str) -> None:
         # HTML5 reads `<?...>` and `<![CDATA[...]]>` as comments. The first is markup (an XML
@@ -191,23 +199,30 @@ class _Renderer:
         if text.startswith("?"):
             return
         if text.startswith("[CDATA["):
-            self.data(text[7:].removesuffix("]]"))
+            self.pieces.append(text[7:].removesuffix("]]"))
             return
         if self.comments_as_markup and "<" in text:
             text = _parse(text, nested=True).text().replace("\n", _BREAK)
-        if self.out is self.shown:
-            self.hidden.append([text])
-        else:
-            self.out.append(text)
+        if self.hiding_from is None:  # in shown text: the comment is a hidden piece alone
+            self.hidden.append((len(self.pieces), len(self.pieces) + 1))
+        self.pieces.append(text)
 
     def close(self) -> _Renderer:
         return self
 
     def text(self) -> str:
         """Everything as one text, hidden pieces after what is shown."""
-        unseen = [rendered for piece in self.hidden if (rendered := _render(piece))]
+        pieces, hidden = self.pieces, self.hidden
+        if self.hiding_from is not None:  # a document can end inside a hidden element
+            hidden = [*hidden, (self.hiding_from, len(pieces))]
+        shown: list[str] = []
+        at = 0
+        for start, end in hidden:
+            shown += pieces[at:start]
+            at = end
+        unseen = [rendered for start, end in hidden if (rendered := _render(pieces[start:end]))]
         unseen += [rendered for value in self.attributes if (rendered := _render([value]))]
-        text = _render(self.shown)
+        text = _render([*shown, *pieces[at:]] if hidden else pieces)
         # Each hidden piece on lines of its own, so nothing in it joins what is shown.
         return "\n\n".join([text, *unseen]) if unseen else text
 
@@ -251,10 +266,24 @@ def _parse(source: str, nested: bool = False) -> _Renderer:
     return renderer
 
 
+def collapse_spaces(text: str) -> str:
+    """`" ".join(text.split())`: every whitespace run as one space, none at the ends. Most
+    text has single spaces only, once its other white space is spaces: that is found and made
+    with a few scans in C, where str.split would make a string of every word."""
+    if "  " not in text:
+        if "\r\n" in text:
+            text = text.replace("\r\n", " ")
+        for space in _ASCII_SPACES if text.isascii() else SPACES:
+            if space in text:
+                text = text.replace(space, " ")
+        if "  " not in text:
+            return text.strip(" ")
+    return " ".join(text.split())
+
+
 def _render(pieces: list[str]) -> str:
-    # A browser renders any whitespace run, newlines included, as one space (str.split is
-    # much faster here than a regex whose first item is a character class).
-    text = " ".join("".join(pieces).split()).replace(_TAG, "")
+    # A browser renders any whitespace run, newlines included, as one space.
+    text = collapse_spaces("".join(pieces)).replace(_TAG, "")
     if _BREAK in text:
         text = _BREAKS.sub("\n", text.replace(_BREAK, "\n"))
     if not text.isascii() and INVISIBLE.search(text):
