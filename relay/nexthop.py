@@ -20,6 +20,7 @@ from aiosmtplib import SMTPResponse
 
 from mailgate.filter import replies, reply_text
 from mailgate.filter.ops.config import NextHopTLS, SmtpTarget
+from mailgate.relay.lines import longest_crlf_line
 from mailgate.relay.tls import TLSPolicyError, client_context, describe_session, server_hostname
 
 log = logging.getLogger("mailgate.relay.nexthop")
@@ -60,10 +61,9 @@ class NextHopError(Exception):
 
 def data_payload(message: bytes) -> bytes:
     """What follows DATA: every line end CRLF, a dot doubled at the start of each line (RFC
-    5321 4.5.2), and the end-of-data line. The counts are a cheap check for text that is
-    CRLF throughout already, as both doors' messages are."""
-    crlf = message.count(b"\r\n")
-    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+    5321 4.5.2), and the end-of-data line. Text that is CRLF throughout already, as both
+    doors' messages are, is only checked."""
+    if longest_crlf_line(message) is None:
         message = b"\r\n".join(message.splitlines()) + b"\r\n"
     ending = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
     # replace() hands back the message itself when no line starts with a dot: one copy in all.

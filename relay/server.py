@@ -49,6 +49,7 @@ from mailgate.filter.ops.report import Reporter, message_id_of
 from mailgate.filter.store.quarantine import QuarantineStore
 from mailgate.filter.store.release_mark import find_mark, released_id
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
+from mailgate.relay.lines import longest_crlf_line
 from mailgate.relay.nexthop import NextHopError, NextHopPool, NextHopSession, Reply
 from mailgate.relay.outbox import Outbox
 from mailgate.relay.tls import TLSPolicyError, certificate_names, describe_session, server_context
@@ -296,10 +297,12 @@ def _protocol_method_names(cls: type) -> list[str]:
 
 def normalise(content: bytes, max_line_length: int, max_header_size: int) -> bytes:
     """Every line end CRLF (bare CR and LF included), with the line and header limits checked."""
-    lines = content.splitlines()  # bytes split on CRLF, CR and LF alike
-    if content.count(b"\n") != len(lines) or content.count(b"\r") != len(lines):
+    longest = longest_crlf_line(content)
+    if longest is None or (content and not content.endswith(b"\r\n")):
+        lines = content.splitlines()  # bytes split on CRLF, CR and LF alike
         content = b"\r\n".join(lines) + b"\r\n" if lines else b""
-    if lines and max(map(len, lines)) > max_line_length - 2:
+        longest = max(map(len, lines), default=0)
+    if longest > max_line_length - 2:
         raise DataRefused(str(replies.LINE_TOO_LONG.format(limit=max_line_length)))
     header_end = content.find(b"\r\n\r\n")
     header_size = header_end if header_end >= 0 else len(content)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from mailgate.filter.policy.actions import refusal_for
 from mailgate.filter.policy.verdict import Action, Verdict
 from mailgate.relay.addresses import AddressRefused, check_recipient, check_sender
+from mailgate.relay.lines import longest_crlf_line
 from mailgate.relay.nexthop import data_payload
 from mailgate.relay.server import DataRefused, RelayHandler, RelaySMTP, normalise
 
@@ -71,6 +72,27 @@ def test_normalise_leaves_only_crlf_line_ends(content):
     assert out.replace(b"\r\n", b"") == content.replace(b"\r\n", b"").replace(b"\r", b"").replace(
         b"\n", b""
     )
+
+
+@given(st.lists(st.sampled_from([b"a", b"bc", b"\r\n", b"\n", b"\r", b"\r\r\n", b"\n\r"])))
+def test_longest_crlf_line_reads_line_ends_as_splitlines_does(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    crlf = data.count(b"\r\n")
+    throughout = data.count(b"\r") == data.count(b"\n") == crlf
+    expected = max(map(len, data.split(b"\r\n"))) if throughout else None
+    assert longest_crlf_line(data) == expected
+
+
+@given(st.lists(st.sampled_from([b"a" * 7, b"a", b"\r\n", b"\n", b"\r", b"\r\n\r\n"])))
+def test_normalise_checks_the_longest_line_whatever_its_end(pieces: list[bytes]) -> None:
+    content = b"".join(pieces)
+    longest = max(map(len, content.splitlines()), default=0)
+    if longest > 8:
+        with pytest.raises(DataRefused, match=r"^554 5\.6\.0"):
+            normalise(content, max_line_length=10, max_header_size=1 << 20)
+    else:
+        out = normalise(content, max_line_length=10, max_header_size=1 << 20)
+        assert out.splitlines() == content.splitlines()
 
 
 def test_normalise_limits():
