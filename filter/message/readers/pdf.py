@@ -87,11 +87,12 @@ def unlock_pdf(data: bytes, passwords: Sequence[str], budget: ScanBudget) -> Pdf
         return None if raw is None else _read_document(raw, budget)
 
 
-def _read_document(raw: object, budget: ScanBudget) -> PdfFacts:
-    """Pages, properties and embedded files of a loaded document, which this closes."""
+def _read_document(doc: Any, budget: ScanBudget) -> PdfFacts:
+    """Pages, properties and embedded files of a loaded document, which this closes. PDFium's
+    own calls on its handle: a pypdfium2 PdfDocument (finalizer, object tracking) costs more
+    than a short document's properties."""
     facts = PdfFacts()
     left = budget.limits.max_text_chars - budget.text_chars
-    doc = pdfium.PdfDocument(raw)  # owns the handle: close() frees it
     try:
         _read_pages(doc, facts, left)
         properties = _properties(doc)
@@ -101,7 +102,7 @@ def _read_document(raw: object, budget: ScanBudget) -> PdfFacts:
     except (pdfium.PdfiumError, ctypes.ArgumentError):  # what a damaged part can raise
         facts.unscannable.add("malformed")
     finally:
-        doc.close()
+        pdfium_c.FPDF_CloseDocument(doc)
     return facts
 
 
@@ -120,7 +121,7 @@ def _wide(buffer: ctypes.Array[ctypes.c_char] | None) -> object:
     return None if buffer is None else ctypes.cast(buffer, ctypes.POINTER(ctypes.c_ushort))
 
 
-def _properties(doc: pdfium.PdfDocument) -> str:
+def _properties(doc: Any) -> str:
     """Title, subject, keywords and author: shown in a reader's document properties."""
     values = []
     for key in _PROPERTIES:
@@ -133,10 +134,11 @@ def _properties(doc: pdfium.PdfDocument) -> str:
     return "\n".join(values)
 
 
-def _notes(page: Any) -> list[str]:
-    """The text of the page's annotations (comment notes, free text, form field tooltips)."""
+def _notes(page: Any, count: int) -> list[str]:
+    """The text of the page's `count` annotations (comment notes, free text, form field
+    tooltips)."""
     notes = []
-    for index in range(pdfium_c.FPDFPage_GetAnnotCount(page)):
+    for index in range(count):
         annot = pdfium_c.FPDFPage_GetAnnot(page, index)
         if not annot:
             continue
@@ -153,13 +155,16 @@ def _notes(page: Any) -> list[str]:
     return notes
 
 
-def _read_embedded_files(doc: pdfium.PdfDocument, facts: PdfFacts, budget: ScanBudget) -> None:
+def _read_embedded_files(doc: Any, facts: PdfFacts, budget: ScanBudget) -> None:
     """Embedded files as members, each read only if its size fits what the budget has left."""
-    for index in range(doc.count_attachments()):
+    for index in range(pdfium_c.FPDFDoc_GetAttachmentCount(doc)):
         if len(facts.attachments) >= budget.limits.max_parts:
             facts.unscannable.add("over_budget")
             return
-        attachment = doc.get_attachment(index)
+        raw = pdfium_c.FPDFDoc_GetAttachment(doc, index)
+        if not raw:
+            raise pdfium.PdfiumError(f"Failed to get attachment at index {index}.")
+        attachment = pdfium.PdfAttachment(raw, doc)
         member = Member(attachment.get_name() or f"embedded-{index + 1}")
         facts.attachments.append(member)
         size = ctypes.c_ulong()
@@ -178,8 +183,8 @@ def _read_embedded_files(doc: pdfium.PdfDocument, facts: PdfFacts, budget: ScanB
         budget.charge_bytes(len(member.payload))
 
 
-def _read_pages(doc: pdfium.PdfDocument, facts: PdfFacts, left: int) -> None:
-    count = len(doc)
+def _read_pages(doc: Any, facts: PdfFacts, left: int) -> None:
+    count = pdfium_c.FPDF_GetPageCount(doc)
     if count < 1:
         facts.unscannable.add("malformed")
         return
@@ -207,15 +212,23 @@ def _read_pages(doc: pdfium.PdfDocument, facts: PdfFacts, left: int) -> None:
     facts.text = text
 
 
-def _page_text(doc: pdfium.PdfDocument, index: int) -> str:
+def _page_text(doc: Any, index: int) -> str:
     # PDFium's own calls on the page and its text: pypdfium2's page and text-page objects
     # (finalizers, parent tracking) cost more than loading a short page's text.
     page = _load_page(doc, index)
     try:
-        notes = _notes(page)  # before flattening, which folds some annotations into the page
+        annotations = pdfium_c.FPDFPage_GetAnnotCount(page)
+        # Before flattening, which folds some annotations into the page.
+        notes = _notes(page, annotations)
         # Filled-in form fields and other annotations live outside the page content; flatten
         # draws their appearance into it (in memory only), and the page must then be reloaded.
-        if pdfium_c.FPDFPage_Flatten(page, pdfium_c.FLAT_NORMALDISPLAY) == pdfium_c.FLATTEN_SUCCESS:
+        # A page without annotations has nothing to flatten: PDFium would parse its content
+        # again only to find that out.
+        if (
+            annotations
+            and pdfium_c.FPDFPage_Flatten(page, pdfium_c.FLAT_NORMALDISPLAY)
+            == pdfium_c.FLATTEN_SUCCESS
+        ):
             pdfium_c.FPDF_ClosePage(page)
             page = None
             page = _load_page(doc, index)
@@ -233,7 +246,7 @@ def _page_text(doc: pdfium.PdfDocument, index: int) -> str:
     return "\n".join([text, *notes]) if notes else text
 
 
-def _load_page(doc: pdfium.PdfDocument, index: int) -> Any:
+def _load_page(doc: Any, index: int) -> Any:
     page = pdfium_c.FPDF_LoadPage(doc, index)
     if not page:
         raise pdfium.PdfiumError("Failed to load page.")
