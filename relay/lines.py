@@ -29,5 +29,6 @@ def longest_crlf_line(data: bytes) -> int | None:
     ends = np.flatnonzero(lf)
     if not ends.size:
         return len(data)
-    between = int((np.diff(ends, prepend=-1) - 2).max())  # LF to LF, less the CRLF
-    return max(between, len(data) - 1 - int(ends[-1]))
+    first = int(ends[0]) - 1  # up to its CR
+    between = int((ends[1:] - ends[:-1]).max()) - 2 if ends.size > 1 else 0  # LF to LF, less CRLF
+    return max(first, between, len(data) - 1 - int(ends[-1]))
