@@ -5,6 +5,7 @@ next hop, and `mailgate quarantine` / `mailgate db status` run from either node.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from tests.support.postgres import (  # noqa: F401
 )
 from tests.support.processes import ChildProcess
 from tests.support.samples import message
+from tests.support.scrape import scrape
 from tests.support.smtp_client import banner, send_to
 from tests.support.smtp_sink import SmtpSink
 from tests.support.waiting import wait_until
@@ -69,6 +71,7 @@ class Node:
     sink_port: int
     release: dict[str, Any] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     process: ChildProcess | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +89,7 @@ class Node:
             },
             "engine": {"workers": 1},
             "audit": {"path": "audit.jsonl"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
         }
         self.config = self.folder / "mailgate.yaml"
         self.config.write_text(yaml.safe_dump(settings))
@@ -276,6 +280,10 @@ def test_frozen_database_gets_451_within_the_deadline(
         assert code == 451
         assert time.monotonic() - started < 30  # the store's deadline (10 s), not the server
         assert send_to(gw1.port, message("clean while frozen"))[0] == 250
+        # Monitoring goes on: the held count is unknown, the rest of the scrape is there.
+        samples = scrape(gw1.metrics_port)
+        assert math.isnan(samples[("mailgate_quarantine_held", ())])
+        assert samples[("mailgate_messages_total", (("action", "accept"), ("door", "relay")))] >= 1
     finally:
         private_pg.resume(paused)
     gw1.hold("after")

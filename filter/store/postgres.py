@@ -55,6 +55,8 @@ from mailgate.filter.store.quarantine import (
 
 Conn = psycopg.Connection[Any]
 
+HELD_COUNT_DEADLINE = 2.0  # seconds; Prometheus' scrape timeout is 10 s by default
+
 _SHOWN = (
     "CASE WHEN state = 'releasing' AND lease_until <= now() THEN 'release_unknown' ELSE state END"
 )
@@ -341,7 +343,9 @@ class PostgresQuarantine(StateChanges):
             row = conn.execute("SELECT count(*) FROM quarantine WHERE state = 'held'").fetchone()
             return row[0] if row else 0
 
-        return self.db.run(read, retry=True, atomic=False)
+        # Read at scrape time: a scrape must answer (its gauge NaN) before the scraper gives
+        # up, not wait out the store's deadline while the database is away.
+        return self.db.run(read, retry=True, atomic=False, timeout=HELD_COUNT_DEADLINE)
 
     def purges(self) -> list[dict[str, Any]]:
         def read(conn: Conn) -> list[dict[str, Any]]:
