@@ -2,3 +2,5 @@
 
 The top layer: may import everything, the doors included.
 """
+
+OK, FAILED, USAGE = 0, 1, 2  # exit statuses; USAGE as argparse exits on a bad command line

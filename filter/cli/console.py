@@ -18,14 +18,13 @@ import ipaddress
 import sys
 from typing import TYPE_CHECKING
 
+from mailgate.filter.cli import FAILED, OK, USAGE
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
 from mailgate.filter.ops.logs import setup_logging
 from mailgate.filter.ops.stores import add_wait_argument, check_database
 
 if TYPE_CHECKING:
     from mailgate.filter.console.users import UsersFile
-
-OK, FAILED, USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,9 +10,8 @@ import argparse
 import json
 import sys
 
+from mailgate.filter.cli import FAILED, OK, USAGE
 from mailgate.filter.ops.config import ConfigError, add_config_argument, load_config
-
-OK, FAILED, USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,14 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from mailgate.filter.cli import FAILED, OK, USAGE
 from mailgate.filter.cli.check import RULES_HELP, rules_dir
 from mailgate.filter.detect.edm.build import build_index
 from mailgate.filter.detect.edm.index import NAME, EdmError
 from mailgate.filter.detect.edm.words import MAX_WORDS
 from mailgate.filter.ops.config import add_config_argument, packaged_rules_dir
 from mailgate.filter.ops.logs import printable
-
-OK, FAILED, USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

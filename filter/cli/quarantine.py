@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mailgate.filter.cli import FAILED, OK, USAGE
 from mailgate.filter.detect.masking import mask_field
 from mailgate.filter.message.rawheaders import top_headers
 from mailgate.filter.ops.config import Config, ConfigError, add_config_argument, load_config
@@ -33,8 +34,6 @@ from mailgate.filter.store.quarantine import (
     UnknownMessage,
 )
 from mailgate.filter.store.release_mark import ReleaseSecretError
-
-OK, FAILED, USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
