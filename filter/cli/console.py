@@ -120,7 +120,9 @@ def _users(args: argparse.Namespace) -> UsersFile | None:
     from mailgate.filter.console.users import UsersFile
 
     config = _config(args)
-    return None if config is None else UsersFile(config.console.users)
+    if config is None:
+        return None
+    return UsersFile(config.console.users, config.console.password_hashing)
 
 
 def _read_password() -> str | None:

@@ -191,7 +191,7 @@ def create_app(
         config=config,
         store=store,
         release=release,
-        users=UsersFile(config.console.users),
+        users=UsersFile(config.console.users, config.console.password_hashing),
         sessions=Sessions(config.console.session_timeout),
         limiter=SignInLimiter(),
         pool=pool,

@@ -5,13 +5,15 @@
     tokens:
       soar: {role: reviewer, sha256: "<hex>"}
 
-Passwords are kept as Argon2id hashes (argon2-cffi). API tokens are 256-bit random values
+Passwords are kept as Argon2id hashes (argon2-cffi) at the cost `console.password_hashing`
+sets. API tokens are 256-bit random values
 shown once; only their SHA-256 is kept (a value that long needs no slow hash).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -25,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from mailgate.filter import YamlError, load_yaml
+from mailgate.filter.ops.config import PasswordHashing
 
 ROLES = ("auditor", "reviewer", "admin")
 # What each role may do; a role has its own rights and those of the roles before it.
@@ -34,9 +37,16 @@ RIGHTS = {
     "admin": frozenset({"read", "release", "delete", "original", "purge"}),
 }
 TOKEN_PREFIX = "mgc_"
-_hasher = PasswordHasher()
-# Verified against when the name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _hasher(cost: PasswordHashing) -> tuple[PasswordHasher, str]:
+    """The hasher at `cost`, and a hash at that cost of a random password: verified against
+    when the name is unknown, so a wrong name costs as long as a wrong password."""
+    hasher = PasswordHasher(
+        time_cost=cost.time_cost, memory_cost=cost.memory_kib, parallelism=cost.parallelism
+    )
+    return hasher, hasher.hash(secrets.token_hex(16))
 
 
 class UsersFileError(Exception):
@@ -59,8 +69,9 @@ def valid_name(name: str) -> bool:
 class UsersFile:
     """Read on every check, so that `adduser` and `deluser` take effect without a restart."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cost: PasswordHashing | None = None) -> None:
         self.path = Path(path)
+        self.cost = cost or PasswordHashing()
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -102,7 +113,7 @@ class UsersFile:
         _check(name, role)
         data = self._load()
         new = name not in data["users"]
-        data["users"][name] = {"role": role, "hash": _hasher.hash(password)}
+        data["users"][name] = {"role": role, "hash": _hasher(self.cost)[0].hash(password)}
         self._save(data)
         return new
 
@@ -136,8 +147,9 @@ class UsersFile:
     def authenticate(self, name: str, password: str) -> Principal | None:
         entry = self._load()["users"].get(name)
         stored = entry.get("hash") if isinstance(entry, dict) else None
+        hasher, dummy = _hasher(self.cost)
         try:
-            _hasher.verify(stored or _DUMMY_HASH, password)
+            hasher.verify(stored or dummy, password)
         except (VerificationError, InvalidHashError):
             return None
         role = entry.get("role") if stored else None  # type: ignore[union-attr]

@@ -387,9 +387,25 @@ class TrustedProxy(_Section):
     from_: list[Network] = Field(alias="from", min_length=1)
 
 
+class PasswordHashing(_Section):
+    """The Argon2id cost of passwords set from now on (argon2-cffi's defaults, RFC 9106's second
+    choice); a hash keeps the cost it was made with, so sign-in checks each at its own."""
+
+    time_cost: int = Field(default=3, ge=1)
+    memory_kib: int = Field(default=64 * 1024, ge=8)
+    parallelism: int = Field(default=4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _enough_memory(self) -> PasswordHashing:
+        if self.memory_kib < 8 * self.parallelism:  # Argon2's own floor
+            raise ValueError("memory_kib must be at least 8 times parallelism")
+        return self
+
+
 class ConsoleConfig(_Section):
     listen: EndpointValue = Endpoint("127.0.0.1", 8025)
     users: ConfigPath = Path("console-users.yaml")  # written by `mailgate console adduser`
+    password_hashing: PasswordHashing = Field(default_factory=dict)
     session_timeout: Seconds = 8 * 3600.0
     trusted_proxy: TrustedProxy | None = None
     tls: ConsoleTLS | None = None
