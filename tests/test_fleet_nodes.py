@@ -8,6 +8,7 @@ node of the fleet, so a node on another pack shows."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -325,3 +326,34 @@ def test_front_ends_report_through_their_parent(
     assert len(gw1.audit_lines()) == 12
     pack = own_pack(gw1)
     wait_until(lambda: fleet_packs(gw1.metrics_port) == {"gw1": pack}, 30, "gw1's pack")
+
+    # The node's row keeps the parent's start: a front end started again (as after a crash)
+    # registers nothing.
+    def started() -> datetime:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT started FROM nodes WHERE node = 'gw1' AND door = 'relay'")
+            return row.fetchone()[0]
+
+    def front_ends() -> set[int]:
+        assert gw1.process is not None and gw1.process.process is not None
+        parent = str(gw1.process.process.pid)
+        found = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if stat[stat.rindex(")") + 2 :].split()[1] == parent and b"--front-end" in argv:
+                found.add(int(entry.name))
+        return found
+
+    def serving() -> int:  # front ends that have logged their start
+        return (gw1.folder / "relay.log").read_text().count("mailgate.relay INFO listening on")
+
+    before, first = started(), front_ends()
+    assert len(first) == 2 and serving() == 2
+    os.kill(min(first), signal.SIGKILL)
+    wait_until(lambda: serving() == 3, 60, "another front end in the killed one's place")
+    assert len(front_ends()) == 2 and front_ends() != first
+    assert started() == before

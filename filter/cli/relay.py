@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()  # remote strings (command words, replies) masked and escaped
     # aiosmtpd logs every command at INFO: too much for a busy relay, and not free.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    refused = check_database(config, "relay", wait=args.wait_for_database)
+    # A front end (relay.processes) only checks the schema: its parent registered the node's
+    # relay, and one started again after a crash must not move the node's start.
+    door = None if args.front_end is not None else "relay"
+    refused = check_database(config, door, wait=args.wait_for_database)
     if refused:
         print(f"mailgate relay: {refused}", file=sys.stderr)
         return EXIT_CANNOT_START

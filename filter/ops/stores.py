@@ -39,10 +39,11 @@ def store_for(config: Config, command: bool = False) -> QuarantineStore:
     return PostgresQuarantine(database)
 
 
-def check_database(config: Config, door: str, wait: bool = False) -> str | None:
+def check_database(config: Config, door: str | None, wait: bool = False) -> str | None:
     """Before `door` (relay, milter, console) starts: None when there is no database or it can
-    be used (the schema brought up to date, this node's door registered), else the one line
-    saying why not. `wait`: log each failure and try again until it can be used."""
+    be used (the schema brought up to date, this node's door registered; None registers
+    nothing), else the one line saying why not. `wait`: log each failure and try again until
+    it can be used."""
     if config.database is None:
         return None
     from mailgate.filter.store.database import DatabaseError
