@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailgate.filter.detect.masking import mask_field, mask_sensitive
+from mailgate.filter.detect.masking import mask_address, mask_field, mask_sensitive
 from mailgate.filter.ops.logs import json_line
 from mailgate.filter.policy.envelope import Envelope
 from mailgate.filter.policy.verdict import Verdict
@@ -45,8 +45,8 @@ def audit_record(
         "queue_id": envelope.queue_id,
         "message_id": mask_field(message_id),  # an id can be built from anything
         "client_address": envelope.client_address,
-        "sender": mask_field(envelope.mail_from),
-        "recipients": [mask_field(r) for r in envelope.rcpt_tos],
+        "sender": mask_address(envelope.mail_from),
+        "recipients": [mask_address(r) for r in envelope.rcpt_tos],
         "size": size,
         "action": str(verdict.action),
         "reason": verdict.reason,
