@@ -9,7 +9,9 @@ and can check it is never printed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import glob
 import os
 import pwd
@@ -72,16 +74,9 @@ class PostgresInstance:
         return ""
 
     def init(self) -> None:
-        pwfile = self.root / "pw"
-        pwfile.write_text("postgres-superuser\n")
-        if self.as_user is not None:
-            shutil.chown(pwfile, self.as_user)
-        self._run(
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
-            "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
-            f"--pwfile={pwfile}",
-        )  # fmt: skip
-        pwfile.unlink()
+        """A copy of one cluster made by initdb for the whole run: initdb's bootstrap costs
+        about a second of CPU per server, a copy of its 40 MB a quarter of that."""
+        self._run("cp", "-a", str(_template_cluster(self.bin, self.as_user)), str(self.data))
 
     def start(self) -> None:
         options = {
@@ -171,6 +166,32 @@ class PostgresInstance:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(master, signal.SIGKILL)
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@functools.cache
+def _template_cluster(bin_folder: Path, as_user: str | None) -> Path:
+    """initdb once into a folder of its own (removed when the run ends); no fsync: nothing
+    here survives a power cut anyway."""
+    root = Path(tempfile.mkdtemp(prefix="mailgate-pg-template-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = root / "data"
+    pwfile = root / "pw"
+    pwfile.write_text("postgres-superuser\n")
+    if as_user is not None:
+        shutil.chown(root, as_user)
+        shutil.chown(pwfile, as_user)
+    result = subprocess.run(
+        [
+            str(bin_folder / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+            "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
+            f"--pwfile={pwfile}", "--no-sync",
+        ],
+        capture_output=True, text=True, timeout=120, user=as_user, cwd=root,
+    )  # fmt: skip
+    pwfile.unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"initdb: {result.stderr or result.stdout}")
+    return data
 
 
 requires_postgres = pytest.mark.skipif(binaries() is None, reason=SKIP_REASON)
