@@ -24,9 +24,11 @@ Reported per size: msgs/s (messages delivered to smtp-sink per second, everythin
 the latency probe sent), p50/p99 reply latency under load (a probe of the bench's own sends one
 message per connection, sequentially, during the load: connect to the reply to the message),
 the CPU ms per message of everything on the path (Postfix's processes, the filter's, reaped
-children included; not smtp-source and smtp-sink), and the ratios to Postfix alone, to rspamd
-and to the no-op milter. relay-2 (only with --contenders) is the relay with two front ends of
-one scan worker each.
+children included; not smtp-source and smtp-sink), of which the filter's own processes (filter
+ms: the relay or milter and its scan workers, rspamd and its workers) and its main process
+alone (main ms: the relay's SMTP front end, the milter's libmilter process), and the ratios to
+Postfix alone, to rspamd and to the no-op milter. relay-2 (only with --contenders) is the
+relay with two front ends of one scan worker each.
 
 Before measuring, each filter is shown to act: the EICAR example is refused by mailgate (relay
 and milter) and rspamd, and passed by Postfix alone and the no-op milter.
@@ -94,6 +96,8 @@ class Sample:
     rate: float
     latencies: list[float]  # seconds
     cpu_ms: float  # CPU per message of everything on the path (the sink and load aside)
+    filter_ms: float | None = None  # of which the filter's processes (main and children)
+    main_ms: float | None = None  # of which the filter's main process alone
 
 
 @dataclass
@@ -258,6 +262,13 @@ def path_cpu(roots: list[int]) -> float:
     return sum(table[p][1] for p in tree if p in table)
 
 
+def main_cpu(pid: int) -> float:
+    """CPU seconds of one process itself (utime and stime; not its children)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def measure(
     sink: SmtpSinkProgram, contender: Contender, size: Size, message_file: Path, sessions: int
 ) -> Sample:
@@ -265,6 +276,9 @@ def measure(
     warm_up(sink, contender.port, case, message_file, sessions)
     base = sink.messages
     cpu_before = path_cpu(contender.path_pids)
+    filter_pid = contender.process.pid if contender.process is not None else None
+    if filter_pid is not None:
+        filter_before, main_before = path_cpu([filter_pid]), main_cpu(filter_pid)
     start = time.monotonic()
     with LatencyProbe(contender.port, message_file.read_bytes().replace(b"\n", b"\r\n")) as probe:
         _smtp_source(contender.port, size.count, sessions, message_file)
@@ -273,7 +287,11 @@ def measure(
     total = size.count + len(probe.samples)
     done = sink.wait_for(base + total, timeout=300)
     cpu_ms = (path_cpu(contender.path_pids) - cpu_before) / total * 1000
-    return Sample(total / (done - start), probe.samples, cpu_ms)
+    sample = Sample(total / (done - start), probe.samples, cpu_ms)
+    if filter_pid is not None:
+        sample.filter_ms = (path_cpu([filter_pid]) - filter_before) / total * 1000
+        sample.main_ms = (main_cpu(filter_pid) - main_before) / total * 1000
+    return sample
 
 
 def _smtp_source(port: int, count: int, sessions: int, message_file: Path) -> None:
@@ -298,15 +316,23 @@ def report(contenders: dict[str, Contender], sizes: list[Size], repetitions: int
     for size in sizes:
         rows = []
         for name, contender in contenders.items():
-            rate, p50, p99, cpu = median_of(contender.samples[size.label])
+            samples = contender.samples[size.label]
+            rate, p50, p99, cpu = median_of(samples)
             rates[size.label, name] = rate
-            rows.append([name, rate, p50, p99, cpu])
+            filter_ms = [s.filter_ms for s in samples if s.filter_ms is not None]
+            main_ms = [s.main_ms for s in samples if s.main_ms is not None]
+            rows.append([name, rate, p50, p99, cpu,
+                         statistics.median(filter_ms) if filter_ms else None,
+                         statistics.median(main_ms) if main_ms else None])  # fmt: skip
         for row in rows:
             postfix = rates.get((size.label, "postfix"))
             row.append(row[1] / postfix if postfix else None)
         print_table(
             f"{size.label}: {size.count} messages, medians of {repetitions}",
-            ["contender", "msgs/s", "p50 ms", "p99 ms", "path CPU ms/msg", "x postfix"],
+            [
+                *("contender", "msgs/s", "p50 ms", "p99 ms", "path CPU ms/msg"),
+                *("filter ms/msg", "main ms/msg", "x postfix"),
+            ],
             rows,
         )
 
