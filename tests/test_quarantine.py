@@ -8,7 +8,7 @@ import os
 import sqlite3
 import stat
 import subprocess
-import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,9 +24,9 @@ from mailgate.filter.store.quarantine import (
     UnknownMessage,
     is_valid_id,
 )
+from tests.support.cli import run_in_process
 from tests.support.releases import record_release
 
-MAILGATE = Path(sys.executable).with_name("mailgate")
 CARD = "4111 1111 1111 1111"
 MASKED = "**** **** **** 1111"
 
@@ -281,14 +281,22 @@ def test_index_holds_only_masked_hits(tmp_path: Path) -> None:
 # --- the command line ----------------------------------------------------------------------
 
 
-def mailgate(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MAILGATE), "quarantine", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SUDO_USER": "auditor"},
-    )
+Mailgate = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(name="mailgate")
+def mailgate_fixture(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Mailgate:
+    """`mailgate quarantine ARGS --config CONFIG` as sudo runs it for "auditor", through its
+    entry point in this process: only its output and status matter here, and a child
+    process would spend over a second importing mailgate for each command."""
+    monkeypatch.setenv("SUDO_USER", "auditor")
+
+    def mailgate(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_in_process(capsys, "quarantine", *args, "--config", str(config))
+
+    return mailgate
 
 
 @pytest.fixture
@@ -299,7 +307,9 @@ def configured(tmp_path: Path) -> tuple[Path, LocalQuarantine]:
     return config, LocalQuarantine(tmp_path / "store")
 
 
-def test_cli_list_show_delete_purge(configured: tuple[Path, LocalQuarantine]) -> None:
+def test_cli_list_show_delete_purge(
+    configured: tuple[Path, LocalQuarantine], mailgate: Mailgate
+) -> None:
     config, store = configured
     card_id = put(store)
     exe_id = put(store, rule="exe-attachments")
@@ -342,7 +352,9 @@ def test_cli_list_show_delete_purge(configured: tuple[Path, LocalQuarantine]) ->
     assert store.list() == []
 
 
-def test_cli_errors(configured: tuple[Path, LocalQuarantine], tmp_path: Path) -> None:
+def test_cli_errors(
+    configured: tuple[Path, LocalQuarantine], tmp_path: Path, mailgate: Mailgate
+) -> None:
     config, _ = configured
     missing = mailgate(config, "show", "20240101T000000000Z-aaaaaaaaaaaaaaaa")
     assert missing.returncode == 2 and "no quarantined message" in missing.stderr
