@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,9 @@ from mailgate.filter.console.security import SignInLimiter
 from mailgate.filter.ops.config import load_config, packaged_rules_dir
 from mailgate.filter.ops.stores import store_for
 from mailgate.filter.store import postgres, quarantine
+from mailgate.filter.store.database import Database
+from mailgate.filter.store.dburl import parse_database_url
+from mailgate.filter.store.fleet import write_audit
 from mailgate.filter.store.quarantine import HistoryQuery, LocalQuarantine, QuarantineStore
 from tests.support.console import (
     CARD,
@@ -536,6 +540,45 @@ def test_rules_page_charts_hits_from_the_audit_log(env: Env, tmp_path: Path) -> 
     assert "<title>" + now.date().isoformat() + ": 2</title>" in row
     assert (now - timedelta(days=3)).date().isoformat() + ": 1</title>" in row
     assert "Nodes are on different pack versions" in page and "bbb222" in page
+
+
+def test_rules_page_charts_the_fleet_from_its_database(
+    env: Env, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With `database`, the charts and counts are every node's, read from the database, not
+    from this gateway's audit file (which is left empty here)."""
+    if binaries() is None:
+        pytest.skip(SKIP_REASON)
+    url = request.getfixturevalue("pg_server").create_database()
+    config = write_config(tmp_path, env.sink.port, database=url)
+    add_users(config, {"audrey": "auditor"})
+    store = store_for(config)
+    assert isinstance(store, postgres.PostgresQuarantine)
+    now = datetime.now(UTC)
+    for node, entries in {
+        "gw1": [(0, ["card-number"], []), (3, ["card-number"], []), (20, ["card-number"], [])],
+        "gw2": [(0, [], ["card-number"]), (0, ["iban"], [])],
+    }.items():
+        database = Database(parse_database_url(url), node)
+        lines, days = [], set()
+        for days_ago, rules, monitor in entries:
+            when = now - timedelta(days=days_ago)
+            stamp = when.isoformat(timespec="milliseconds")
+            record = {"time": stamp, "door": "relay", "action": "quarantine", "rules": rules,
+                      "monitor": monitor, "pack_version": f"pack-of-{node}"}  # fmt: skip
+            lines.append(json.dumps({"k": str(uuid.uuid4()), "t": stamp, "r": record}))
+            days.add(when.astimezone(UTC).date())
+        assert write_audit(database, lines, days).added == len(lines)
+        database.close()
+    with TestClient(console_app(config, store)) as client, with_pool(client, config):
+        assert sign_in(client, "audrey").status_code == 303
+        page = client.get("/rules").text
+    row = page.split('id="rule-card-number"', 1)[1].split("</tr>", 1)[0]
+    assert "<title>" + now.date().isoformat() + ": 2</title>" in row  # gw1 and gw2 (monitor)
+    assert (now - timedelta(days=3)).date().isoformat() + ": 1</title>" in row
+    assert row.count("<rect") == 14  # the 20-day-old record is outside the chart
+    assert "Nodes are on different pack versions" in page
+    assert "pack-of-gw1" in page and "pack-of-gw2" in page
 
 
 def test_try_a_message_explains_like_check_and_stores_nothing(env: Env) -> None:

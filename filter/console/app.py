@@ -46,7 +46,16 @@ from mailgate.filter.console.users import Principal, UsersFile, valid_name
 from mailgate.filter.ops.config import Config
 from mailgate.filter.ops.notices import SenderNotices, delete_message
 from mailgate.filter.ops.review import masked, message_view, shown_entry, shown_record, trial
-from mailgate.filter.ops.rulestats import collect, daily
+from mailgate.filter.ops.rulestats import (
+    Daily,
+    Stats,
+    collect,
+    daily,
+    daily_from_database,
+    from_database,
+)
+from mailgate.filter.store.fleet import audit_counts, daily_hits
+from mailgate.filter.store.postgres import PostgresQuarantine
 from mailgate.filter.store.quarantine import (
     STATES,
     TEXT_COUNT_LIMIT,
@@ -562,7 +571,7 @@ def create_app(
     async def rules_page(request: Request) -> Response:
         session = need(request)
         engine = console.pool.engine if console.pool is not None else None
-        stats = await run_in_threadpool(_audit_stats, config)
+        stats = await run_in_threadpool(_rule_stats, config, console.store)
         charts = {}
         if stats is not None:
             per_day, totals = stats
@@ -779,13 +788,19 @@ def _days() -> list[Any]:
     return [today - timedelta(days=CHART_DAYS - 1 - n) for n in range(CHART_DAYS)]
 
 
-def _audit_stats(config: Config) -> tuple[Any, Any] | None:
-    """Hits per rule and day over the last 14 days from the audit file, and the totals
-    (with what monitor rules would have done); None when the log goes to stdout."""
+def _rule_stats(config: Config, store: QuarantineStore) -> tuple[Daily, Stats] | None:
+    """Hits per rule and day over the last 14 days, and the totals (with what monitor rules
+    would have done): the fleet's, from its database, when the console reads one; else this
+    gateway's, from its audit file; None when that log goes to stdout."""
+    since = datetime.now(UTC) - timedelta(days=CHART_DAYS)
+    if isinstance(store, PostgresQuarantine):
+        return (
+            daily_from_database(daily_hits(store.db, _days()[0]), CHART_DAYS),
+            from_database(audit_counts(store.db, since)),
+        )
     path = config.audit.path
     if path is None:
         return None
-    since = datetime.now(UTC) - timedelta(days=CHART_DAYS)
     try:
         with open(path, encoding="utf-8", errors="replace") as lines:
             per_day = daily(lines, CHART_DAYS)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mailgate.filter.policy.verdict import Action
 
 if TYPE_CHECKING:
-    from mailgate.filter.store.fleet import AuditCounts
+    from mailgate.filter.store.fleet import AuditCounts, DailyHits
 
 
 @dataclass
@@ -140,6 +140,17 @@ def daily(lines: Iterable[str], days: int = 14, now: datetime | None = None) -> 
         if record.get("pack_version") and stamp >= latest.get(node, ""):
             latest[node] = stamp
             result.versions[node] = str(record["pack_version"])
+    return result
+
+
+def daily_from_database(counts: DailyHits, days: int = 14, now: datetime | None = None) -> Daily:
+    """`daily` from the fleet's database (`store.fleet.daily_hits`): every node's records."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    first = today - timedelta(days=days - 1)
+    result = Daily([first + timedelta(days=n) for n in range(days)], {}, dict(counts.versions))
+    for rule, day, messages in counts.hits:
+        if first <= day <= today:
+            result.hits.setdefault(rule, [0] * days)[(day - first).days] += messages
     return result
 
 

@@ -206,6 +206,38 @@ def audit_counts(db: Database, since: datetime | None = None) -> AuditCounts:
     return db.run(read, retry=True, timeout=max(db.timeout, ADMIN_TIMEOUT))
 
 
+@dataclass(frozen=True)
+class DailyHits:
+    hits: tuple[tuple[str, date, int], ...]  # (rule, UTC day, messages it hit in either mode)
+    versions: tuple[tuple[str, str], ...]  # (node, the pack version of its latest record)
+
+
+def daily_hits(db: Database, first_day: date) -> DailyHits:
+    """Every node's records from `first_day` (UTC) on, counted per rule and day in the
+    database: the review console's charts for the fleet."""
+    params = {"since": datetime.combine(first_day, datetime.min.time(), UTC)}
+
+    def read(conn: Conn) -> DailyHits:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
+        hits = conn.execute(
+            "SELECT r, (a.time AT TIME ZONE 'UTC')::date, count(*) FROM audit_records a"
+            " CROSS JOIN LATERAL (SELECT DISTINCT unnest(a.rules || a.monitor) AS r) u"
+            " WHERE a.time >= %(since)s GROUP BY 1, 2",
+            params,
+        ).fetchall()
+        versions = conn.execute(
+            "SELECT DISTINCT ON (node) node, pack_version FROM audit_records"
+            " WHERE time >= %(since)s AND pack_version <> '' ORDER BY node, time DESC",
+            params,
+        ).fetchall()
+        return DailyHits(
+            tuple((rule, day, messages) for rule, day, messages in hits),
+            tuple((node, version) for node, version in versions),
+        )
+
+    return db.run(read, retry=True, timeout=max(db.timeout, ADMIN_TIMEOUT))
+
+
 # --- the node registry ------------------------------------------------------------------------
 
 
