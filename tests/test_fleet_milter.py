@@ -1,6 +1,7 @@
 """The milter door of a fleet node behind a real Postfix, its quarantine in a private
 PostgreSQL: while the database is stopped, a message that must be held is tempfailed (Postfix
-answers 4xx, the sender retries) and clean mail is delivered; once it is back, held again."""
+answers 4xx, the sender retries) and clean mail is delivered; once it is back, held again,
+and every message's audit record reaches the database."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 import yaml
 
@@ -28,6 +30,7 @@ from tests.support.samples import message
 from tests.support.skips import needs_root_and_postfix
 from tests.support.smtp_client import send_to
 from tests.support.smtp_sink import SmtpSink
+from tests.support.waiting import wait_until
 
 pytestmark = [needs_root_and_postfix, requires_postgres, pytest.mark.timeout(240)]
 
@@ -38,6 +41,7 @@ class MilterNode:
     milter: ChildProcess
     sink: SmtpSink
     store: PostgresQuarantine
+    url: str
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ def node(private_pg: PostgresInstance) -> Iterator[MilterNode]:
         ).start()
         postfix.start()
         handle = Database(parse_database_url(database), "test")
-        yield MilterNode(postfix, milter, sink, PostgresQuarantine(handle))
+        yield MilterNode(postfix, milter, sink, PostgresQuarantine(handle), database)
     finally:
         try:
             if postfix is not None:
@@ -102,4 +106,20 @@ def test_database_down_tempfails_held_mail_and_clean_mail_flows(
     [record] = node.store.list()  # the tempfailed one was never half-written
     assert (record.subject, record.node, record.door) == ("quarantine-me later", "mx1", "milter")
     assert len(node.sink.received) == 1
+
+    # The audit copy: every message's record reaches the database, those made while it was
+    # away included (they waited in the door's spool).
+    def records() -> dict[str, tuple[str, str, str]]:
+        with psycopg.connect(node.url) as conn:
+            rows = conn.execute(
+                "SELECT record->>'message_id', node, door, action FROM audit_records"
+            ).fetchall()
+        return {message_id: (n, door, action) for message_id, n, door, action in rows}
+
+    wait_until(lambda: len(records()) == 3, 90, "three audit records in the database")
+    assert records() == {
+        f"<h{token}@x.example>": ("mx1", "milter", "quarantine"),
+        f"<c{token}@x.example>": ("mx1", "milter", "accept"),
+        f"<l{token}@x.example>": ("mx1", "milter", "quarantine"),
+    }
     node.milter.check_alive()
