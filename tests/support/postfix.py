@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.net import free_port, port_open
+from tests.support.processes import running
 from tests.support.waiting import wait_until
 
 POSTFIX_BINARIES = ("postfix", "postconf", "postqueue", "postsuper")
@@ -180,7 +181,7 @@ class PostfixInstance:
             pid = int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if running(pid) else None
 
     def stop(self) -> None:
         """Stop this instance whatever state it is in: stop, then abort, then kill its own
@@ -211,15 +212,7 @@ class PostfixInstance:
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     try:
-        wait_until(lambda: not _alive(pid), timeout, f"process {pid} to exit")
+        wait_until(lambda: not running(pid), timeout, f"process {pid} to exit")
     except AssertionError:
-        return False
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
         return False
     return True

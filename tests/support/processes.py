@@ -109,6 +109,17 @@ def process_table() -> dict[int, ProcStat]:
     return table
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited: a zombie has, though it stays in the
+    table until its parent reaps it (a daemon's is PID 1, which in a container may take a
+    second or more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # the state, after "pid (comm) "
+
+
 def children_of(pid: int) -> list[int]:
     return [child for child, stat in process_table().items() if stat.ppid == pid]
 
