@@ -165,11 +165,15 @@ def _mime_lines(draw: st.DrawFn, depth: int = 0) -> list[bytes]:
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.lists(_LINES, max_size=40), _mime_lines()), st.sampled_from([b"\r\n", b"\n"]))
+@given(
+    st.one_of(st.lists(_LINES, max_size=40), _mime_lines()),
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),
+)
 def test_our_parse_is_the_stock_feed_parse(lines: list[bytes], newline: bytes) -> None:
     """parse_entity feeds the header block first (and the rest only for multipart and
-    message entities) through a line buffer that skips impossible boundary tests; the tree
-    must be what the standard library's feed parser makes of the whole text at once."""
+    message entities) through a line buffer that skips impossible boundary tests and hands
+    the parser's loops runs of lines at once; the tree must be what the standard library's
+    feed parser makes of the whole text at once."""
     data = newline.join(lines)
     stock = FeedParser(_factory=_Entity, policy=compat32)
     stock.feed(data.decode("ascii", "surrogateescape"))

@@ -18,12 +18,14 @@ from __future__ import annotations
 import binascii
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email import errors as email_errors
 from email import feedparser
 from email import message as email_message
 from email.feedparser import FeedParser
 from email.policy import compat32
+from itertools import chain, compress, count, islice
+from operator import itemgetter
 from typing import Any
 
 from mailgate.filter.message.budget import ScanBudget
@@ -113,14 +115,23 @@ class _Entity(email_message.Message):
 _BOUNDARY_PATTERNS = ("(?P<sep>" + re.escape("--"), "(?P<sep>--")
 
 
+# How a line that may end a part begins: a boundary's "--", or a line end (the blank line
+# that ends a delivery-status block); or it is no line at all, the "" that the parser pushes
+# back at the end of its input.
+_MAYBE_END = frozenset(("-", "\r", "\n", ""))
+_FIRST_CHARACTER = itemgetter(slice(0, 1))
+
+
 class _LineBuffer(feedparser.BufferedSubFile):
     """The feed parser's line buffer, with its false-EOF test run only where it can match.
 
     Every line of every body passes through readline(), which runs each pushed matcher on
     it. The parser pushes two kinds: a multipart boundary (its pattern begins with the
     literal "--") and, in delivery-status bodies, the blank-line test. A line that starts
-    with neither "--" nor a line end can match neither, so it skips them. A matcher of any
-    other kind (a future parser's) turns the shortcut off, keeping the result exact."""
+    with neither "--" nor a line end can match neither, so it skips them; the parser's
+    `for line in buffer` loops (headers, bodies) get such lines in runs, read by C code
+    (two Python calls a line were most of the parse). A matcher of any other kind (a future
+    parser's) turns the shortcuts off, keeping the result exact."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,9 +149,31 @@ class _LineBuffer(feedparser.BufferedSubFile):
     def readline(self) -> str | object:
         if self._lines and self._known_matchers:
             line: str = self._lines[0]
-            if line[:1] not in ("-", "\r", "\n"):
+            if line[:1] not in _MAYBE_END:
                 return self._lines.popleft()
         return super().readline()
+
+    def __iter__(self) -> Iterator[str | object]:
+        """The lines readline() would return, each taken off the buffer only when the loop
+        asks for it (a loop that stops early leaves the rest where they were): those that
+        cannot end a part in runs, each other one through readline()."""
+        if not self._known_matchers:
+            return self
+        return chain.from_iterable(self._runs())
+
+    def _runs(self) -> Iterator[Iterable[str | object]]:
+        lines = self._lines
+        take = iter(lines.popleft, None)  # a deque never holds None: pops until told to stop
+        while True:
+            # The lines before the first that may be a part's end (or all of them).
+            ends = map(_MAYBE_END.__contains__, map(_FIRST_CHARACTER, lines))
+            run = next(compress(count(), ends), len(lines))
+            if run:
+                yield islice(take, run)
+            line = super().readline()
+            if line == "":
+                return
+            yield (line,)
 
 
 class _LineEndAtEnd:
