@@ -28,7 +28,7 @@ from mailgate.filter.policy.verdict import Action
 from mailgate.filter.scan.engine import Engine
 from mailgate.filter.store.quarantine import LocalQuarantine
 from tests.support.cards import unmasked_cards
-from tests.support.cli import mailgate_process, run_mailgate
+from tests.support.cli import mailgate_process, run_in_process, run_mailgate
 from tests.support.net import free_port, port_open
 from tests.support.packs import write_pack
 from tests.support.smtp_client import connect
@@ -142,8 +142,10 @@ def quarantine_config(tmp_path: Path, **relay: object) -> Path:
     return config
 
 
-def cli(config: Path, *args: str) -> str:
-    done = run_mailgate("quarantine", *args, "--config", str(config))
+def cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> str:
+    """What `mailgate quarantine ARGS` prints on stdout, through its entry point in this process
+    (a child process would spend a second importing mailgate for each)."""
+    done = run_in_process(capsys, "quarantine", *args, "--config", str(config))
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -157,7 +159,7 @@ def cli(config: Path, *args: str) -> str:
     ],
 )
 def test_a_subject_the_engine_holds_is_masked_in_the_index_and_the_cli(
-    engine: Engine, tmp_path: Path, subject: str
+    engine: Engine, tmp_path: Path, subject: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     raw = raw_message(f"Subject: {subject}", "Message-ID: <a1@corp.example>")
     verdict = engine.scan(raw, ENVELOPE)
@@ -171,9 +173,9 @@ def test_a_subject_the_engine_holds_is_masked_in_the_index_and_the_cli(
     index = b"".join(p.read_bytes() for p in (tmp_path / "q").glob("index.sqlite3*"))
     assert card_forms(index.decode("utf-8", "replace")) == []
     config = quarantine_config(tmp_path)
-    listed = cli(config, "list", "--json")
-    shown = cli(config, "show", qid, "--json")
-    table = cli(config, "show", qid)
+    listed = cli(capsys, config, "list", "--json")
+    shown = cli(capsys, config, "show", qid, "--json")
+    table = cli(capsys, config, "show", qid)
     assert json.loads(listed)["subject"] == store.get(qid).subject
     assert json.loads(shown)["subject"] == store.get(qid).subject
     for output in (listed, shown, table):
@@ -181,7 +183,7 @@ def test_a_subject_the_engine_holds_is_masked_in_the_index_and_the_cli(
 
 
 def test_show_masks_folded_and_encoded_headers_and_the_message_id(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A card number split by a fold, inside an encoded word, in an X- header, in a display
     name, in a folded Message-ID with mixed separators: `show` prints the headers decoded and
@@ -200,8 +202,8 @@ def test_show_masks_folded_and_encoded_headers_and_the_message_id(
     record = audit_record("relay", ENVELOPE, message_id_of(raw), len(raw), verdict, {})
     assert record["message_id"] == "<****-**** ****.1111@mx.corp.example>"
     config = quarantine_config(tmp_path)
-    table = cli(config, "show", qid)
-    shown = json.loads(cli(config, "show", qid, "--json"))
+    table = cli(capsys, config, "show", qid)
+    shown = json.loads(cli(capsys, config, "show", qid, "--json"))
     assert "  Subject: Card **** **** **** 1111" in table
     assert "  X-Note: Card **** **** **** 1111" in table
     assert ["X-Note", "Card **** **** **** 1111"] in shown["headers"]
@@ -210,7 +212,7 @@ def test_show_masks_folded_and_encoded_headers_and_the_message_id(
 
 
 def test_envelope_addresses_are_masked_where_shown_and_exact_where_stored(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A card number, an IBAN or an SSN in an address is masked in the audit record and the
     listing, the rest of the address kept; the stored envelope (what a release uses) is exact."""
@@ -234,16 +236,16 @@ def test_envelope_addresses_are_masked_where_shown_and_exact_where_stored(
         envelope.rcpt_tos,
     )
     config = quarantine_config(tmp_path)
-    listed = json.loads(cli(config, "list", "--json"))
+    listed = json.loads(cli(capsys, config, "list", "--json"))
     assert (listed["sender"], listed["recipients"]) == masked
-    table = cli(config, "list") + cli(config, "show", qid)
+    table = cli(capsys, config, "list") + cli(capsys, config, "show", qid)
     for address in (*envelope.rcpt_tos, envelope.mail_from):
         assert address not in table
     assert masked[0] in table and masked[1][1] in table
 
 
 def test_release_prints_the_next_hops_reply_escaped_and_masked(
-    tmp_path: Path, sink: SmtpSink
+    tmp_path: Path, sink: SmtpSink, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A next hop's reply with terminal escape sequences and a card number: the operator's
     terminal gets it escaped and masked, and so do the record and `show`."""
@@ -257,7 +259,7 @@ def test_release_prints_the_next_hops_reply_escaped_and_masked(
     released = run_mailgate("quarantine", "release", qid, "--config", str(config))
     assert released.returncode == 1
     assert "\\u001b[2J\\u001b]0;owned\\u0007 ************1111" in released.stderr
-    shown = cli(config, "show", qid) + cli(config, "show", qid, "--json")
+    shown = cli(capsys, config, "show", qid) + cli(capsys, config, "show", qid, "--json")
     for output in (released.stdout, released.stderr, shown):
         assert "\x1b" not in output and "\x07" not in output
         assert card_forms(output) == []
@@ -325,7 +327,9 @@ def test_relay_log_escapes_command_words_the_client_sent(tmp_path: Path) -> None
     assert "\x1b" not in log and "\r" not in log
 
 
-def test_check_prints_a_senders_file_name_escaped(tmp_path: Path) -> None:
+def test_check_prints_a_senders_file_name_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`mailgate check` names the attachment a rule hit: a name with terminal escapes (RFC 2231
     lets a sender spell any byte) reaches the terminal escaped, its card number masked."""
     from tests.support import samples
@@ -336,8 +340,11 @@ def test_check_prints_a_senders_file_name_escaped(tmp_path: Path) -> None:
         samples.attachment_part(b"MZ" + b"\0" * 200, "x.exe", disposition=f"attachment; {name}"),
     )
     (tmp_path / "m.eml").write_bytes(raw)
-    plain = run_mailgate("check", "--rules", str(RULES), str(tmp_path / "m.eml"))
-    as_json = run_mailgate("check", "--json", "--rules", str(RULES), str(tmp_path / "m.eml"))
+    # its stdout is the point: through its entry point in this process
+    plain = run_in_process(capsys, "check", "--rules", str(RULES), str(tmp_path / "m.eml"))
+    as_json = run_in_process(
+        capsys, "check", "--json", "--rules", str(RULES), str(tmp_path / "m.eml")
+    )
     assert "\\u001b]0;owned\\u0007card ************1111.exe" in plain.stdout
     for output in (plain.stdout, as_json.stdout):
         assert "\x1b" not in output and "\x07" not in output and card_forms(output) == []
