@@ -139,9 +139,13 @@ def _tree(entity: email_message.Message) -> object:
     return (entity._headers, body, entity.preamble, entity.epilogue, defects)
 
 
-# Body lines chosen to sit near every boundary and end-of-part test the parser makes.
+# Body lines chosen to sit near every boundary and end-of-part test the parser makes, and
+# two with a line break that str.splitlines knows and the parser does not.
 _BODY_LINES = st.sampled_from(
-    [b"text", b"-", b"--", b"-dash", b"--q", b"--q--", b"--q  ", b"--r", b"--r--", b"--qq", b""]
+    [
+        *(b"text", b"-", b"--", b"-dash", b"--q", b"--q--", b"--q  ", b"--r", b"--r--", b"--qq"),
+        *(b"", b"a\x0cform feed", b"--q\x0b"),
+    ]
 )
 _LEAF_TYPES = st.sampled_from(
     [b"text/plain", b"text/html", b"message/delivery-status", b"message/rfc822", b"x/y"]

@@ -120,6 +120,8 @@ _BOUNDARY_PATTERNS = ("(?P<sep>" + re.escape("--"), "(?P<sep>--")
 # back at the end of its input.
 _MAYBE_END = frozenset(("-", "\r", "\n", ""))
 _FIRST_CHARACTER = itemgetter(slice(0, 1))
+# Where str.splitlines breaks a line besides \n and \r (the feed parser's StringIO does not).
+_OTHER_LINE_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
 
 class _LineBuffer(feedparser.BufferedSubFile):
@@ -145,6 +147,20 @@ class _LineBuffer(feedparser.BufferedSubFile):
         ):
             self._known_matchers = False
         super().push_eof_matcher(pred)
+
+    def push(self, data: str) -> None:
+        """The stock push splits `data` into lines through a StringIO, which copies it twice;
+        str.splitlines splits it the same way (after LF, CRLF or a lone CR) unless the text
+        holds one of the other line breaks splitlines knows, or a partial line waits."""
+        if self._partial.tell() or any(c in data for c in _OTHER_LINE_BREAKS):
+            super().push(data)
+            return
+        lines = data.splitlines(True)
+        # As in the stock push, a last line without an LF waits for the rest (a CR at the
+        # end may be the first half of a CRLF).
+        if lines and not lines[-1].endswith("\n"):
+            self._partial.write(lines.pop())
+        self.pushlines(lines)
 
     def readline(self) -> str | object:
         if self._lines and self._known_matchers:
