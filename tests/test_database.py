@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
 
 import psycopg
 import pytest
@@ -35,8 +36,8 @@ def db_for(url: str, node: str = "gw1", timeout: float = 5.0, pool_size: int = 0
     return Database(parse_database_url(url), node, timeout=timeout, pool_size=pool_size)
 
 
-def _prepare_at(url: str, start: float, node: str, conn: Connection) -> None:
-    time.sleep(max(0.0, start - time.time()))
+def _prepare_at(url: str, start: Barrier, node: str, conn: Connection) -> None:
+    start.wait(30)
     try:
         conn.send(("ok", db_for(url, node).prepare("relay")))
     except Exception as exc:  # reported to the test, which fails on it
@@ -47,7 +48,7 @@ def test_nodes_starting_at_once_make_one_schema(pg_server: PostgresInstance) -> 
     ctx = multiprocessing.get_context("fork")
     for _round in range(5):
         url = pg_server.create_database()
-        start = time.time() + 0.5
+        start = ctx.Barrier(4)  # all at once: released when the last is ready
         pipes, procs = [], []
         for i in range(4):
             receiver, sender = ctx.Pipe(duplex=False)

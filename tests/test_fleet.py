@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +200,11 @@ def test_two_relays_hold_into_one_quarantine_listed_from_either(
         assert CARD.encode() in bytes(body.fetchone()[0])
 
 
-def _release_at(config: Path, qid: str, start: float, conn: Connection) -> None:
-    """One node's `quarantine release`, in a process of its own, at a set moment."""
+def _release_at(config: Path, qid: str, start: Barrier, conn: Connection) -> None:
+    """One node's `quarantine release`, in a process of its own, once the other's is ready."""
     configuration = load_config(config)
     store = store_for(configuration)
-    time.sleep(max(0.0, start - time.time()))
+    start.wait(30)
     try:
         result = release_message(configuration, store, qid, f"admin@{configuration.node}")
         conn.send((result.released, result.reply))
@@ -222,7 +223,7 @@ def test_one_id_released_from_both_nodes_at_once_is_delivered_once(
     ctx = multiprocessing.get_context("fork")
     for round_ in range(6):
         qid = gw1.hold(f"round {round_}")
-        start = time.time() + 0.3
+        start = ctx.Barrier(2)  # all at once: released when the last is ready
         pipes, procs = [], []
         for node in (gw1, gw2):
             receiver, sender = ctx.Pipe(duplex=False)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -194,9 +195,9 @@ def test_release_secret_is_one_for_every_handle(place: tuple[str, Any]) -> None:
     assert first.release_secret() == second.release_secret()
 
 
-def _claim_at(kind: str, where: Any, qid: str, start: float, conn: Connection) -> None:
+def _claim_at(kind: str, where: Any, qid: str, start: Barrier, conn: Connection) -> None:
     store = open_store(kind, where, node=f"gw-{multiprocessing.current_process().pid}")
-    time.sleep(max(0.0, start - time.time()))
+    start.wait(30)
     try:
         store.claim(qid, "racer", LEASE)
         conn.send("won")
@@ -209,7 +210,7 @@ def test_claims_at_the_same_moment_from_two_processes(place: tuple[str, Any]) ->
     ctx = multiprocessing.get_context("fork")
     for _ in range(10):
         qid = store.put(RAW, envelope(), verdict())
-        start = time.time() + 0.3
+        start = ctx.Barrier(2)  # all at once: released when the last is ready
         pipes, procs = [], []
         for _racer in range(2):
             receiver, sender = ctx.Pipe(duplex=False)
@@ -224,8 +225,8 @@ def test_claims_at_the_same_moment_from_two_processes(place: tuple[str, Any]) ->
         assert [e.kind for e in store.get(qid).events].count("releasing") == 1
 
 
-def _open_at(path: Path, start: float, conn: Connection) -> None:
-    time.sleep(max(0.0, start - time.time()))
+def _open_at(path: Path, start: Barrier, conn: Connection) -> None:
+    start.wait(30)
     try:
         LocalQuarantine(path)
         conn.send("ok")
@@ -238,7 +239,7 @@ def test_local_store_opened_by_processes_at_once(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")
     for round_ in range(20):
         path = tmp_path / f"q{round_}"
-        start = time.time() + 0.2
+        start = ctx.Barrier(4)  # all at once: released when the last is ready
         pipes, procs = [], []
         for _ in range(4):
             receiver, sender = ctx.Pipe(duplex=False)
