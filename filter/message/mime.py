@@ -138,6 +138,10 @@ class _LineBuffer(feedparser.BufferedSubFile):
     def __init__(self) -> None:
         super().__init__()
         self._known_matchers = True
+        # Set by the parser as it begins an entity: the next loop over the buffer reads its
+        # header lines (each line matters); every other loop reads a body, which the parser
+        # only joins.
+        self.headers_next = False
 
     def push_eof_matcher(self, pred: Callable[[str], object]) -> None:
         pattern = getattr(getattr(pred, "__self__", None), "pattern", None)
@@ -170,14 +174,16 @@ class _LineBuffer(feedparser.BufferedSubFile):
         return super().readline()
 
     def __iter__(self) -> Iterator[str | object]:
-        """The lines readline() would return, each taken off the buffer only when the loop
-        asks for it (a loop that stops early leaves the rest where they were): those that
-        cannot end a part in runs, each other one through readline()."""
+        """The lines readline() would return, taken off the buffer only as the loop asks for
+        them (the header loop stops early and leaves the rest where it was): those that
+        cannot end a part in runs, each other one through readline(). A body loop gets each
+        run as one string: it only appends what it reads and joins it at the end."""
         if not self._known_matchers:
             return self
-        return chain.from_iterable(self._runs())
+        headers, self.headers_next = self.headers_next, False
+        return chain.from_iterable(self._runs(joined=not headers))
 
-    def _runs(self) -> Iterator[Iterable[str | object]]:
+    def _runs(self, joined: bool) -> Iterator[Iterable[str | object]]:
         lines = self._lines
         take = iter(lines.popleft, None)  # a deque never holds None: pops until told to stop
         while True:
@@ -185,7 +191,7 @@ class _LineBuffer(feedparser.BufferedSubFile):
             ends = map(_MAYBE_END.__contains__, map(_FIRST_CHARACTER, lines))
             run = next(compress(count(), ends), len(lines))
             if run:
-                yield islice(take, run)
+                yield ("".join(islice(take, run)),) if joined else islice(take, run)
             line = super().readline()
             if line == "":
                 return
@@ -216,6 +222,7 @@ class _BoundedFeedParser(FeedParser):
     def _new_message(self) -> None:
         super()._new_message()
         self._cur.nesting = len(self._msgstack)  # type: ignore[attr-defined]
+        self._input.headers_next = True  # type: ignore[attr-defined]
 
     @property
     def current(self) -> email_message.Message:
