@@ -38,6 +38,7 @@ from mailgate.filter.scan.engine import Engine
 log = logging.getLogger("mailgate.pool")
 
 WARM_UP = b"Subject: warm-up\r\n\r\nCard 4111 1111 1111 1111, SSN 536-90-4187\r\n"
+ANSWER_AT_ONCE = 16 << 10  # bytes read at once for a worker's answer (a verdict: about 1 KB)
 LARGE_MESSAGE = 1 << 20  # larger messages are copied into their memfd in a thread
 # Smaller messages go in the request itself: one send instead of a memfd's create, write,
 # seal and close (17 us of the caller's CPU at 10 KB). Bounded by the socket's buffer too.
@@ -56,8 +57,19 @@ def _send(conn: Connection, obj: Any) -> None:
     conn.send_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
-def _receive(conn: Connection) -> Any:
-    return pickle.loads(conn.recv_bytes())
+def _receive(sock: socket.socket) -> Any:
+    """One answer `_send` wrote (a 4-byte length, then the pickle), read in one call when it
+    fits: a worker has at most one answer outstanding, so nothing after it is read."""
+    data = sock.recv(ANSWER_AT_ONCE)
+    if len(data) < 4:
+        data += _read_exactly(sock, 4 - len(data))  # EOFError if the worker is gone
+    size = struct.unpack_from("!i", data)[0]
+    if size < 0:  # Connection's header for 2 GiB and more: not a verdict
+        raise EOFError("an answer too large to be a verdict")
+    body = memoryview(data)[4:]
+    if len(body) < size:
+        return pickle.loads(bytes(body) + _read_exactly(sock, size - len(body)))
+    return pickle.loads(body)
 
 
 def _message_fd(raw: bytes) -> int:
@@ -113,7 +125,7 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     while remaining:
         chunk = sock.recv(remaining)
         if not chunk:
-            raise EOFError("the pool is gone")
+            raise EOFError("the other side has gone")
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
@@ -235,7 +247,7 @@ class _Worker:
                 return
             try:
                 # The worker writes each answer whole, so it can be read without blocking.
-                answer.set_result(_receive(self.conn))
+                answer.set_result(_receive(self.requests))
             except (EOFError, OSError) as exc:
                 answer.set_exception(EOFError(str(exc)))
 
@@ -527,7 +539,7 @@ class ScanPool:
                 if callers:  # the door's deadline, not the engine's: the door decides
                     return _engine_failure(f"no verdict within the door's {timeout:g}s budget")
                 return self._judge_unscannable(raw, envelope, "timeout")
-            verdict = _receive(worker.conn)
+            verdict = _receive(worker.requests)
         except (EOFError, OSError):
             worker.process.join(timeout=1)
             return self._worker_died(worker, raw, envelope)
