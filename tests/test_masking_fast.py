@@ -169,6 +169,14 @@ def test_a_fully_omocodic_fiscal_code_has_no_digit_and_is_still_masked() -> None
     assert mask_field(encoded) == mask_sensitive(text)
 
 
+def test_a_long_text_is_read_by_the_detectors_themselves() -> None:
+    """Past SHORT_TEXT the quick check is not made (hyperscan reads long text faster)."""
+    text = "See you on Monday. " * 60 + f"Codice fiscale: {OMOCODIC_CODE}, IBAN {LETTERS_IBAN}"
+    assert len(text) > masking.SHORT_TEXT and not masking._quiet(text)
+    assert mask_sensitive(text) == masking._masked(text, full_spans(text))
+    assert OMOCODIC_CODE not in mask_sensitive(text) and LETTERS_IBAN not in mask_sensitive(text)
+
+
 def test_an_iban_with_two_digits_only_is_still_masked() -> None:
     assert iban(LETTERS_IBAN) and len(re.findall(r"\d", LETTERS_IBAN)) == 2
     assert mask_sensitive(f"IBAN {LETTERS_IBAN}") == f"IBAN {'*' * 25}{LETTERS_IBAN[-4:]}"
