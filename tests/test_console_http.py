@@ -34,6 +34,7 @@ from mailgate.filter.store.database import Database
 from mailgate.filter.store.dburl import parse_database_url
 from mailgate.filter.store.fleet import write_audit
 from mailgate.filter.store.quarantine import HistoryQuery, LocalQuarantine, QuarantineStore
+from tests.support.cli import run_in_process
 from tests.support.console import (
     CARD,
     MASKED_CARD,
@@ -401,7 +402,9 @@ MASKED_DOTTED = "****.****.****.1111"
 FOLDED_SUBJECT = "=?utf-8?B?T3JkZXIgNDExMSAxMTEx?=\r\n =?utf-8?B?IDExMTEgMTExMSB0b2RheQ==?="
 
 
-def test_addresses_subject_and_message_id_are_masked_as_in_the_audit_log(env: Env) -> None:
+def test_addresses_subject_and_message_id_are_masked_as_in_the_audit_log(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Sender, recipients, Subject and Message-ID go through mask_field, the audit log's
     masking, on the list, the message page (facts and headers), the API, the history page
     and its CSV: a card number inside an address or a folded, encoded Subject is never
@@ -417,7 +420,7 @@ def test_addresses_subject_and_message_id_are_masked_as_in_the_audit_log(env: En
     failed = release_refused(env, qid, refused)
     client = env.client("rita")
     assert "release failed" in failed.text and "no such user" in failed.text
-    auth = {"Authorization": f"Bearer {_token(env, 'masking-api')}"}
+    auth = {"Authorization": f"Bearer {_token(env, capsys, 'masking-api')}"}
     texts = {
         "list": client.get(f"/?q={qid}").text,
         "message": client.get(f"/message/{qid}").text,
@@ -448,9 +451,9 @@ def test_addresses_subject_and_message_id_are_masked_as_in_the_audit_log(env: En
     assert env.store.get(qid).sender == f"{DOTTED}@example.com"
 
 
-def _token(env: Env, name: str) -> str:
-    made = mailgate(
-        "console", "token", name, "--role", "auditor", "--config", str(env.config.source)
+def _token(env: Env, capsys: pytest.CaptureFixture[str], name: str) -> str:
+    made = console_command(
+        capsys, "token", name, "--role", "auditor", "--config", str(env.config.source)
     )
     assert made.returncode == 0, made.stderr
     return made.stdout.strip()
@@ -609,12 +612,20 @@ def mailgate(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_json_api_with_hashed_tokens(env: Env) -> None:
+def console_command(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`mailgate console ARGS` through its entry point in this process, where its output and
+    status are what is checked (a child spends a second or more importing mailgate)."""
+    return run_in_process(capsys, "console", *args)
+
+
+def test_json_api_with_hashed_tokens(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     config_file = str(env.config.source)
-    made = mailgate("console", "token", "soar", "--role", "reviewer", "--config", config_file)
+    made = console_command(capsys, "token", "soar", "--role", "reviewer", "--config", config_file)
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
-    reader = mailgate("console", "token", "siem", "--role", "auditor", "--config", config_file)
+    reader = console_command(capsys, "token", "siem", "--role", "auditor", "--config", config_file)
     read_token = reader.stdout.strip()
     kept = env.config.console.users.read_text()
     assert token not in kept and read_token not in kept  # hashed at rest
@@ -638,19 +649,17 @@ def test_json_api_with_hashed_tokens(env: Env) -> None:
     assert env.store.get(qid).events[-1].actor == "token:soar"
     bad = {"Authorization": "Bearer mgc_not-a-token"}
     assert api.get("/api/messages", headers=bad).status_code == 401
-    assert (
-        mailgate(
-            "console", "token", "siem", "--role", "auditor", "--delete", "--config", config_file
-        ).returncode
-        == 0
+    deleted = console_command(
+        capsys, "token", "siem", "--role", "auditor", "--delete", "--config", config_file
     )
+    assert deleted.returncode == 0
     assert api.get("/api/messages", headers=read_only).status_code == 401
 
 
 # --- users, refusal, the trusted proxy -----------------------------------------------------
 
 
-def test_adduser_and_deluser(env: Env, tmp_path: Path) -> None:
+def test_adduser_and_deluser(env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, env.sink.port)
     config_file = str(config.source)
     added = mailgate(
@@ -688,9 +697,10 @@ def test_adduser_and_deluser(env: Env, tmp_path: Path) -> None:
         ).returncode
         == 2
     )
-    assert mailgate("console", "deluser", "nina", "--config", config_file).returncode == 0
+    # adduser reads the password from a pipe above, as a process; deluser asks nothing
+    assert console_command(capsys, "deluser", "nina", "--config", config_file).returncode == 0
     assert "nina" not in users.read_text()
-    assert mailgate("console", "deluser", "nina", "--config", config_file).returncode == 2
+    assert console_command(capsys, "deluser", "nina", "--config", config_file).returncode == 2
 
 
 def test_refuses_to_listen_off_loopback_without_tls_or_proxy(env: Env, tmp_path: Path) -> None:
