@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 import signal
 import threading
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from mailgate.filter.detect.detectors import credit_card, iban, us_ssn
 from mailgate.filter.detect.patterns import (
+    FastRegex,
     PatternError,
     PatternOverrun,
     PatternSet,
@@ -465,3 +467,34 @@ def test_scans_from_other_threads_run_without_the_timer() -> None:
     worker.join()
     assert found == [["4111 1111"]]
     assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
+
+
+def test_fast_regex_keeps_hyperscan_out_of_threads_python_did_not_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long text (a hostile Message-ID masked in libmilter's thread) is read with `re` in a
+    thread made outside Python, as libmilter's are; in Python's own threads, by hyperscan."""
+    rx = FastRegex(re.compile(r"\d{4}"))
+    text = "id-" + "x" * 2000 + "4111-2222"
+    expected = [m.group() for m in re.finditer(r"\d{4}", text)]
+    used: list[str] = []
+    real_scan = PatternSet.scan
+
+    def scan(self: PatternSet, data: str) -> object:
+        used.append(threading.current_thread().name)
+        return real_scan(self, data)
+
+    monkeypatch.setattr(PatternSet, "scan", scan)
+    found: list[object] = []
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+
+    def in_foreign_thread(_: object) -> None:
+        found.append([m.group() for m in rx.finditer(text)])
+
+    callback = callback_type(in_foreign_thread)
+    libc = ctypes.CDLL(None, use_errno=True)
+    thread = ctypes.c_ulong()
+    assert libc.pthread_create(ctypes.byref(thread), None, callback, None) == 0
+    assert libc.pthread_join(thread, None) == 0
+    assert found == [expected] and used == []
+    assert [m.group() for m in rx.finditer(text)] == expected and used == ["MainThread"]

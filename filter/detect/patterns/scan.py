@@ -367,13 +367,20 @@ class FastRegex:
         self._id = self._set.add(f"(?{flags}){regex.pattern}" if flags else regex.pattern)
 
     def finditer(self, text: str) -> Iterator[re.Match[str]]:
-        if len(text) <= SHORT_TEXT:
-            # Short text (a subject, an id, a file name) is quicker for `re` than a hyperscan
-            # call. It also keeps hyperscan out of threads Python did not create: masking
-            # from libmilter's threads through hyperscan crashed the milter under load.
+        # Short text (a subject, an id, a file name) is quicker for `re` than a hyperscan
+        # call. And hyperscan is kept out of threads Python did not create: masking from
+        # libmilter's threads through hyperscan crashed the milter under load, and a field
+        # can be long (a hostile Message-ID, up to the decoded header limit).
+        if len(text) <= SHORT_TEXT or _foreign_thread():
             yield from self.regex.finditer(text)
             return
         for found in self._set.scan(text)[self._id]:
             match = self.regex.match(text, found.start)
             if match is not None:  # always, as the set's matches are the regex's own
                 yield match
+
+
+def _foreign_thread() -> bool:
+    """Whether this thread was made outside Python (libmilter's, entering Python for a
+    callback): threading names those dummy threads."""
+    return isinstance(threading.current_thread(), threading._DummyThread)
