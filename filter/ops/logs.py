@@ -38,10 +38,15 @@ def shown(text: str) -> str:
     return printable(mask_sensitive(text))
 
 
+# What json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str) builds for
+# each call, made once: one per audit record otherwise.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def json_line(value: Any) -> str:
     """One JSON object per line for a terminal or a log: non-ASCII text stays readable, what
     does not print is escaped (json.dumps leaves C1 controls and bidi overrides as they are)."""
-    return printable(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    return printable(_ENCODER.encode(value))
 
 
 class SafeFormatter(logging.Formatter):
